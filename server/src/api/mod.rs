@@ -1,0 +1,24 @@
+//! The gRPC edge: one thin file per service (decode, call domain and store,
+//! encode), the auth layer and the one error mapping.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::store::Store;
+
+pub mod auth;
+pub mod convert;
+pub mod error;
+pub mod network;
+pub mod pending;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Flips to true when the server shuts down; streaming responses end when
+    /// it does.
+    pub drain: watch::Receiver<bool>,
+}

@@ -1,0 +1,131 @@
+//! Domain errors. `crate::api::error` maps every variant to exactly one gRPC
+//! status; nothing else decides status codes.
+
+use std::fmt;
+
+/// One invalid field of a request, named by its proto path
+/// (e.g. `network.address_range`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Proto field path.
+    pub field: String,
+    /// What is wrong with it, in words an operator can act on.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Everything that can go wrong in meshplane, by what the caller can do
+/// about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; each violation names a field.
+    #[error("invalid argument: {}", join(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named resource does not exist.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// Kind of resource ("network", "node", ...).
+        kind: &'static str,
+        /// Its id or name.
+        id: String,
+    },
+    /// A resource with the same unique value exists.
+    #[error("{message}")]
+    AlreadyExists {
+        /// Field whose value is taken.
+        field: String,
+        /// What collides with what.
+        message: String,
+    },
+    /// The request is valid but the system is not in a state that allows it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A pool (addresses, key uses, connections) is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials that may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The store is temporarily unable to answer (e.g. locked or unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an environment failure. The text is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn join(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// A single-field INVALID_ARGUMENT.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// NOT_FOUND for a resource.
+    pub fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
+        Error::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+
+    /// ALREADY_EXISTS naming the field whose value is taken.
+    pub fn already_exists(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::AlreadyExists {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result with the domain error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Collects field violations, so a request reports every bad field at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records a violation.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the violation of a failed check and returns its value.
+    pub fn check<T>(&mut self, r: Result<T, FieldViolation>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    /// Ok when nothing was recorded, INVALID_ARGUMENT otherwise.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
+    }
+}

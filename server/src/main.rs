@@ -1,0 +1,158 @@
+//! `meshplane`: the server binary.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use meshplane_server::{
+    bootstrap_admin_token, default_database_url,
+    domain::token::{NewToken, TokenKind},
+    ready_line, serve, store,
+};
+
+/// meshplane: a control plane for WireGuard overlay networks.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory for the embedded database and admin.token.
+    #[arg(
+        long,
+        env = "MESHPLANE_DATA_DIR",
+        default_value = "./meshplane-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Database URL; default: an SQLite file in the data directory.
+    #[arg(long, env = "MESHPLANE_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gRPC server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "MESHPLANE_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+    },
+    /// Manages admin tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Creates an admin token and prints it (only this once).
+    Create {
+        /// A label for the token.
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Lists admin tokens (ids and labels, never secrets).
+    List,
+    /// Revokes an admin token by id.
+    Revoke {
+        /// The token's id (see `token list`).
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    std::fs::create_dir_all(&cli.data_dir)
+        .map_err(|e| format!("creating data dir {}: {e}", cli.data_dir.display()))?;
+    let url = cli
+        .database_url
+        .clone()
+        .unwrap_or_else(|| default_database_url(&cli.data_dir));
+    let store = store::open(&url).await.map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(token) = bootstrap_admin_token(&*store, &cli.data_dir)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!(
+                    "created the first admin token (shown once; also in {}):\n{token}",
+                    cli.data_dir.join("admin.token").display()
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("binding {listen}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("{}", ready_line(addr));
+            serve(listener, store, shutdown_signal())
+                .await
+                .map_err(|e| format!("serving: {e}"))?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Token { command } => match command {
+            TokenCommand::Create { name } => {
+                let token = NewToken::generate(TokenKind::Admin);
+                store
+                    .create_admin_token(&name, &token)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{}", token.secret);
+                Ok(())
+            }
+            TokenCommand::List => {
+                let tokens = store.list_admin_tokens().await.map_err(|e| e.to_string())?;
+                println!("{:<18} {:<26} NAME", "ID", "CREATED");
+                for t in tokens {
+                    println!(
+                        "{:<18} {:<26} {}",
+                        t.id,
+                        t.create_time.format("%Y-%m-%dT%H:%M:%SZ"),
+                        t.name
+                    );
+                }
+                Ok(())
+            }
+            TokenCommand::Revoke { id } => {
+                store
+                    .revoke_admin_token(&id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("revoked {id}");
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

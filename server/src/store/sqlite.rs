@@ -1,0 +1,262 @@
+//! The embedded SQLite store (WAL, foreign keys on, synchronous=FULL so an
+//! acknowledged write survives a crash).
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::{
+    Row,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
+};
+use tokio::sync::Mutex;
+
+use super::{AdminToken, Store, db_err, from_micros, join_ips, split_ips, to_micros};
+use crate::domain::{
+    Error, Result,
+    names::DnsLabel,
+    network::{Network, NetworkPatch, check_no_overlap},
+    page::PageRequest,
+    token::NewToken,
+};
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// SQLite has one writer; taking this before every write transaction
+    /// makes writers queue here instead of failing with SQLITE_BUSY.
+    write: Mutex<()>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and migrates it.
+    pub async fn open(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Internal(format!("bad database URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Internal(format!("migrating the database: {e}")))?;
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+        })
+    }
+}
+
+const NETWORK_COLS: &str = "name, range4, range6, keepalive, mtu, listen_port, \
+    ext_client_dns, nameservers, create_time, update_time";
+
+fn network_from_row(r: &SqliteRow) -> Result<Network> {
+    let name: String = r.try_get("name").map_err(db_err)?;
+    let range4: Option<String> = r.try_get("range4").map_err(db_err)?;
+    let range6: Option<String> = r.try_get("range6").map_err(db_err)?;
+    let corrupt = |what: &str| Error::Internal(format!("stored network {name}: bad {what}"));
+    Ok(Network {
+        name: DnsLabel::parse("name", &name, DnsLabel::LABEL_MAX).map_err(|_| corrupt("name"))?,
+        range4: range4
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|_| corrupt("range4"))?,
+        range6: range6
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|_| corrupt("range6"))?,
+        keepalive: r.try_get::<i64, _>("keepalive").map_err(db_err)? as u32,
+        mtu: r.try_get::<i64, _>("mtu").map_err(db_err)? as u32,
+        listen_port: r.try_get::<i64, _>("listen_port").map_err(db_err)? as u32,
+        ext_client_dns: split_ips(&r.try_get::<String, _>("ext_client_dns").map_err(db_err)?),
+        nameservers: split_ips(&r.try_get::<String, _>("nameservers").map_err(db_err)?),
+        create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
+        update_time: from_micros(r.try_get("update_time").map_err(db_err)?),
+    })
+}
+
+async fn fetch_network<'e, E>(ex: E, name: &str) -> Result<Option<Network>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(&format!(
+        "SELECT {NETWORK_COLS} FROM networks WHERE name = ?"
+    ))
+    .bind(name)
+    .fetch_optional(ex)
+    .await
+    .map_err(db_err)?
+    .as_ref()
+    .map(network_from_row)
+    .transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_network(&self, net: &Network) -> Result<Network> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if fetch_network(&mut *tx, net.name.as_str()).await?.is_some() {
+            return Err(Error::already_exists(
+                "network.name",
+                format!("network {:?} already exists", net.name.as_str()),
+            ));
+        }
+        let rows = sqlx::query(&format!("SELECT {NETWORK_COLS} FROM networks"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let existing = rows
+            .iter()
+            .map(network_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        check_no_overlap(net, &existing)?;
+        sqlx::query(&format!(
+            "INSERT INTO networks ({NETWORK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(net.name.as_str())
+        .bind(net.range4.map(|r| r.to_string()))
+        .bind(net.range6.map(|r| r.to_string()))
+        .bind(net.keepalive as i64)
+        .bind(net.mtu as i64)
+        .bind(net.listen_port as i64)
+        .bind(join_ips(&net.ext_client_dns))
+        .bind(join_ips(&net.nameservers))
+        .bind(to_micros(net.create_time))
+        .bind(to_micros(net.update_time))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(net.clone())
+    }
+
+    async fn get_network(&self, name: &str) -> Result<Network> {
+        fetch_network(&self.pool, name)
+            .await?
+            .ok_or_else(|| Error::not_found("network", name))
+    }
+
+    async fn list_networks(&self, page: &PageRequest) -> Result<Vec<Network>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NETWORK_COLS} FROM networks WHERE name > ? ORDER BY name LIMIT ?"
+        ))
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(network_from_row).collect()
+    }
+
+    async fn update_network(&self, name: &str, patch: &NetworkPatch) -> Result<Network> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut net = fetch_network(&mut *tx, name)
+            .await?
+            .ok_or_else(|| Error::not_found("network", name))?;
+        patch.apply(&mut net, Utc::now())?;
+        sqlx::query(
+            "UPDATE networks SET keepalive = ?, mtu = ?, listen_port = ?, \
+             ext_client_dns = ?, nameservers = ?, update_time = ? WHERE name = ?",
+        )
+        .bind(net.keepalive as i64)
+        .bind(net.mtu as i64)
+        .bind(net.listen_port as i64)
+        .bind(join_ips(&net.ext_client_dns))
+        .bind(join_ips(&net.nameservers))
+        .bind(to_micros(net.update_time))
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(net)
+    }
+
+    async fn delete_network(&self, name: &str, _force: bool) -> Result<()> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let done = sqlx::query("DELETE FROM networks WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("network", name));
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn create_admin_token(&self, name: &str, token: &NewToken) -> Result<AdminToken> {
+        let _w = self.write.lock().await;
+        let now = Utc::now();
+        sqlx::query("INSERT INTO admin_tokens (id, name, hash, create_time) VALUES (?, ?, ?, ?)")
+            .bind(&token.id)
+            .bind(name)
+            .bind(&token.hash[..])
+            .bind(to_micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(AdminToken {
+            id: token.id.clone(),
+            name: name.to_owned(),
+            create_time: from_micros(to_micros(now)),
+        })
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        let rows =
+            sqlx::query("SELECT id, name, create_time FROM admin_tokens ORDER BY create_time, id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AdminToken {
+                    id: r.try_get("id").map_err(db_err)?,
+                    name: r.try_get("name").map_err(db_err)?,
+                    create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_admin_token(&self, id: &str) -> Result<()> {
+        let _w = self.write.lock().await;
+        let done = sqlx::query("DELETE FROM admin_tokens WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("admin token", id));
+        }
+        Ok(())
+    }
+
+    async fn admin_token_hash(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT hash FROM admin_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn node_for_token(&self, _id: &str, _presented: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for meshplane's integration tests.

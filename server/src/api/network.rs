@@ -1,6 +1,5 @@
 //! NetworkService: decode, validate in the domain, store, encode.
 
-use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use meshplane_proto::v1::{self as pb, network_service_server::NetworkService};
@@ -64,7 +63,7 @@ impl NetworkService for Networks {
             .network
             .ok_or_else(|| required("network"))?;
         tracing::Span::current().record("network", n.name.as_str());
-        let net = input(n).validate(Utc::now()).status()?;
+        let net = input(n).validate(crate::domain::now()).status()?;
         let net = self.0.store.create_network(&net).await.status()?;
         tracing::info!(network = %net.name, "network created");
         Ok(Response::new(to_pb(&net)))

@@ -7,3 +7,10 @@ pub mod page;
 pub mod token;
 
 pub use error::{Error, FieldViolation, Result};
+
+/// The current time at the precision the store keeps (microseconds), so what
+/// a write returns equals what a later read returns.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let t = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}

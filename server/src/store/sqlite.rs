@@ -4,7 +4,7 @@
 use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use chrono::Utc;
+
 use sqlx::{
     Row,
     sqlite::{
@@ -166,7 +166,7 @@ impl Store for SqliteStore {
         let mut net = fetch_network(&mut *tx, name)
             .await?
             .ok_or_else(|| Error::not_found("network", name))?;
-        patch.apply(&mut net, Utc::now())?;
+        patch.apply(&mut net, crate::domain::now())?;
         sqlx::query(
             "UPDATE networks SET keepalive = ?, mtu = ?, listen_port = ?, \
              ext_client_dns = ?, nameservers = ?, update_time = ? WHERE name = ?",
@@ -202,7 +202,7 @@ impl Store for SqliteStore {
 
     async fn create_admin_token(&self, name: &str, token: &NewToken) -> Result<AdminToken> {
         let _w = self.write.lock().await;
-        let now = Utc::now();
+        let now = crate::domain::now();
         sqlx::query("INSERT INTO admin_tokens (id, name, hash, create_time) VALUES (?, ?, ?, ?)")
             .bind(&token.id)
             .bind(name)

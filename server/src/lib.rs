@@ -76,11 +76,11 @@ pub async fn serve(
         ))
         .add_service(
             pb::enrollment_key_service_server::EnrollmentKeyServiceServer::new(
-                PendingEnrollmentKeyService,
+                api::enrollment_key::EnrollmentKeys(state.clone()),
             ),
         )
         .add_service(pb::node_service_server::NodeServiceServer::new(
-            PendingNodeService,
+            api::node::Nodes(state.clone()),
         ))
         .add_service(pb::gateway_service_server::GatewayServiceServer::new(
             PendingGatewayService,
@@ -92,7 +92,7 @@ pub async fn serve(
             PendingDnsService,
         ))
         .add_service(pb::agent_service_server::AgentServiceServer::new(
-            PendingAgentService,
+            api::agent::Agents(state.clone()),
         ))
         .add_service(pb::event_service_server::EventServiceServer::new(
             PendingEventService,

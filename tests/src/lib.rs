@@ -249,3 +249,89 @@ pub fn grpcurl() -> PathBuf {
          (tests/run does this) or set GRPCURL to its path"
     );
 }
+
+/// A random WireGuard public key (32 bytes, base64).
+pub fn wg_key() -> String {
+    use base64::Engine;
+    let b: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+impl TestServer {
+    /// EnrollmentKeyService client with the admin token.
+    pub async fn keys(
+        &self,
+    ) -> pb::enrollment_key_service_client::EnrollmentKeyServiceClient<Authed> {
+        pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(self.admin().await)
+    }
+
+    /// NodeService client with the admin token.
+    pub async fn nodes(&self) -> pb::node_service_client::NodeServiceClient<Authed> {
+        pb::node_service_client::NodeServiceClient::new(self.admin().await)
+    }
+
+    /// AgentService client sending `token` (a node token, or none for
+    /// Register).
+    pub async fn agent(
+        &self,
+        token: Option<&str>,
+    ) -> pb::agent_service_client::AgentServiceClient<Authed> {
+        pb::agent_service_client::AgentServiceClient::new(self.authed(token).await)
+    }
+
+    /// Creates a network with the given ranges.
+    pub async fn create_network(&self, name: &str, range4: &str, range6: &str) -> pb::Network {
+        self.networks()
+            .await
+            .create_network(pb::CreateNetworkRequest {
+                network: Some(network(name, range4, range6)),
+            })
+            .await
+            .expect("create network")
+            .into_inner()
+    }
+
+    /// Creates an enrollment key for `networks`; `uses` None = unlimited.
+    pub async fn create_key(&self, networks: &[&str], uses: Option<u32>) -> pb::EnrollmentKey {
+        self.keys()
+            .await
+            .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+                enrollment_key: Some(pb::EnrollmentKey {
+                    networks: networks.iter().map(|s| s.to_string()).collect(),
+                    uses_remaining: uses.unwrap_or(0),
+                    unlimited: uses.is_none(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create enrollment key")
+            .into_inner()
+    }
+
+    /// Registers a node named `name` with a fresh key pair.
+    pub async fn register(
+        &self,
+        key: &str,
+        network: &str,
+        name: &str,
+    ) -> Result<pb::RegisterResponse, Status> {
+        self.agent(None)
+            .await
+            .register(register_request(key, network, name))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// A valid RegisterRequest with a fresh public key.
+pub fn register_request(key: &str, network: &str, name: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        enrollment_key: key.into(),
+        network: network.into(),
+        name: name.into(),
+        public_key: wg_key(),
+        endpoint: format!("{name}.example.net:51821"),
+        listen_port: None,
+        os: "linux".into(),
+    }
+}

@@ -65,3 +65,8 @@ impl<T> IntoStatus<T> for Result<T, Error> {
         self.map_err(to_status)
     }
 }
+
+/// INVALID_ARGUMENT for a missing required field.
+pub fn required(field: &str) -> Status {
+    to_status(Error::invalid(field, "is required"))
+}

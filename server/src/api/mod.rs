@@ -7,10 +7,13 @@ use tokio::sync::watch;
 
 use crate::store::Store;
 
+pub mod agent;
 pub mod auth;
 pub mod convert;
+pub mod enrollment_key;
 pub mod error;
 pub mod network;
+pub mod node;
 pub mod pending;
 
 /// What every service shares.

@@ -7,10 +7,9 @@ use meshplane_proto::v1::{self as pb, network_service_server::NetworkService};
 use super::{
     AppState,
     convert::{ips, ts},
-    error::IntoStatus,
+    error::{IntoStatus, required},
 };
 use crate::domain::{
-    Error,
     network::{Network, NetworkInput, NetworkPatch},
     page::PageRequest,
 };
@@ -45,10 +44,6 @@ pub fn to_pb(n: &Network) -> pb::Network {
         create_time: ts(n.create_time),
         update_time: ts(n.update_time),
     }
-}
-
-fn required(field: &str) -> Status {
-    super::error::to_status(Error::invalid(field, "is required"))
 }
 
 #[tonic::async_trait]

@@ -17,41 +17,6 @@ fn pending(rpc: &str, what: &str) -> Status {
 /// A boxed server stream.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Placeholder AgentService.
-pub struct PendingAgentService;
-
-#[tonic::async_trait]
-impl agent_service_server::AgentService for PendingAgentService {
-    async fn register(
-        &self,
-        _: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::RegisterResponse>, Status> {
-        Err(pending(
-            "AgentService.Register",
-            "agent registration (issue #3) and config streaming (issue #5)",
-        ))
-    }
-    type WatchConfigStream = BoxStream<pb::ConfigUpdate>;
-    async fn watch_config(
-        &self,
-        _: Request<pb::WatchConfigRequest>,
-    ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        Err(pending(
-            "AgentService.WatchConfig",
-            "agent registration (issue #3) and config streaming (issue #5)",
-        ))
-    }
-    async fn report_status(
-        &self,
-        _: Request<pb::ReportStatusRequest>,
-    ) -> Result<Response<()>, Status> {
-        Err(pending(
-            "AgentService.ReportStatus",
-            "agent registration (issue #3) and config streaming (issue #5)",
-        ))
-    }
-}
-
 /// Placeholder DnsService.
 pub struct PendingDnsService;
 
@@ -80,40 +45,6 @@ impl dns_service_server::DnsService for PendingDnsService {
         _: Request<pb::GetHostsFileRequest>,
     ) -> Result<Response<pb::GetHostsFileResponse>, Status> {
         Err(pending("DnsService.GetHostsFile", "DNS (issue #6, DNS)"))
-    }
-}
-
-/// Placeholder EnrollmentKeyService.
-pub struct PendingEnrollmentKeyService;
-
-#[tonic::async_trait]
-impl enrollment_key_service_server::EnrollmentKeyService for PendingEnrollmentKeyService {
-    async fn create_enrollment_key(
-        &self,
-        _: Request<pb::CreateEnrollmentKeyRequest>,
-    ) -> Result<Response<pb::EnrollmentKey>, Status> {
-        Err(pending(
-            "EnrollmentKeyService.CreateEnrollmentKey",
-            "enrollment keys (issue #3, Nodes)",
-        ))
-    }
-    async fn list_enrollment_keys(
-        &self,
-        _: Request<pb::ListEnrollmentKeysRequest>,
-    ) -> Result<Response<pb::ListEnrollmentKeysResponse>, Status> {
-        Err(pending(
-            "EnrollmentKeyService.ListEnrollmentKeys",
-            "enrollment keys (issue #3, Nodes)",
-        ))
-    }
-    async fn delete_enrollment_key(
-        &self,
-        _: Request<pb::DeleteEnrollmentKeyRequest>,
-    ) -> Result<Response<()>, Status> {
-        Err(pending(
-            "EnrollmentKeyService.DeleteEnrollmentKey",
-            "enrollment keys (issue #3, Nodes)",
-        ))
     }
 }
 
@@ -243,40 +174,6 @@ impl gateway_service_server::GatewayService for PendingGatewayService {
         Err(pending(
             "GatewayService.ExplainRoute",
             "gateways (issue #4, Gateways)",
-        ))
-    }
-}
-
-/// Placeholder NodeService.
-pub struct PendingNodeService;
-
-#[tonic::async_trait]
-impl node_service_server::NodeService for PendingNodeService {
-    async fn get_node(&self, _: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
-        Err(pending("NodeService.GetNode", "nodes (issue #3, Nodes)"))
-    }
-    async fn list_nodes(
-        &self,
-        _: Request<pb::ListNodesRequest>,
-    ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        Err(pending("NodeService.ListNodes", "nodes (issue #3, Nodes)"))
-    }
-    async fn update_node(
-        &self,
-        _: Request<pb::UpdateNodeRequest>,
-    ) -> Result<Response<pb::Node>, Status> {
-        Err(pending("NodeService.UpdateNode", "nodes (issue #3, Nodes)"))
-    }
-    async fn delete_node(&self, _: Request<pb::DeleteNodeRequest>) -> Result<Response<()>, Status> {
-        Err(pending("NodeService.DeleteNode", "nodes (issue #3, Nodes)"))
-    }
-    async fn get_node_config(
-        &self,
-        _: Request<pb::GetNodeConfigRequest>,
-    ) -> Result<Response<pb::NodeConfig>, Status> {
-        Err(pending(
-            "NodeService.GetNodeConfig",
-            "nodes (issue #3, Nodes)",
         ))
     }
 }

@@ -1,8 +1,11 @@
 //! The domain core: types, validation and pure functions. No tonic, no sqlx.
 
+pub mod enrollment;
 pub mod error;
+pub mod ipam;
 pub mod names;
 pub mod network;
+pub mod node;
 pub mod page;
 pub mod token;
 

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Error, Result,
+    enrollment::EnrollmentKey,
     network::{Network, NetworkPatch},
+    node::{Endpoint, Node, NodePatch, Registration},
     page::PageRequest,
     token::NewToken,
 };
@@ -26,10 +28,16 @@ pub struct AdminToken {
     pub create_time: DateTime<Utc>,
 }
 
-/// Everything meshplane keeps. Every method is atomic: it either commits all
-/// of its writes or none.
+/// Everything meshplane keeps: one trait made of one part per resource, each
+/// implemented by every backend. Every method is atomic: it commits all of its
+/// writes or none.
+pub trait Store: NetworkStore + TokenStore + NodeStore {}
+
+impl<T: NetworkStore + TokenStore + NodeStore> Store for T {}
+
+/// Networks.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait NetworkStore: Send + Sync + 'static {
     /// Inserts a validated network; ALREADY_EXISTS on a taken name,
     /// FAILED_PRECONDITION when a range overlaps another network's.
     async fn create_network(&self, net: &Network) -> Result<Network>;
@@ -40,9 +48,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_networks(&self, page: &PageRequest) -> Result<Vec<Network>>;
     /// Applies a validated patch.
     async fn update_network(&self, name: &str, patch: &NetworkPatch) -> Result<Network>;
-    /// Deletes a network (and, with `force`, everything in it).
+    /// Deletes a network; FAILED_PRECONDITION while it has nodes unless
+    /// `force`, which deletes them (and everything else in it) too.
     async fn delete_network(&self, name: &str, force: bool) -> Result<()>;
+}
 
+/// Admin tokens.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new admin token's hash.
     async fn create_admin_token(&self, name: &str, token: &NewToken) -> Result<AdminToken>;
     /// All admin tokens, oldest first.
@@ -51,9 +64,66 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_admin_token(&self, id: &str) -> Result<()>;
     /// The stored hash of an admin token, when it exists.
     async fn admin_token_hash(&self, id: &str) -> Result<Option<Vec<u8>>>;
-    /// The node a presented node token (with record id `id`) belongs to, when
-    /// the token is valid.
+}
+
+/// Enrollment keys and nodes.
+#[async_trait]
+pub trait NodeStore: Send + Sync + 'static {
+    /// Stores a validated key with its token's hash; NOT_FOUND naming a
+    /// network that does not exist.
+    async fn create_enrollment_key(&self, key: &EnrollmentKey, hash: &[u8; 32]) -> Result<()>;
+    /// Keys ordered by id, optionally only those valid for `network`.
+    async fn list_enrollment_keys(
+        &self,
+        network: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<EnrollmentKey>>;
+    /// Revokes a key.
+    async fn delete_enrollment_key(&self, id: &str) -> Result<()>;
+    /// The key a presented enrollment token (with record id `id`) opens;
+    /// UNAUTHENTICATED when there is none or the secret is wrong.
+    async fn enrollment_key(&self, id: &str, presented: &str) -> Result<EnrollmentKey>;
+
+    /// Registers a node in one transaction: re-checks the key, checks name and
+    /// key uniqueness, allocates the lowest free addresses, stores the node
+    /// and its token hash, and takes one use of the key. On any error nothing
+    /// is written.
+    async fn register_node(&self, reg: &NodeRegistration<'_>) -> Result<Node>;
+    /// One node.
+    async fn get_node(&self, id: &str) -> Result<Node>;
+    /// Nodes ordered by (network, name), optionally of one network.
+    async fn list_nodes(&self, network: Option<&str>, page: &PageRequest) -> Result<Vec<Node>>;
+    /// All nodes of a network, ordered by name.
+    async fn network_nodes(&self, network: &str) -> Result<Vec<Node>>;
+    /// Applies a validated patch; ALREADY_EXISTS when the new name or key is
+    /// taken in the network.
+    async fn update_node(&self, id: &str, patch: &NodePatch) -> Result<Node>;
+    /// Deletes a node, frees its addresses, revokes its token.
+    async fn delete_node(&self, id: &str) -> Result<Node>;
+    /// The node a presented node token (with record id `id`) belongs to.
     async fn node_for_token(&self, id: &str, presented: &str) -> Result<Option<String>>;
+    /// Records what an agent reported.
+    async fn report_status(
+        &self,
+        node_id: &str,
+        applied_revision: u64,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<Node>;
+}
+
+/// What [`NodeStore::register_node`] needs.
+#[derive(Debug)]
+pub struct NodeRegistration<'a> {
+    /// Record id of the enrollment key.
+    pub key_id: &'a str,
+    /// The enrollment token as presented.
+    pub key_token: &'a str,
+    /// The validated request.
+    pub registration: &'a Registration,
+    /// Id for the new node.
+    pub node_id: String,
+    /// The node's new token (only its hash is stored).
+    pub token: &'a NewToken,
 }
 
 /// Opens the store a database URL names and runs its migrations.
@@ -104,4 +174,10 @@ pub(crate) fn join_ips(ips: &[std::net::IpAddr]) -> String {
 /// Splits a stored IP list.
 pub(crate) fn split_ips(s: &str) -> Vec<std::net::IpAddr> {
     s.split(',').filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Whether a database error is a uniqueness violation (same code on SQLite
+/// and PostgreSQL through sqlx's classification).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }

@@ -1,62 +1,16 @@
-//! The embedded SQLite store (WAL, foreign keys on, synchronous=FULL so an
-//! acknowledged write survives a crash).
-
-use std::{str::FromStr, time::Duration};
+//! Networks in SQLite.
 
 use async_trait::async_trait;
+use sqlx::{Row, sqlite::SqliteRow};
 
-use sqlx::{
-    Row,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-        SqliteSynchronous,
-    },
-};
-use tokio::sync::Mutex;
-
-use super::{AdminToken, Store, db_err, from_micros, join_ips, split_ips, to_micros};
+use super::SqliteStore;
 use crate::domain::{
     Error, Result,
     names::DnsLabel,
     network::{Network, NetworkPatch, check_no_overlap},
     page::PageRequest,
-    token::NewToken,
 };
-
-/// SQLite-backed [`Store`].
-pub struct SqliteStore {
-    pool: SqlitePool,
-    /// SQLite has one writer; taking this before every write transaction
-    /// makes writers queue here instead of failing with SQLITE_BUSY.
-    write: Mutex<()>,
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `url` and migrates it.
-    pub async fn open(url: &str) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::Internal(format!("bad database URL: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
-            .await
-            .map_err(db_err)?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::Internal(format!("migrating the database: {e}")))?;
-        Ok(Self {
-            pool,
-            write: Mutex::new(()),
-        })
-    }
-}
+use crate::store::{NetworkStore, db_err, from_micros, join_ips, split_ips, to_micros};
 
 const NETWORK_COLS: &str = "name, range4, range6, keepalive, mtu, listen_port, \
     ext_client_dns, nameservers, create_time, update_time";
@@ -86,7 +40,8 @@ fn network_from_row(r: &SqliteRow) -> Result<Network> {
     })
 }
 
-async fn fetch_network<'e, E>(ex: E, name: &str) -> Result<Option<Network>>
+/// One network, inside or outside a transaction.
+pub(super) async fn fetch_network<'e, E>(ex: E, name: &str) -> Result<Option<Network>>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
@@ -103,10 +58,9 @@ where
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl NetworkStore for SqliteStore {
     async fn create_network(&self, net: &Network) -> Result<Network> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let (_w, mut tx) = self.write_tx().await?;
         if fetch_network(&mut *tx, net.name.as_str()).await?.is_some() {
             return Err(Error::already_exists(
                 "network.name",
@@ -161,8 +115,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_network(&self, name: &str, patch: &NetworkPatch) -> Result<Network> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let (_w, mut tx) = self.write_tx().await?;
         let mut net = fetch_network(&mut *tx, name)
             .await?
             .ok_or_else(|| Error::not_found("network", name))?;
@@ -185,78 +138,28 @@ impl Store for SqliteStore {
         Ok(net)
     }
 
-    async fn delete_network(&self, name: &str, _force: bool) -> Result<()> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let done = sqlx::query("DELETE FROM networks WHERE name = ?")
+    async fn delete_network(&self, name: &str, force: bool) -> Result<()> {
+        let (_w, mut tx) = self.write_tx().await?;
+        if fetch_network(&mut *tx, name).await?.is_none() {
+            return Err(Error::not_found("network", name));
+        }
+        let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE network = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if nodes > 0 && !force {
+            return Err(Error::FailedPrecondition(format!(
+                "network {name:?} has {nodes} node(s); delete them first or set force"
+            )));
+        }
+        // Nodes, addresses and key memberships go with it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM networks WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found("network", name));
-        }
         tx.commit().await.map_err(db_err)?;
         Ok(())
-    }
-
-    async fn create_admin_token(&self, name: &str, token: &NewToken) -> Result<AdminToken> {
-        let _w = self.write.lock().await;
-        let now = crate::domain::now();
-        sqlx::query("INSERT INTO admin_tokens (id, name, hash, create_time) VALUES (?, ?, ?, ?)")
-            .bind(&token.id)
-            .bind(name)
-            .bind(&token.hash[..])
-            .bind(to_micros(now))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(AdminToken {
-            id: token.id.clone(),
-            name: name.to_owned(),
-            create_time: from_micros(to_micros(now)),
-        })
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>> {
-        let rows =
-            sqlx::query("SELECT id, name, create_time FROM admin_tokens ORDER BY create_time, id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(AdminToken {
-                    id: r.try_get("id").map_err(db_err)?,
-                    name: r.try_get("name").map_err(db_err)?,
-                    create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
-                })
-            })
-            .collect()
-    }
-
-    async fn revoke_admin_token(&self, id: &str) -> Result<()> {
-        let _w = self.write.lock().await;
-        let done = sqlx::query("DELETE FROM admin_tokens WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found("admin token", id));
-        }
-        Ok(())
-    }
-
-    async fn admin_token_hash(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        sqlx::query_scalar("SELECT hash FROM admin_tokens WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)
-    }
-
-    async fn node_for_token(&self, _id: &str, _presented: &str) -> Result<Option<String>> {
-        Ok(None)
     }
 }

@@ -1,0 +1,132 @@
+//! NodeService and the node's proto form.
+
+use tonic::{Request, Response, Status};
+
+use meshplane_proto::v1::{self as pb, node_service_server::NodeService};
+
+use super::{
+    AppState,
+    convert::{ips, ts},
+    error::{IntoStatus, required},
+};
+use crate::domain::{
+    node::{Node, NodePatch, NodeUpdateInput},
+    page::PageRequest,
+};
+
+/// The NodeService implementation.
+pub struct Nodes(pub AppState);
+
+/// A domain node as its proto message.
+pub fn to_pb(n: &Node) -> pb::Node {
+    pb::Node {
+        id: n.id.clone(),
+        network: n.network.to_string(),
+        name: n.name.to_string(),
+        public_key: n.public_key.to_string(),
+        endpoint: n
+            .endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        listen_port: n.listen_port.into(),
+        address: n.address.map(|a| a.to_string()).unwrap_or_default(),
+        address6: n.address6.map(|a| a.to_string()).unwrap_or_default(),
+        os: n.os.clone(),
+        egress: n.egress.as_ref().map(|e| pb::EgressGateway {
+            ranges: e.ranges.iter().map(ToString::to_string).collect(),
+            interface: e.interface.clone(),
+            nat_enabled: e.nat,
+        }),
+        ingress: n.ingress.as_ref().map(|i| pb::IngressGateway {
+            ext_client_dns: ips(&i.ext_client_dns),
+        }),
+        connected: n.connected,
+        last_seen: n.last_seen.and_then(ts),
+        applied_revision: n.applied_revision,
+        config_revision: 0,
+        drifted: false,
+        persistent_keepalive: n.keepalive,
+        create_time: ts(n.create_time),
+        update_time: ts(n.update_time),
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for Nodes {
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(required("id"));
+        }
+        let node = self.0.store.get_node(&id).await.status()?;
+        Ok(Response::new(to_pb(&node)))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let r = req.into_inner();
+        let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
+        let network = (!r.network.is_empty()).then_some(r.network.as_str());
+        let nodes = self.0.store.list_nodes(network, &page).await.status()?;
+        let (nodes, next_page_token) = page.finish(nodes, |n| format!("{}/{}", n.network, n.name));
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node))]
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let r = req.into_inner();
+        let n = r.node.ok_or_else(|| required("node"))?;
+        if n.id.is_empty() {
+            return Err(required("node.id"));
+        }
+        tracing::Span::current().record("node", n.id.as_str());
+        let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let input = NodeUpdateInput {
+            name: n.name,
+            endpoint: n.endpoint,
+            listen_port: n.listen_port,
+            keepalive: n.persistent_keepalive,
+            public_key: n.public_key,
+        };
+        let patch = NodePatch::from_request(&input, &mask).status()?;
+        let node = self.0.store.update_node(&n.id, &patch).await.status()?;
+        tracing::info!(node = %node.id, "node updated");
+        Ok(Response::new(to_pb(&node)))
+    }
+
+    #[tracing::instrument(skip_all, fields(node))]
+    async fn delete_node(
+        &self,
+        req: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(required("id"));
+        }
+        tracing::Span::current().record("node", id.as_str());
+        let node = self.0.store.delete_node(&id).await.status()?;
+        tracing::info!(node = %node.id, network = %node.network, "node deleted");
+        Ok(Response::new(()))
+    }
+
+    async fn get_node_config(
+        &self,
+        _: Request<pb::GetNodeConfigRequest>,
+    ) -> Result<Response<pb::NodeConfig>, Status> {
+        Err(Status::unimplemented(
+            "NodeService.GetNodeConfig is not implemented yet: it lands with gateways (issue #4)",
+        ))
+    }
+}

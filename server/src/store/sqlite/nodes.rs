@@ -1,0 +1,561 @@
+//! Enrollment keys, nodes and overlay addresses in SQLite.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
+
+use super::{SqliteStore, networks::fetch_network};
+use crate::domain::{
+    Error, Result,
+    enrollment::EnrollmentKey,
+    ipam::{self, Family},
+    names::DnsLabel,
+    node::{Egress, Endpoint, Ingress, Node, NodePatch, WgKey},
+    page::PageRequest,
+    token,
+};
+use crate::store::{
+    NodeRegistration, NodeStore, db_err, from_micros, is_unique_violation, split_ips, to_micros,
+};
+
+const KEY_COLS: &str = "k.id, k.hash, k.description, k.uses_remaining, k.unlimited, \
+    k.expire_time, k.create_time, \
+    (SELECT group_concat(network, ',') FROM enrollment_key_networks n WHERE n.key_id = k.id) \
+    AS networks";
+
+fn key_from_row(r: &SqliteRow) -> Result<(EnrollmentKey, Vec<u8>)> {
+    let networks: Option<String> = r.try_get("networks").map_err(db_err)?;
+    let mut networks: Vec<DnsLabel> = networks
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| DnsLabel::parse("network", n, DnsLabel::NETWORK_MAX).ok())
+        .collect();
+    networks.sort();
+    let key = EnrollmentKey {
+        id: r.try_get("id").map_err(db_err)?,
+        networks,
+        uses_remaining: r.try_get::<i64, _>("uses_remaining").map_err(db_err)? as u32,
+        unlimited: r.try_get("unlimited").map_err(db_err)?,
+        expire_time: r
+            .try_get::<Option<i64>, _>("expire_time")
+            .map_err(db_err)?
+            .map(from_micros),
+        description: r.try_get("description").map_err(db_err)?,
+        create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
+    };
+    Ok((key, r.try_get("hash").map_err(db_err)?))
+}
+
+async fn load_key(conn: &mut SqliteConnection, id: &str, presented: &str) -> Result<EnrollmentKey> {
+    let row = sqlx::query(&format!(
+        "SELECT {KEY_COLS} FROM enrollment_keys k WHERE k.id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    match row.as_ref().map(key_from_row).transpose()? {
+        Some((key, hash)) if token::verify(presented, &hash) => Ok(key),
+        _ => Err(Error::Unauthenticated(
+            "unknown or revoked enrollment key".into(),
+        )),
+    }
+}
+
+pub(super) const NODE_COLS: &str = "id, network, name, public_key, endpoint, listen_port, \
+    address, address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
+    ingress_dns, connected, last_seen, applied_revision, create_time, update_time";
+
+pub(super) fn node_from_row(r: &SqliteRow) -> Result<Node> {
+    let id: String = r.try_get("id").map_err(db_err)?;
+    let corrupt = |what: &str| Error::Internal(format!("stored node {id}: bad {what}"));
+    let s = |c: &str| r.try_get::<String, _>(c).map_err(db_err);
+    let o = |c: &str| r.try_get::<Option<String>, _>(c).map_err(db_err);
+    let endpoint = s("endpoint")?;
+    let egress = match o("egress_ranges")? {
+        None => None,
+        Some(ranges) => Some(Egress {
+            ranges: ranges
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| x.parse::<IpNet>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| corrupt("egress_ranges"))?,
+            interface: s("egress_interface")?,
+            nat: r.try_get("egress_nat").map_err(db_err)?,
+        }),
+    };
+    let ingress = r
+        .try_get::<bool, _>("ingress")
+        .map_err(db_err)?
+        .then(|| -> Result<Ingress> {
+            Ok(Ingress {
+                ext_client_dns: split_ips(&s("ingress_dns")?),
+            })
+        })
+        .transpose()?;
+    Ok(Node {
+        network: DnsLabel::parse("network", &s("network")?, DnsLabel::LABEL_MAX)
+            .map_err(|_| corrupt("network"))?,
+        name: DnsLabel::parse("name", &s("name")?, DnsLabel::LABEL_MAX)
+            .map_err(|_| corrupt("name"))?,
+        public_key: WgKey::parse("public_key", &s("public_key")?)
+            .map_err(|_| corrupt("public_key"))?,
+        endpoint: (!endpoint.is_empty())
+            .then(|| Endpoint::parse("endpoint", &endpoint))
+            .transpose()
+            .map_err(|_| corrupt("endpoint"))?,
+        listen_port: r.try_get::<i64, _>("listen_port").map_err(db_err)? as u16,
+        address: o("address")?
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|_| corrupt("address"))?,
+        address6: o("address6")?
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|_| corrupt("address6"))?,
+        os: s("os")?,
+        keepalive: r.try_get::<i64, _>("keepalive").map_err(db_err)? as u32,
+        egress,
+        ingress,
+        connected: r.try_get("connected").map_err(db_err)?,
+        last_seen: r
+            .try_get::<Option<i64>, _>("last_seen")
+            .map_err(db_err)?
+            .map(from_micros),
+        applied_revision: r.try_get::<i64, _>("applied_revision").map_err(db_err)? as u64,
+        create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
+        update_time: from_micros(r.try_get("update_time").map_err(db_err)?),
+        id,
+    })
+}
+
+pub(super) async fn fetch_node(conn: &mut SqliteConnection, id: &str) -> Result<Node> {
+    let row = sqlx::query(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    row.as_ref()
+        .map(node_from_row)
+        .transpose()?
+        .ok_or_else(|| Error::not_found("node", id))
+}
+
+/// ALREADY_EXISTS when `name` or `public_key` is taken in `network` by
+/// another node than `except`.
+async fn check_unique(
+    conn: &mut SqliteConnection,
+    network: &str,
+    except: &str,
+    name: Option<(&str, &DnsLabel)>,
+    public_key: Option<(&str, &WgKey)>,
+) -> Result<()> {
+    if let Some((field, name)) = name {
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE network = ? AND name = ? AND id <> ?")
+                .bind(network)
+                .bind(name.as_str())
+                .bind(except)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        if let Some(other) = taken {
+            return Err(Error::already_exists(
+                field,
+                format!(
+                    "node {other} in network {network:?} is already named {name:?}",
+                    name = name.as_str()
+                ),
+            ));
+        }
+    }
+    if let Some((field, key)) = public_key {
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM nodes WHERE network = ? AND public_key = ? AND id <> ?",
+        )
+        .bind(network)
+        .bind(key.to_string())
+        .bind(except)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        if let Some(other) = taken {
+            return Err(Error::already_exists(
+                field,
+                format!("node {other} in network {network:?} already has public key {key}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The lowest free host offset of a family in a network.
+const LOWEST_FREE: &str = "SELECT CASE \
+    WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
+        WHERE network = ?1 AND family = ?2 AND host_offset = 1) THEN 1 \
+    ELSE (SELECT MIN(a.host_offset) + 1 FROM ip_allocations a \
+        WHERE a.network = ?1 AND a.family = ?2 AND NOT EXISTS (\
+            SELECT 1 FROM ip_allocations b WHERE b.network = ?1 AND b.family = ?2 \
+            AND b.host_offset = a.host_offset + 1)) \
+    END";
+
+/// Takes the lowest free address of `range` for an owner.
+pub(super) async fn allocate(
+    conn: &mut SqliteConnection,
+    network: &str,
+    range: IpNet,
+    owner_kind: &str,
+    owner_id: &str,
+) -> Result<IpAddr> {
+    let family = match range {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    };
+    let next: i64 = sqlx::query_scalar(LOWEST_FREE)
+        .bind(network)
+        .bind(family.as_i64())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if next < 0 || !ipam::usable(range, next as u128) {
+        return Err(Error::ResourceExhausted(format!(
+            "address range {range} of network {network:?} is exhausted: all {} addresses are in use",
+            ipam::capacity(range)
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO ip_allocations (network, family, host_offset, owner_kind, owner_id) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(network)
+    .bind(family.as_i64())
+    .bind(next)
+    .bind(owner_kind)
+    .bind(owner_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(match range {
+        IpNet::V4(r) => IpAddr::V4(ipam::v4_at(r, next as u128)),
+        IpNet::V6(r) => IpAddr::V6(ipam::v6_at(r, next as u128)),
+    })
+}
+
+/// Frees every address an owner holds.
+pub(super) async fn free_addresses(conn: &mut SqliteConnection, owner_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM ip_allocations WHERE owner_id = ?")
+        .bind(owner_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn unique_backstop(e: sqlx::Error) -> Error {
+    // The explicit checks above give precise messages; a unique violation here
+    // means a concurrent writer won a race the checks could not see.
+    if is_unique_violation(&e) {
+        Error::already_exists("name", "a node with this name or public key already exists")
+    } else {
+        db_err(e)
+    }
+}
+
+fn endpoint_text(e: &Option<Endpoint>) -> String {
+    e.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
+fn page_key(after: Option<&str>) -> (String, String) {
+    match after.and_then(|a| a.split_once('/')) {
+        Some((n, m)) => (n.to_owned(), m.to_owned()),
+        None => (String::new(), String::new()),
+    }
+}
+
+#[async_trait]
+impl NodeStore for SqliteStore {
+    async fn create_enrollment_key(&self, key: &EnrollmentKey, hash: &[u8; 32]) -> Result<()> {
+        let (_w, mut tx) = self.write_tx().await?;
+        for n in &key.networks {
+            if fetch_network(&mut *tx, n.as_str()).await?.is_none() {
+                return Err(Error::not_found("network", n));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO enrollment_keys (id, hash, description, uses_remaining, unlimited, \
+             expire_time, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&hash[..])
+        .bind(&key.description)
+        .bind(key.uses_remaining as i64)
+        .bind(key.unlimited)
+        .bind(key.expire_time.map(to_micros))
+        .bind(to_micros(key.create_time))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for n in &key.networks {
+            sqlx::query("INSERT INTO enrollment_key_networks (key_id, network) VALUES (?, ?)")
+                .bind(&key.id)
+                .bind(n.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn list_enrollment_keys(
+        &self,
+        network: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<EnrollmentKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM enrollment_keys k WHERE k.id > ?1 AND (?2 IS NULL OR \
+             EXISTS (SELECT 1 FROM enrollment_key_networks n WHERE n.key_id = k.id AND n.network = ?2)) \
+             ORDER BY k.id LIMIT ?3"
+        ))
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(network)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| key_from_row(r).map(|(k, _)| k))
+            .collect()
+    }
+
+    async fn delete_enrollment_key(&self, id: &str) -> Result<()> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM enrollment_keys WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("enrollment key", id));
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn enrollment_key(&self, id: &str, presented: &str) -> Result<EnrollmentKey> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        load_key(&mut conn, id, presented).await
+    }
+
+    async fn register_node(&self, r: &NodeRegistration<'_>) -> Result<Node> {
+        let reg = r.registration;
+        let now = crate::domain::now();
+        let (_w, mut tx) = self.write_tx().await?;
+        let key = load_key(&mut tx, r.key_id, r.key_token).await?;
+        key.admit(&reg.network, now)?;
+        let network = reg.network.as_str();
+        let net = fetch_network(&mut *tx, network)
+            .await?
+            .ok_or_else(|| Error::not_found("network", network))?;
+        check_unique(
+            &mut tx,
+            network,
+            "",
+            Some(("name", &reg.name)),
+            Some(("public_key", &reg.public_key)),
+        )
+        .await?;
+        let address = match net.range4 {
+            Some(r4) => {
+                match allocate(&mut tx, network, IpNet::V4(r4), "node", &r.node_id).await? {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                }
+            }
+            None => None,
+        };
+        let address6 = match net.range6 {
+            Some(r6) => {
+                match allocate(&mut tx, network, IpNet::V6(r6), "node", &r.node_id).await? {
+                    IpAddr::V6(a) => Some(a),
+                    IpAddr::V4(_) => None,
+                }
+            }
+            None => None,
+        };
+        let node = Node {
+            id: r.node_id.clone(),
+            network: reg.network.clone(),
+            name: reg.name.clone(),
+            public_key: reg.public_key,
+            endpoint: reg.endpoint.clone(),
+            listen_port: reg.listen_port.unwrap_or(net.listen_port as u16),
+            address,
+            address6,
+            os: reg.os.clone(),
+            keepalive: 0,
+            egress: None,
+            ingress: None,
+            connected: false,
+            last_seen: None,
+            applied_revision: 0,
+            create_time: now,
+            update_time: now,
+        };
+        sqlx::query(
+            "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
+             address6, os, token_id, token_hash, create_time, update_time) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&node.id)
+        .bind(network)
+        .bind(node.name.as_str())
+        .bind(node.public_key.to_string())
+        .bind(endpoint_text(&node.endpoint))
+        .bind(node.listen_port as i64)
+        .bind(node.address.map(|a| a.to_string()))
+        .bind(node.address6.map(|a| a.to_string()))
+        .bind(&node.os)
+        .bind(&r.token.id)
+        .bind(&r.token.hash[..])
+        .bind(to_micros(now))
+        .bind(to_micros(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(unique_backstop)?;
+        // Take one use; the WHERE makes it impossible to go below zero.
+        let took = sqlx::query(
+            "UPDATE enrollment_keys SET uses_remaining = uses_remaining - 1 \
+             WHERE id = ? AND (unlimited OR uses_remaining > 0)",
+        )
+        .bind(&key.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if took.rows_affected() == 0 {
+            return Err(Error::Unauthenticated(
+                "enrollment key has no uses left".into(),
+            ));
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(node)
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Node> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        fetch_node(&mut conn, id).await
+    }
+
+    async fn list_nodes(&self, network: Option<&str>, page: &PageRequest) -> Result<Vec<Node>> {
+        let (after_net, after_name) = page_key(page.after.as_deref());
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE (network, name) > (?1, ?2) \
+             AND (?3 IS NULL OR network = ?3) ORDER BY network, name LIMIT ?4"
+        ))
+        .bind(after_net)
+        .bind(after_name)
+        .bind(network)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn network_nodes(&self, network: &str) -> Result<Vec<Node>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE network = ? ORDER BY name"
+        ))
+        .bind(network)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn update_node(&self, id: &str, patch: &NodePatch) -> Result<Node> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let mut node = fetch_node(&mut tx, id).await?;
+        check_unique(
+            &mut tx,
+            node.network.as_str(),
+            id,
+            patch.name.as_ref().map(|n| ("node.name", n)),
+            patch.public_key.as_ref().map(|k| ("node.public_key", k)),
+        )
+        .await?;
+        patch.apply(&mut node, crate::domain::now());
+        sqlx::query(
+            "UPDATE nodes SET name = ?, public_key = ?, endpoint = ?, listen_port = ?, \
+             keepalive = ?, update_time = ? WHERE id = ?",
+        )
+        .bind(node.name.as_str())
+        .bind(node.public_key.to_string())
+        .bind(endpoint_text(&node.endpoint))
+        .bind(node.listen_port as i64)
+        .bind(node.keepalive as i64)
+        .bind(to_micros(node.update_time))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique_backstop)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(node)
+    }
+
+    async fn delete_node(&self, id: &str) -> Result<Node> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let node = fetch_node(&mut tx, id).await?;
+        free_addresses(&mut tx, id).await?;
+        sqlx::query("DELETE FROM nodes WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(node)
+    }
+
+    async fn node_for_token(&self, id: &str, presented: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT id, token_hash FROM nodes WHERE token_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.and_then(|r| {
+            let hash: Vec<u8> = r.try_get("token_hash").ok()?;
+            token::verify(presented, &hash)
+                .then(|| r.try_get("id").ok())
+                .flatten()
+        }))
+    }
+
+    async fn report_status(
+        &self,
+        node_id: &str,
+        applied_revision: u64,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<Node> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let now: DateTime<Utc> = crate::domain::now();
+        let done = sqlx::query(
+            "UPDATE nodes SET applied_revision = ?, last_seen = ?, \
+             endpoint = COALESCE(?, endpoint) WHERE id = ?",
+        )
+        .bind(applied_revision as i64)
+        .bind(to_micros(now))
+        .bind(endpoint.map(ToString::to_string))
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("node", node_id));
+        }
+        let node = fetch_node(&mut tx, node_id).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(node)
+    }
+}

@@ -6,7 +6,7 @@ use super::error::{Error, Result, Violations};
 use super::names::DnsLabel;
 
 /// A stored enrollment key (its token is never kept, only its hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnrollmentKey {
     /// Record id.
     pub id: String,

@@ -1,13 +1,20 @@
 //! The domain core: types, validation and pure functions. No tonic, no sqlx.
 
+pub mod config;
+pub mod crypto;
 pub mod enrollment;
 pub mod error;
+pub mod ext_client;
+pub mod firewall;
+pub mod gateway;
 pub mod ipam;
 pub mod names;
 pub mod network;
 pub mod node;
 pub mod page;
+pub mod route;
 pub mod token;
+pub mod wgquick;
 
 pub use error::{Error, FieldViolation, Result};
 

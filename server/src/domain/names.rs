@@ -8,8 +8,22 @@ use super::error::FieldViolation;
 
 /// A DNS label used as a resource name: lowercase a-z, 0-9 and '-',
 /// 1 to `max` characters, not starting or ending with '-'.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DnsLabel(String);
+
+impl TryFrom<String> for DnsLabel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        DnsLabel::parse("name", &s, DnsLabel::LABEL_MAX).map_err(|v| v.description)
+    }
+}
+
+impl From<DnsLabel> for String {
+    fn from(l: DnsLabel) -> String {
+        l.0
+    }
+}
 
 impl DnsLabel {
     /// Longest network name.

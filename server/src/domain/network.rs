@@ -22,7 +22,7 @@ pub const MAX_MTU: u32 = 9000;
 pub const MAX_KEEPALIVE: u32 = 65535;
 
 /// A stored network.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Network {
     /// The id.
     pub name: DnsLabel,

@@ -9,13 +9,28 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use super::error::{FieldViolation, Result, Violations};
 use super::names::DnsLabel;
 
 /// A WireGuard key (public or private): 32 bytes, written as base64.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct WgKey(pub [u8; 32]);
+
+impl TryFrom<String> for WgKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        WgKey::parse("key", &s).map_err(|v| v.description)
+    }
+}
+
+impl From<WgKey> for String {
+    fn from(k: WgKey) -> String {
+        k.to_string()
+    }
+}
 
 impl WgKey {
     /// Parses base64 of exactly 32 bytes.
@@ -51,7 +66,8 @@ impl fmt::Debug for WgKey {
 }
 
 /// `host:port` a peer dials: an IP address (IPv6 in brackets) or a DNS name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Endpoint {
     /// IP address or DNS name.
     pub host: String,
@@ -84,6 +100,19 @@ impl Endpoint {
             host,
             port: port as u16,
         })
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Endpoint::parse("endpoint", &s).map_err(|v| v.description)
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        e.to_string()
     }
 }
 
@@ -126,7 +155,7 @@ pub fn parse_port(field: &str, p: u32) -> Result<u16, FieldViolation> {
 pub const OS_MAX: usize = 64;
 
 /// Egress gateway settings of a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
     /// Outside ranges, normalized, de-duplicated and sorted.
     pub ranges: Vec<IpNet>,
@@ -137,14 +166,14 @@ pub struct Egress {
 }
 
 /// Ingress gateway settings of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ingress {
     /// DNS for its external clients; overrides the network default.
     pub ext_client_dns: Vec<IpAddr>,
 }
 
 /// A stored node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// Id.
     pub id: String,

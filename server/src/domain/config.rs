@@ -1,0 +1,404 @@
+//! What each node receives: computed by pure functions from the network's
+//! state. Each section has its own function so a change can be turned into
+//! an update of just the sections (and peers) it touches.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::ext_client::ExtClient;
+use super::firewall::{Firewall, firewall_for};
+use super::network::Network;
+use super::node::{Node, WgKey};
+
+/// Everything in one network that configs are computed from.
+#[derive(Debug, Clone)]
+pub struct NetworkView {
+    /// The network.
+    pub network: Network,
+    /// Its nodes.
+    pub nodes: Vec<Node>,
+    /// Its external clients.
+    pub ext_clients: Vec<ExtClient>,
+    /// Custom DNS entries (name relative to the zone).
+    pub dns_entries: Vec<DnsRecord>,
+    /// The network's config revision.
+    pub revision: u64,
+}
+
+/// The node's own WireGuard interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Interface name.
+    pub name: String,
+    /// Overlay addresses with the network's prefix.
+    pub addresses: Vec<IpNet>,
+    /// Listen port.
+    pub listen_port: u16,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// One WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Public key.
+    pub public_key: WgKey,
+    /// host:port, when known.
+    pub endpoint: Option<String>,
+    /// Routed ranges, sorted.
+    pub allowed_ips: Vec<IpNet>,
+    /// PersistentKeepalive seconds (0 = off).
+    pub keepalive: u32,
+    /// Display name.
+    pub name: String,
+    /// An external client of this node.
+    pub ext_client: bool,
+}
+
+/// A route through the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    /// Destination range.
+    pub destination: IpNet,
+    /// The peer that carries it.
+    pub via_peer: WgKey,
+    /// The overlay interface.
+    pub dev: String,
+}
+
+/// One name in the zone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsRecord {
+    /// Fully qualified name without trailing dot.
+    pub name: String,
+    /// IPv4 address.
+    pub address: Option<Ipv4Addr>,
+    /// IPv6 address.
+    pub address6: Option<Ipv6Addr>,
+}
+
+/// The zone's names and upstream resolvers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    /// Every record, sorted by name.
+    pub records: Vec<DnsRecord>,
+    /// Upstream resolvers.
+    pub nameservers: Vec<IpAddr>,
+    /// The zone.
+    pub domain: String,
+}
+
+/// A node's whole config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Revision.
+    pub revision: u64,
+    /// The node.
+    pub node_id: String,
+    /// Its network.
+    pub network: String,
+    /// Its interface.
+    pub interface: Interface,
+    /// Its peers by public key.
+    pub peers: BTreeMap<WgKey, Peer>,
+    /// Its routes, sorted.
+    pub routes: Vec<Route>,
+    /// Its firewall.
+    pub firewall: Firewall,
+    /// Its DNS.
+    pub dns: DnsConfig,
+}
+
+/// Name of the overlay interface a node creates for `network` (Linux allows
+/// 15 bytes: "mp-" and the first 12 characters of the network name).
+pub fn interface_name(network: &str) -> String {
+    let short: String = network.chars().take(12).collect();
+    format!("mp-{}", short.trim_end_matches('-'))
+}
+
+/// A node's overlay addresses as host prefixes (/32, /128).
+pub fn host_prefixes(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<IpNet> {
+    v4.map(|a| IpNet::V4(Ipv4Net::from(a)))
+        .into_iter()
+        .chain(v6.map(|a| IpNet::V6(Ipv6Net::from(a))))
+        .collect()
+}
+
+/// The node's own interface.
+pub fn interface_for(network: &Network, node: &Node) -> Interface {
+    let mut addresses = Vec::new();
+    if let (Some(a), Some(r)) = (node.address, network.range4) {
+        addresses.push(IpNet::V4(Ipv4Net::new(a, r.prefix_len()).expect("valid prefix")));
+    }
+    if let (Some(a), Some(r)) = (node.address6, network.range6) {
+        addresses.push(IpNet::V6(Ipv6Net::new(a, r.prefix_len()).expect("valid prefix")));
+    }
+    Interface {
+        name: interface_name(network.name.as_str()),
+        addresses,
+        listen_port: node.listen_port,
+        mtu: network.mtu,
+    }
+}
+
+/// The peer entry every other node of the network has for `node`: its
+/// overlay addresses, its egress ranges when it is an egress gateway, and the
+/// addresses of its enabled external clients when it is an ingress gateway.
+pub fn node_peer<'a>(
+    network: &Network,
+    node: &Node,
+    clients: impl IntoIterator<Item = &'a ExtClient>,
+) -> Peer {
+    let mut allowed = host_prefixes(node.address, node.address6);
+    if let Some(e) = &node.egress {
+        allowed.extend(e.ranges.iter().copied());
+    }
+    if node.ingress.is_some() {
+        for c in clients {
+            if c.enabled && c.ingress_node_id == node.id {
+                allowed.extend(host_prefixes(c.address, c.address6));
+            }
+        }
+    }
+    allowed.sort();
+    allowed.dedup();
+    Peer {
+        public_key: node.public_key,
+        endpoint: node.endpoint.as_ref().map(ToString::to_string),
+        allowed_ips: allowed,
+        keepalive: if node.keepalive == 0 {
+            network.keepalive
+        } else {
+            node.keepalive
+        },
+        name: node.name.to_string(),
+        ext_client: false,
+    }
+}
+
+/// The peer entry an ingress gateway has for one of its external clients.
+pub fn ext_client_peer(client: &ExtClient) -> Peer {
+    Peer {
+        public_key: client.public_key,
+        endpoint: None,
+        allowed_ips: host_prefixes(client.address, client.address6),
+        keepalive: 0,
+        name: client.name.to_string(),
+        ext_client: true,
+    }
+}
+
+/// Routes `node` installs: every egress range of every other gateway, via
+/// that gateway.
+pub fn routes_for<'a>(node: &Node, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Route> {
+    let dev = interface_name(node.network.as_str());
+    let mut routes: Vec<Route> = nodes
+        .into_iter()
+        .filter(|m| m.id != node.id)
+        .filter_map(|m| m.egress.as_ref().map(|e| (m, e)))
+        .flat_map(|(m, e)| {
+            e.ranges.iter().map(|r| Route {
+                destination: *r,
+                via_peer: m.public_key,
+                dev: dev.clone(),
+            })
+        })
+        .collect();
+    routes.sort();
+    routes
+}
+
+/// The automatic DNS records: `<name>.<network>` for every node and client.
+pub fn automatic_records(view: &NetworkView) -> Vec<DnsRecord> {
+    let zone = view.network.name.as_str();
+    let nodes = view.nodes.iter().map(|n| DnsRecord {
+        name: format!("{}.{zone}", n.name),
+        address: n.address,
+        address6: n.address6,
+    });
+    let clients = view.ext_clients.iter().map(|c| DnsRecord {
+        name: format!("{}.{zone}", c.name),
+        address: c.address,
+        address6: c.address6,
+    });
+    nodes.chain(clients).collect()
+}
+
+/// The zone as a node sees it.
+pub fn dns_for(view: &NetworkView) -> DnsConfig {
+    let zone = view.network.name.as_str();
+    let mut records = automatic_records(view);
+    records.extend(view.dns_entries.iter().map(|e| DnsRecord {
+        name: format!("{}.{zone}", e.name),
+        ..e.clone()
+    }));
+    records.sort();
+    DnsConfig {
+        records,
+        nameservers: view.network.nameservers.clone(),
+        domain: zone.to_owned(),
+    }
+}
+
+/// The whole config of one node, or None when the node is not in the view.
+pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
+    let node = view.nodes.iter().find(|n| n.id == node_id)?;
+    let net = &view.network;
+    let mut peers: BTreeMap<WgKey, Peer> = view
+        .nodes
+        .iter()
+        .filter(|m| m.id != node.id)
+        .map(|m| (m.public_key, node_peer(net, m, &view.ext_clients)))
+        .collect();
+    if node.ingress.is_some() {
+        for c in view
+            .ext_clients
+            .iter()
+            .filter(|c| c.enabled && c.ingress_node_id == node.id)
+        {
+            peers.insert(c.public_key, ext_client_peer(c));
+        }
+    }
+    Some(NodeConfig {
+        revision: view.revision,
+        node_id: node.id.clone(),
+        network: net.name.to_string(),
+        interface: interface_for(net, node),
+        peers,
+        routes: routes_for(node, &view.nodes),
+        firewall: firewall_for(net, node),
+        dns: dns_for(view),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::domain::{
+        names::DnsLabel,
+        network::NetworkInput,
+        node::{Egress, Ingress},
+    };
+
+    pub fn network() -> Network {
+        NetworkInput {
+            name: "corp".into(),
+            address_range: "10.101.0.0/16".into(),
+            address_range6: "fd00:101::/64".into(),
+            ..Default::default()
+        }
+        .validate(chrono::Utc::now())
+        .unwrap()
+    }
+
+    pub fn node(name: &str, n: u8) -> Node {
+        let now = chrono::Utc::now();
+        Node {
+            id: format!("id-{name}"),
+            network: DnsLabel::parse("n", "corp", 32).unwrap(),
+            name: DnsLabel::parse("n", name, 63).unwrap(),
+            public_key: WgKey([n; 32]),
+            endpoint: None,
+            listen_port: 51821,
+            address: Some(Ipv4Addr::new(10, 101, 0, n)),
+            address6: Some(format!("fd00:101::{n}").parse().unwrap()),
+            os: String::new(),
+            keepalive: 0,
+            egress: None,
+            ingress: None,
+            connected: false,
+            last_seen: None,
+            applied_revision: 0,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
+    pub fn client(name: &str, ingress: &Node, n: u8) -> ExtClient {
+        let now = chrono::Utc::now();
+        ExtClient {
+            id: format!("c-{name}"),
+            network: ingress.network.clone(),
+            name: DnsLabel::parse("n", name, 63).unwrap(),
+            ingress_node_id: ingress.id.clone(),
+            public_key: WgKey([200 + n; 32]),
+            sealed_private_key: None,
+            address: Some(Ipv4Addr::new(10, 101, 1, n)),
+            address6: None,
+            dns: vec![],
+            enabled: true,
+            config_revision: 0,
+            downloaded_revision: 0,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
+    fn strings(v: &[IpNet]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn peers_carry_egress_ranges_and_ingress_clients() {
+        let mut server = node("server", 1);
+        server.ingress = Some(Ingress::default());
+        let mut office = node("office", 2);
+        office.egress = Some(Egress {
+            ranges: vec!["10.10.10.0/24".parse().unwrap()],
+            interface: "eth2".into(),
+            nat: true,
+        });
+        let laptop = node("laptop", 3);
+        let phone = client("phone", &server, 9);
+        let view = NetworkView {
+            network: network(),
+            nodes: vec![server.clone(), office.clone(), laptop.clone()],
+            ext_clients: vec![phone.clone()],
+            dns_entries: vec![],
+            revision: 4,
+        };
+        let cfg = node_config(&view, &laptop.id).unwrap();
+        assert_eq!(cfg.peers.len(), 2);
+        assert_eq!(
+            strings(&cfg.peers[&office.public_key].allowed_ips),
+            vec!["10.10.10.0/24", "10.101.0.2/32", "fd00:101::2/128"]
+        );
+        assert_eq!(
+            strings(&cfg.peers[&server.public_key].allowed_ips),
+            vec!["10.101.0.1/32", "10.101.1.9/32", "fd00:101::1/128"]
+        );
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(cfg.routes[0].via_peer, office.public_key);
+        assert_eq!(cfg.interface.addresses[0].to_string(), "10.101.0.3/16");
+        assert_eq!(cfg.peers[&office.public_key].keepalive, 20);
+
+        // The ingress node has its client as a peer; the gateway has no route
+        // to its own range.
+        let s = node_config(&view, &server.id).unwrap();
+        assert!(s.peers[&phone.public_key].ext_client);
+        let o = node_config(&view, &office.id).unwrap();
+        assert!(o.routes.is_empty());
+        assert!(!o.peers.contains_key(&office.public_key));
+
+        // A disabled client is nobody's peer and in nobody's allowed IPs.
+        let mut view2 = view.clone();
+        view2.ext_clients[0].enabled = false;
+        let s = node_config(&view2, &server.id).unwrap();
+        assert!(!s.peers.contains_key(&phone.public_key));
+        let l = node_config(&view2, &laptop.id).unwrap();
+        assert_eq!(l.peers[&server.public_key].allowed_ips.len(), 2);
+        assert_eq!(l.dns.records.len(), 4);
+        assert_eq!(l.dns.records[0].name, "laptop.corp");
+    }
+
+    #[test]
+    fn interface_names_fit_linux() {
+        assert_eq!(interface_name("corp"), "mp-corp");
+        assert!(interface_name(&"a".repeat(32)).len() <= 15);
+        assert_eq!(interface_name("abcdefghijk-xyz"), "mp-abcdefghijk");
+    }
+}

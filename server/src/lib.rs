@@ -15,19 +15,51 @@ pub mod domain;
 pub mod store;
 
 use api::{AppState, auth::AuthLayer, pending::*};
-use domain::token::{NewToken, TokenKind};
+use domain::{
+    crypto::Sealer,
+    token::{NewToken, TokenKind},
+};
 use store::Store;
+
+/// What the server runs on.
+#[derive(Clone)]
+pub struct Backend {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Seals external clients' private keys.
+    pub sealer: Arc<Sealer>,
+}
+
+impl Backend {
+    /// Opens the store at `database_url` and the secret key at
+    /// `secret_key_file` (created when missing).
+    pub async fn open(database_url: &str, secret_key_file: &Path) -> domain::Result<Self> {
+        let store = store::open(database_url).await?;
+        let secret = load_or_create_secret(secret_key_file).map_err(|e| {
+            domain::Error::Internal(format!(
+                "secret key file {}: {e}",
+                secret_key_file.display()
+            ))
+        })?;
+        Ok(Self {
+            store,
+            sealer: Arc::new(Sealer::new(&secret)),
+        })
+    }
+}
 
 /// Runs the gRPC server on a pre-bound listener until `shutdown` resolves;
 /// then open streams end and in-flight calls drain.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (drain_tx, drain) = watch::channel(false);
+    let store = backend.store.clone();
     let state = AppState {
-        store: store.clone(),
+        store: backend.store,
+        sealer: backend.sealer,
         drain,
     };
 
@@ -83,10 +115,10 @@ pub async fn serve(
             api::node::Nodes(state.clone()),
         ))
         .add_service(pb::gateway_service_server::GatewayServiceServer::new(
-            PendingGatewayService,
+            api::gateway::Gateways(state.clone()),
         ))
         .add_service(pb::ext_client_service_server::ExtClientServiceServer::new(
-            PendingExtClientService,
+            api::ext_client::ExtClients(state.clone()),
         ))
         .add_service(pb::dns_service_server::DnsServiceServer::new(
             PendingDnsService,
@@ -136,6 +168,34 @@ pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     f.write_all(secret.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
+}
+
+/// Reads the server's 32-byte secret (base64) from `path`, creating it
+/// (mode 0600) when missing. It seals external clients' private keys: every
+/// replica sharing a database needs the same file.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    match std::fs::read_to_string(path) {
+        Ok(text) => STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "expected base64 of 32 bytes",
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_secret_file(path, &STANDARD.encode(key))?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Where a running server listens, for the ready line.

@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use meshplane_server::{
-    bootstrap_admin_token, default_database_url,
+    Backend, bootstrap_admin_token, default_database_url,
     domain::token::{NewToken, TokenKind},
-    ready_line, serve, store,
+    ready_line, serve,
 };
 
 /// meshplane: a control plane for WireGuard overlay networks.
@@ -26,6 +26,10 @@ struct Cli {
     /// Database URL; default: an SQLite file in the data directory.
     #[arg(long, env = "MESHPLANE_DATABASE_URL", global = true)]
     database_url: Option<String>,
+    /// File with the secret that seals external clients' private keys;
+    /// default: secret.key in the data directory (created when missing).
+    #[arg(long, env = "MESHPLANE_SECRET_KEY_FILE", global = true)]
+    secret_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,7 +94,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         .database_url
         .clone()
         .unwrap_or_else(|| default_database_url(&cli.data_dir));
-    let store = store::open(&url).await.map_err(|e| e.to_string())?;
+    let secret = cli
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join("secret.key"));
+    let backend = Backend::open(&url, &secret)
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = backend.store.clone();
     match cli.command {
         Command::Serve { listen } => {
             if let Some(token) = bootstrap_admin_token(&*store, &cli.data_dir)
@@ -107,7 +118,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("binding {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("{}", ready_line(addr));
-            serve(listener, store, shutdown_signal())
+            serve(listener, backend, shutdown_signal())
                 .await
                 .map_err(|e| format!("serving: {e}"))?;
             tracing::info!("stopped");

@@ -9,7 +9,7 @@ use std::{
 };
 
 use meshplane_proto::v1 as pb;
-use meshplane_server::store::{self, Store};
+use meshplane_server::store::Store;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     Code, Status,
@@ -68,7 +68,10 @@ impl TestServer {
     /// Starts a server on `data_dir` (reusing what is there).
     pub async fn start_in(data_dir: &Path) -> Self {
         let url = meshplane_server::default_database_url(data_dir);
-        let store = store::open(&url).await.expect("open store");
+        let backend = meshplane_server::Backend::open(&url, &data_dir.join("secret.key"))
+            .await
+            .expect("open backend");
+        let store = backend.store.clone();
         meshplane_server::bootstrap_admin_token(&*store, data_dir)
             .await
             .expect("bootstrap admin token");
@@ -79,7 +82,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(meshplane_server::serve(listener, store.clone(), async {
+        let task = tokio::spawn(meshplane_server::serve(listener, backend, async {
             let _ = stopped.await;
         }));
         Self {

@@ -5,13 +5,17 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::domain::crypto::Sealer;
 use crate::store::Store;
 
 pub mod agent;
 pub mod auth;
+pub mod config;
 pub mod convert;
 pub mod enrollment_key;
 pub mod error;
+pub mod ext_client;
+pub mod gateway;
 pub mod network;
 pub mod node;
 pub mod pending;
@@ -21,6 +25,8 @@ pub mod pending;
 pub struct AppState {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Seals external clients' private keys.
+    pub sealer: Arc<Sealer>,
     /// Flips to true when the server shuts down; streaming responses end when
     /// it does.
     pub drain: watch::Receiver<bool>,

@@ -10,6 +10,7 @@ use super::{
     error::{IntoStatus, required},
 };
 use crate::domain::{
+    config::node_config,
     node::{Node, NodePatch, NodeUpdateInput},
     page::PageRequest,
 };
@@ -44,8 +45,8 @@ pub fn to_pb(n: &Node) -> pb::Node {
         connected: n.connected,
         last_seen: n.last_seen.and_then(ts),
         applied_revision: n.applied_revision,
-        config_revision: 0,
-        drifted: false,
+        config_revision: n.config_revision,
+        drifted: n.applied_revision < n.config_revision,
         persistent_keepalive: n.keepalive,
         create_time: ts(n.create_time),
         update_time: ts(n.update_time),
@@ -123,10 +124,18 @@ impl NodeService for Nodes {
 
     async fn get_node_config(
         &self,
-        _: Request<pb::GetNodeConfigRequest>,
+        req: Request<pb::GetNodeConfigRequest>,
     ) -> Result<Response<pb::NodeConfig>, Status> {
-        Err(Status::unimplemented(
-            "NodeService.GetNodeConfig is not implemented yet: it lands with gateways (issue #4)",
-        ))
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(required("id"));
+        }
+        let store = &self.0.store;
+        let node = store.get_node(&id).await.status()?;
+        let view = store.network_view(node.network.as_str()).await.status()?;
+        let cfg = node_config(&view, &id)
+            .ok_or_else(|| crate::domain::Error::not_found("node", &id))
+            .status()?;
+        Ok(Response::new(super::config::node_config(&cfg)))
     }
 }

@@ -313,6 +313,7 @@ pub(crate) mod tests {
             connected: false,
             last_seen: None,
             applied_revision: 0,
+            config_revision: 0,
             create_time: now,
             update_time: now,
         }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod crypto;
 pub mod enrollment;
 pub mod error;
+pub mod event;
 pub mod ext_client;
 pub mod firewall;
 pub mod gateway;

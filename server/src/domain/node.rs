@@ -205,6 +205,9 @@ pub struct Node {
     pub last_seen: Option<DateTime<Utc>>,
     /// Revision the agent reported applied.
     pub applied_revision: u64,
+    /// Revision of the node's current config.
+    #[serde(default)]
+    pub config_revision: u64,
     /// Registration time.
     pub create_time: DateTime<Utc>,
     /// Last change.

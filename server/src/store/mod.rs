@@ -8,9 +8,12 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Error, Result,
+    config::NetworkView,
     enrollment::EnrollmentKey,
+    event::Event,
+    ext_client::{ExtClient, ExtClientPatch},
     network::{Network, NetworkPatch},
-    node::{Endpoint, Node, NodePatch, Registration},
+    node::{Egress, Endpoint, Ingress, Node, NodePatch, Registration},
     page::PageRequest,
     token::NewToken,
 };
@@ -31,9 +34,9 @@ pub struct AdminToken {
 /// Everything meshplane keeps: one trait made of one part per resource, each
 /// implemented by every backend. Every method is atomic: it commits all of its
 /// writes or none.
-pub trait Store: NetworkStore + TokenStore + NodeStore {}
+pub trait Store: NetworkStore + TokenStore + NodeStore + ExtClientStore + EventStore {}
 
-impl<T: NetworkStore + TokenStore + NodeStore> Store for T {}
+impl<T: NetworkStore + TokenStore + NodeStore + ExtClientStore + EventStore> Store for T {}
 
 /// Networks.
 #[async_trait]
@@ -102,6 +105,17 @@ pub trait NodeStore: Send + Sync + 'static {
     async fn delete_node(&self, id: &str) -> Result<Node>;
     /// The node a presented node token (with record id `id`) belongs to.
     async fn node_for_token(&self, id: &str, presented: &str) -> Result<Option<String>>;
+    /// Makes a node an egress gateway (replacing its egress) or, with None,
+    /// stops it being one; ALREADY_EXISTS when another gateway of the network
+    /// serves one of the same ranges.
+    async fn set_egress(&self, node_id: &str, egress: Option<&Egress>) -> Result<Node>;
+    /// Makes a node an ingress gateway or, with None, stops it being one:
+    /// FAILED_PRECONDITION while external clients use it, unless `force`,
+    /// which deletes them.
+    async fn set_ingress(&self, node_id: &str, ingress: Option<&Ingress>, force: bool)
+    -> Result<Node>;
+    /// Everything configs in a network are computed from, read consistently.
+    async fn network_view(&self, network: &str) -> Result<NetworkView>;
     /// Records what an agent reported.
     async fn report_status(
         &self,
@@ -109,6 +123,41 @@ pub trait NodeStore: Send + Sync + 'static {
         applied_revision: u64,
         endpoint: Option<&Endpoint>,
     ) -> Result<Node>;
+}
+
+/// External clients.
+#[async_trait]
+pub trait ExtClientStore: Send + Sync + 'static {
+    /// Stores a new client (id, keys, name, DNS set; addresses are allocated
+    /// here from the pool nodes use): NOT_FOUND for an unknown ingress node,
+    /// FAILED_PRECONDITION when it is not an ingress gateway, INVALID_ARGUMENT
+    /// when it is in another network, ALREADY_EXISTS for a taken name or key.
+    async fn create_ext_client(&self, client: &ExtClient) -> Result<ExtClient>;
+    /// One client.
+    async fn get_ext_client(&self, id: &str) -> Result<ExtClient>;
+    /// Clients ordered by (network, name).
+    async fn list_ext_clients(
+        &self,
+        network: Option<&str>,
+        ingress_node_id: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<ExtClient>>;
+    /// Applies a validated patch.
+    async fn update_ext_client(&self, id: &str, patch: &ExtClientPatch) -> Result<ExtClient>;
+    /// Deletes a client and frees its addresses.
+    async fn delete_ext_client(&self, id: &str) -> Result<ExtClient>;
+    /// Records that the config at `revision` was downloaded.
+    async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()>;
+}
+
+/// The event log.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Events with revision greater than `after`, oldest first, at most
+    /// `limit`.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+    /// The newest revision (0 when nothing happened yet).
+    async fn latest_revision(&self) -> Result<u64>;
 }
 
 /// What [`NodeStore::register_node`] needs.

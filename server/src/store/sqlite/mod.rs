@@ -11,6 +11,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::db_err;
 use crate::domain::{Error, Result};
 
+mod events;
+mod ext_clients;
 mod networks;
 mod nodes;
 mod tokens;

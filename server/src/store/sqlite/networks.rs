@@ -4,8 +4,10 @@ use async_trait::async_trait;
 use sqlx::{Row, sqlite::SqliteRow};
 
 use super::SqliteStore;
+use super::events;
 use crate::domain::{
     Error, Result,
+    event::{Action, Resource},
     names::DnsLabel,
     network::{Network, NetworkPatch, check_no_overlap},
     page::PageRequest,
@@ -92,6 +94,7 @@ impl NetworkStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        events::append(&mut tx, Action::Created, &Resource::Network(net.clone()), true).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(net.clone())
     }
@@ -134,15 +137,24 @@ impl NetworkStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        let rev =
+            events::append(&mut tx, Action::Updated, &Resource::Network(net.clone()), true).await?;
+        // MTU, keepalive and DNS defaults are in every client's file.
+        sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE network = ?")
+            .bind(rev as i64)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(net)
     }
 
     async fn delete_network(&self, name: &str, force: bool) -> Result<()> {
         let (_w, mut tx) = self.write_tx().await?;
-        if fetch_network(&mut *tx, name).await?.is_none() {
+        let Some(net) = fetch_network(&mut *tx, name).await? else {
             return Err(Error::not_found("network", name));
-        }
+        };
         let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE network = ?")
             .bind(name)
             .fetch_one(&mut *tx)
@@ -153,12 +165,14 @@ impl NetworkStore for SqliteStore {
                 "network {name:?} has {nodes} node(s); delete them first or set force"
             )));
         }
-        // Nodes, addresses and key memberships go with it (ON DELETE CASCADE).
+        // Nodes, clients, addresses and key memberships go with it (ON DELETE
+        // CASCADE).
         sqlx::query("DELETE FROM networks WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        events::append(&mut tx, Action::Deleted, &Resource::Network(net), false).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }

@@ -7,10 +7,17 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 
-use super::{SqliteStore, networks::fetch_network};
+use super::{
+    SqliteStore, events,
+    ext_clients::{bump_clients_of, delete_clients_of, fetch_clients},
+    networks::fetch_network,
+};
 use crate::domain::{
     Error, Result,
+    config::NetworkView,
     enrollment::EnrollmentKey,
+    event::{Action, Resource},
+    gateway::check_egress_unique,
     ipam::{self, Family},
     names::DnsLabel,
     node::{Egress, Endpoint, Ingress, Node, NodePatch, WgKey},
@@ -18,7 +25,8 @@ use crate::domain::{
     token,
 };
 use crate::store::{
-    NodeRegistration, NodeStore, db_err, from_micros, is_unique_violation, split_ips, to_micros,
+    NodeRegistration, NodeStore, db_err, from_micros, is_unique_violation, join_ips, split_ips,
+    to_micros,
 };
 
 const KEY_COLS: &str = "k.id, k.hash, k.description, k.uses_remaining, k.unlimited, \
@@ -67,7 +75,8 @@ async fn load_key(conn: &mut SqliteConnection, id: &str, presented: &str) -> Res
 
 pub(super) const NODE_COLS: &str = "id, network, name, public_key, endpoint, listen_port, \
     address, address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
-    ingress_dns, connected, last_seen, applied_revision, create_time, update_time";
+    ingress_dns, connected, last_seen, applied_revision, create_time, update_time, \
+    (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision";
 
 pub(super) fn node_from_row(r: &SqliteRow) -> Result<Node> {
     let id: String = r.try_get("id").map_err(db_err)?;
@@ -127,6 +136,10 @@ pub(super) fn node_from_row(r: &SqliteRow) -> Result<Node> {
             .map_err(db_err)?
             .map(from_micros),
         applied_revision: r.try_get::<i64, _>("applied_revision").map_err(db_err)? as u64,
+        config_revision: r
+            .try_get::<Option<i64>, _>("config_revision")
+            .map_err(db_err)?
+            .unwrap_or(0) as u64,
         create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
         update_time: from_micros(r.try_get("update_time").map_err(db_err)?),
         id,
@@ -145,52 +158,65 @@ pub(super) async fn fetch_node(conn: &mut SqliteConnection, id: &str) -> Result<
         .ok_or_else(|| Error::not_found("node", id))
 }
 
-/// ALREADY_EXISTS when `name` or `public_key` is taken in `network` by
-/// another node than `except`.
-async fn check_unique(
+/// ALREADY_EXISTS when `name` or `public_key` is taken in `network` by a
+/// node or external client other than `except` (names share the network's
+/// DNS zone; keys share its ingress gateways' peer lists).
+pub(super) async fn check_unique(
     conn: &mut SqliteConnection,
     network: &str,
     except: &str,
     name: Option<(&str, &DnsLabel)>,
     public_key: Option<(&str, &WgKey)>,
 ) -> Result<()> {
+    const OWNER: &str = "SELECT 'node ' || id FROM nodes WHERE network = ?1 AND {col} = ?2 AND id <> ?3 \
+        UNION ALL SELECT 'external client ' || id FROM ext_clients \
+        WHERE network = ?1 AND {col} = ?2 AND id <> ?3 LIMIT 1";
     if let Some((field, name)) = name {
-        let taken: Option<String> =
-            sqlx::query_scalar("SELECT id FROM nodes WHERE network = ? AND name = ? AND id <> ?")
-                .bind(network)
-                .bind(name.as_str())
-                .bind(except)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_err)?;
+        let taken: Option<String> = sqlx::query_scalar(&OWNER.replace("{col}", "name"))
+            .bind(network)
+            .bind(name.as_str())
+            .bind(except)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
         if let Some(other) = taken {
             return Err(Error::already_exists(
                 field,
                 format!(
-                    "node {other} in network {network:?} is already named {name:?}",
-                    name = name.as_str()
+                    "{other} in network {network:?} is already named {:?}",
+                    name.as_str()
                 ),
             ));
         }
     }
     if let Some((field, key)) = public_key {
-        let taken: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM nodes WHERE network = ? AND public_key = ? AND id <> ?",
-        )
-        .bind(network)
-        .bind(key.to_string())
-        .bind(except)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let taken: Option<String> = sqlx::query_scalar(&OWNER.replace("{col}", "public_key"))
+            .bind(network)
+            .bind(key.to_string())
+            .bind(except)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
         if let Some(other) = taken {
             return Err(Error::already_exists(
                 field,
-                format!("node {other} in network {network:?} already has public key {key}"),
+                format!("{other} in network {network:?} already has public key {key}"),
             ));
         }
     }
     Ok(())
+}
+
+/// All nodes of a network, ordered by name.
+pub(super) async fn network_nodes(conn: &mut SqliteConnection, network: &str) -> Result<Vec<Node>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {NODE_COLS} FROM nodes WHERE network = ? ORDER BY name"
+    ))
+    .bind(network)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(node_from_row).collect()
 }
 
 /// The lowest free host offset of a family in a network.
@@ -255,7 +281,7 @@ pub(super) async fn free_addresses(conn: &mut SqliteConnection, owner_id: &str) 
     Ok(())
 }
 
-fn unique_backstop(e: sqlx::Error) -> Error {
+pub(super) fn unique_backstop(e: sqlx::Error) -> Error {
     // The explicit checks above give precise messages; a unique violation here
     // means a concurrent writer won a race the checks could not see.
     if is_unique_violation(&e) {
@@ -265,11 +291,11 @@ fn unique_backstop(e: sqlx::Error) -> Error {
     }
 }
 
-fn endpoint_text(e: &Option<Endpoint>) -> String {
+pub(super) fn endpoint_text(e: &Option<Endpoint>) -> String {
     e.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
-fn page_key(after: Option<&str>) -> (String, String) {
+pub(super) fn page_key(after: Option<&str>) -> (String, String) {
     match after.and_then(|a| a.split_once('/')) {
         Some((n, m)) => (n.to_owned(), m.to_owned()),
         None => (String::new(), String::new()),
@@ -307,6 +333,13 @@ impl NodeStore for SqliteStore {
                 .await
                 .map_err(db_err)?;
         }
+        events::append(
+            &mut tx,
+            Action::Created,
+            &Resource::EnrollmentKey(key.clone()),
+            false,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -333,14 +366,22 @@ impl NodeStore for SqliteStore {
 
     async fn delete_enrollment_key(&self, id: &str) -> Result<()> {
         let (_w, mut tx) = self.write_tx().await?;
-        let done = sqlx::query("DELETE FROM enrollment_keys WHERE id = ?")
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM enrollment_keys k WHERE k.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some((key, _)) = row.as_ref().map(key_from_row).transpose()? else {
+            return Err(Error::not_found("enrollment key", id));
+        };
+        sqlx::query("DELETE FROM enrollment_keys WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found("enrollment key", id));
-        }
+        events::append(&mut tx, Action::Deleted, &Resource::EnrollmentKey(key), false).await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -401,6 +442,7 @@ impl NodeStore for SqliteStore {
             connected: false,
             last_seen: None,
             applied_revision: 0,
+            config_revision: 0,
             create_time: now,
             update_time: now,
         };
@@ -439,6 +481,10 @@ impl NodeStore for SqliteStore {
                 "enrollment key has no uses left".into(),
             ));
         }
+        let mut node = node;
+        node.config_revision =
+            events::append(&mut tx, Action::Created, &Resource::Node(Box::new(node.clone())), true)
+                .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -465,14 +511,8 @@ impl NodeStore for SqliteStore {
     }
 
     async fn network_nodes(&self, network: &str) -> Result<Vec<Node>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {NODE_COLS} FROM nodes WHERE network = ? ORDER BY name"
-        ))
-        .bind(network)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(node_from_row).collect()
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        network_nodes(&mut conn, network).await
     }
 
     async fn update_node(&self, id: &str, patch: &NodePatch) -> Result<Node> {
@@ -486,6 +526,7 @@ impl NodeStore for SqliteStore {
             patch.public_key.as_ref().map(|k| ("node.public_key", k)),
         )
         .await?;
+        let before = node.clone();
         patch.apply(&mut node, crate::domain::now());
         sqlx::query(
             "UPDATE nodes SET name = ?, public_key = ?, endpoint = ?, listen_port = ?, \
@@ -501,6 +542,17 @@ impl NodeStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(unique_backstop)?;
+        node.config_revision =
+            events::append(&mut tx, Action::Updated, &Resource::Node(Box::new(node.clone())), true)
+                .await?;
+        // The ingress gateway's key and endpoint are in its clients' files.
+        if node.ingress.is_some()
+            && (before.public_key != node.public_key
+                || before.endpoint != node.endpoint
+                || before.listen_port != node.listen_port)
+        {
+            bump_clients_of(&mut tx, id, node.config_revision).await?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -508,12 +560,16 @@ impl NodeStore for SqliteStore {
     async fn delete_node(&self, id: &str) -> Result<Node> {
         let (_w, mut tx) = self.write_tx().await?;
         let node = fetch_node(&mut tx, id).await?;
+        // Its external clients go with it.
+        delete_clients_of(&mut tx, id).await?;
         free_addresses(&mut tx, id).await?;
         sqlx::query("DELETE FROM nodes WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        events::append(&mut tx, Action::Deleted, &Resource::Node(Box::new(node.clone())), true)
+            .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -530,6 +586,124 @@ impl NodeStore for SqliteStore {
                 .then(|| r.try_get("id").ok())
                 .flatten()
         }))
+    }
+
+    async fn set_egress(&self, node_id: &str, egress: Option<&Egress>) -> Result<Node> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let mut node = fetch_node(&mut tx, node_id).await?;
+        if let Some(e) = egress {
+            let others = network_nodes(&mut tx, node.network.as_str()).await?;
+            check_egress_unique(&others, node_id, e)?;
+        } else if node.egress.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "node {:?} is not an egress gateway",
+                node.name.as_str()
+            )));
+        }
+        node.egress = egress.cloned();
+        node.update_time = crate::domain::now();
+        sqlx::query(
+            "UPDATE nodes SET egress_ranges = ?, egress_interface = ?, egress_nat = ?, \
+             update_time = ? WHERE id = ?",
+        )
+        .bind(egress.map(|e| {
+            e.ranges
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }))
+        .bind(egress.map(|e| e.interface.clone()).unwrap_or_default())
+        .bind(egress.is_none_or(|e| e.nat))
+        .bind(to_micros(node.update_time))
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        node.config_revision =
+            events::append(&mut tx, Action::Updated, &Resource::Node(Box::new(node.clone())), true)
+                .await?;
+        // Egress ranges are in every client's AllowedIPs.
+        sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE network = ?")
+            .bind(node.config_revision as i64)
+            .bind(node.network.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(node)
+    }
+
+    async fn set_ingress(
+        &self,
+        node_id: &str,
+        ingress: Option<&Ingress>,
+        force: bool,
+    ) -> Result<Node> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let mut node = fetch_node(&mut tx, node_id).await?;
+        if ingress.is_none() {
+            if node.ingress.is_none() {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {:?} is not an ingress gateway",
+                    node.name.as_str()
+                )));
+            }
+            let clients: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM ext_clients WHERE ingress_node_id = ?")
+                    .bind(node_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            if clients > 0 && !force {
+                return Err(Error::FailedPrecondition(format!(
+                    "ingress gateway {:?} has {clients} external client(s); delete them first \
+                     or set force to delete them with it",
+                    node.name.as_str()
+                )));
+            }
+            delete_clients_of(&mut tx, node_id).await?;
+        }
+        node.ingress = ingress.cloned();
+        node.update_time = crate::domain::now();
+        sqlx::query("UPDATE nodes SET ingress = ?, ingress_dns = ?, update_time = ? WHERE id = ?")
+            .bind(ingress.is_some())
+            .bind(ingress.map(|i| join_ips(&i.ext_client_dns)).unwrap_or_default())
+            .bind(to_micros(node.update_time))
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        node.config_revision =
+            events::append(&mut tx, Action::Updated, &Resource::Node(Box::new(node.clone())), true)
+                .await?;
+        // The gateway's DNS is in its clients' files.
+        bump_clients_of(&mut tx, node_id, node.config_revision).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(node)
+    }
+
+    async fn network_view(&self, network: &str) -> Result<NetworkView> {
+        // One read transaction: a consistent snapshot under WAL.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let net = fetch_network(&mut *tx, network)
+            .await?
+            .ok_or_else(|| Error::not_found("network", network))?;
+        let revision: i64 = sqlx::query_scalar("SELECT revision FROM networks WHERE name = ?")
+            .bind(network)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let nodes = network_nodes(&mut tx, network).await?;
+        let ext_clients = fetch_clients(&mut tx, network).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(NetworkView {
+            network: net,
+            nodes,
+            ext_clients,
+            dns_entries: Vec::new(),
+            revision: revision as u64,
+        })
     }
 
     async fn report_status(

@@ -1,0 +1,190 @@
+//! ExtClientService.
+
+use tonic::{Request, Response, Status};
+
+use meshplane_proto::v1::{self as pb, ext_client_service_server::ExtClientService};
+
+use super::{
+    AppState,
+    convert::{ips, ts},
+    error::{IntoStatus, required},
+};
+use crate::domain::{
+    crypto::PrivateKey,
+    ext_client::{ExtClient, ExtClientInput, ExtClientPatch},
+    page::PageRequest,
+    wgquick,
+};
+
+/// The ExtClientService implementation.
+pub struct ExtClients(pub AppState);
+
+/// A domain client as its proto message.
+pub fn to_pb(c: &ExtClient) -> pb::ExtClient {
+    pb::ExtClient {
+        id: c.id.clone(),
+        network: c.network.to_string(),
+        name: c.name.to_string(),
+        ingress_node_id: c.ingress_node_id.clone(),
+        public_key: c.public_key.to_string(),
+        address: c.address.map(|a| a.to_string()).unwrap_or_default(),
+        address6: c.address6.map(|a| a.to_string()).unwrap_or_default(),
+        dns: ips(&c.dns),
+        enabled: c.enabled,
+        config_revision: c.config_revision,
+        config_stale: c.config_stale(),
+        create_time: ts(c.create_time),
+        update_time: ts(c.update_time),
+    }
+}
+
+#[tonic::async_trait]
+impl ExtClientService for ExtClients {
+    #[tracing::instrument(skip_all, fields(network))]
+    async fn create_ext_client(
+        &self,
+        req: Request<pb::CreateExtClientRequest>,
+    ) -> Result<Response<pb::ExtClient>, Status> {
+        let r = req.into_inner();
+        tracing::Span::current().record("network", r.network.as_str());
+        let new = ExtClientInput {
+            network: r.network,
+            ingress_node_id: r.ingress_node_id,
+            name: r.name,
+            public_key: r.public_key,
+            dns: r.dns,
+        }
+        .validate()
+        .status()?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let (public_key, sealed) = match new.public_key {
+            Some(k) => (k, None),
+            None => {
+                let private = PrivateKey::generate();
+                (private.public_key(), Some(self.0.sealer.seal(&id, &private)))
+            }
+        };
+        let now = crate::domain::now();
+        let client = ExtClient {
+            id,
+            network: new.network,
+            name: new.name,
+            ingress_node_id: new.ingress_node_id,
+            public_key,
+            sealed_private_key: sealed,
+            address: None,
+            address6: None,
+            dns: new.dns,
+            enabled: true,
+            config_revision: 0,
+            downloaded_revision: 0,
+            create_time: now,
+            update_time: now,
+        };
+        let client = self.0.store.create_ext_client(&client).await.status()?;
+        tracing::info!(client = %client.id, name = %client.name, "external client created");
+        Ok(Response::new(to_pb(&client)))
+    }
+
+    async fn get_ext_client(
+        &self,
+        req: Request<pb::GetExtClientRequest>,
+    ) -> Result<Response<pb::ExtClient>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(required("id"));
+        }
+        let c = self.0.store.get_ext_client(&id).await.status()?;
+        Ok(Response::new(to_pb(&c)))
+    }
+
+    async fn list_ext_clients(
+        &self,
+        req: Request<pb::ListExtClientsRequest>,
+    ) -> Result<Response<pb::ListExtClientsResponse>, Status> {
+        let r = req.into_inner();
+        let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
+        let clients = self
+            .0
+            .store
+            .list_ext_clients(
+                (!r.network.is_empty()).then_some(r.network.as_str()),
+                (!r.ingress_node_id.is_empty()).then_some(r.ingress_node_id.as_str()),
+                &page,
+            )
+            .await
+            .status()?;
+        let (clients, next_page_token) =
+            page.finish(clients, |c| format!("{}/{}", c.network, c.name));
+        Ok(Response::new(pb::ListExtClientsResponse {
+            ext_clients: clients.iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(client))]
+    async fn update_ext_client(
+        &self,
+        req: Request<pb::UpdateExtClientRequest>,
+    ) -> Result<Response<pb::ExtClient>, Status> {
+        let r = req.into_inner();
+        let c = r.ext_client.ok_or_else(|| required("ext_client"))?;
+        if c.id.is_empty() {
+            return Err(required("ext_client.id"));
+        }
+        let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let patch = ExtClientPatch::from_request(&c.name, &c.dns, c.enabled, &mask).status()?;
+        let c = self.0.store.update_ext_client(&c.id, &patch).await.status()?;
+        tracing::info!(client = %c.id, enabled = c.enabled, "external client updated");
+        Ok(Response::new(to_pb(&c)))
+    }
+
+    #[tracing::instrument(skip_all, fields(client))]
+    async fn delete_ext_client(
+        &self,
+        req: Request<pb::DeleteExtClientRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(required("id"));
+        }
+        self.0.store.delete_ext_client(&id).await.status()?;
+        tracing::info!(client = %id, "external client deleted");
+        Ok(Response::new(()))
+    }
+
+    async fn get_ext_client_config(
+        &self,
+        req: Request<pb::GetExtClientConfigRequest>,
+    ) -> Result<Response<pb::GetExtClientConfigResponse>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(required("id"));
+        }
+        let store = &self.0.store;
+        let client = store.get_ext_client(&id).await.status()?;
+        let view = store.network_view(client.network.as_str()).await.status()?;
+        // Render from the same snapshot as the revision it is stamped with.
+        let client = view
+            .ext_clients
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+            .unwrap_or(client);
+        let private = client
+            .sealed_private_key
+            .as_ref()
+            .map(|s| self.0.sealer.open(&client.id, s))
+            .transpose()
+            .status()?;
+        let config = wgquick::render(&view.network, &view.nodes, &client, private.as_ref()).status()?;
+        store
+            .mark_downloaded(&id, client.config_revision)
+            .await
+            .status()?;
+        Ok(Response::new(pb::GetExtClientConfigResponse {
+            config,
+            revision: client.config_revision,
+        }))
+    }
+}

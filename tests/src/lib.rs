@@ -338,3 +338,220 @@ pub fn register_request(key: &str, network: &str, name: &str) -> pb::RegisterReq
         os: "linux".into(),
     }
 }
+
+impl TestServer {
+    /// GatewayService client with the admin token.
+    pub async fn gateways(&self) -> pb::gateway_service_client::GatewayServiceClient<Authed> {
+        pb::gateway_service_client::GatewayServiceClient::new(self.admin().await)
+    }
+
+    /// ExtClientService client with the admin token.
+    pub async fn ext_clients(
+        &self,
+    ) -> pb::ext_client_service_client::ExtClientServiceClient<Authed> {
+        pb::ext_client_service_client::ExtClientServiceClient::new(self.admin().await)
+    }
+
+    /// Registers a node with the given endpoint (None: behind NAT).
+    pub async fn node(
+        &self,
+        key: &str,
+        network: &str,
+        name: &str,
+        endpoint: Option<&str>,
+    ) -> pb::Node {
+        let mut req = register_request(key, network, name);
+        req.endpoint = endpoint.unwrap_or_default().into();
+        self.agent(None)
+            .await
+            .register(req)
+            .await
+            .expect("register")
+            .into_inner()
+            .node
+            .expect("node")
+    }
+
+    /// The config a node receives.
+    pub async fn node_config(&self, id: &str) -> pb::NodeConfig {
+        self.nodes()
+            .await
+            .get_node_config(pb::GetNodeConfigRequest { id: id.into() })
+            .await
+            .expect("node config")
+            .into_inner()
+    }
+
+    /// Makes a node an egress gateway.
+    pub async fn egress(
+        &self,
+        node_id: &str,
+        ranges: &[&str],
+        interface: &str,
+        nat: Option<bool>,
+    ) -> Result<pb::Node, Status> {
+        self.gateways()
+            .await
+            .create_egress_gateway(pb::CreateEgressGatewayRequest {
+                node_id: node_id.into(),
+                ranges: ranges.iter().map(|r| r.to_string()).collect(),
+                interface: interface.into(),
+                nat_enabled: nat,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Makes a node an ingress gateway.
+    pub async fn ingress(&self, node_id: &str, dns: &[&str]) -> Result<pb::Node, Status> {
+        self.gateways()
+            .await
+            .create_ingress_gateway(pb::CreateIngressGatewayRequest {
+                node_id: node_id.into(),
+                ext_client_dns: dns.iter().map(|r| r.to_string()).collect(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Creates an external client (server-generated keys, generated name).
+    pub async fn ext_client(
+        &self,
+        network: &str,
+        ingress: &str,
+        name: &str,
+    ) -> Result<pb::ExtClient, Status> {
+        self.ext_clients()
+            .await
+            .create_ext_client(pb::CreateExtClientRequest {
+                network: network.into(),
+                ingress_node_id: ingress.into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// A client's wg-quick file.
+    pub async fn ext_config(&self, id: &str) -> String {
+        self.ext_clients()
+            .await
+            .get_ext_client_config(pb::GetExtClientConfigRequest { id: id.into() })
+            .await
+            .expect("ext client config")
+            .into_inner()
+            .config
+    }
+
+    /// ExplainRoute.
+    pub async fn explain(&self, network: &str, from: &str, dest: &str) -> pb::ExplainRouteResponse {
+        self.gateways()
+            .await
+            .explain_route(pb::ExplainRouteRequest {
+                network: network.into(),
+                from_node_id: from.into(),
+                destination: dest.into(),
+            })
+            .await
+            .expect("explain route")
+            .into_inner()
+    }
+}
+
+/// The value of `Key = value` in a wg-quick file.
+pub fn wg_value<'a>(config: &'a str, key: &str) -> Option<&'a str> {
+    config.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// Whether privileged (root, network namespace) tests are skipped on
+/// purpose: `MESHPLANE_SKIP_PRIVILEGED_TESTS=1`. CI never sets it.
+pub fn skip_privileged(test: &str) -> bool {
+    if std::env::var("MESHPLANE_SKIP_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: MESHPLANE_SKIP_PRIVILEGED_TESTS=1 (this test did not run)");
+        return true;
+    }
+    false
+}
+
+/// A throwaway network namespace, deleted on drop. Panics with what to
+/// install when the machine cannot make one.
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name.
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        for tool in ["ip", "iptables-restore", "ip6tables-restore"] {
+            let found = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            assert!(
+                found,
+                "{tool} not found: install the Debian packages iproute2 and iptables \
+                 (tests/run does this), or set MESHPLANE_SKIP_PRIVILEGED_TESTS=1 to skip on purpose"
+            );
+        }
+        let name = format!(
+            "mp-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "cannot create network namespace {name} (needs root and CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns { name }
+    }
+
+    /// Runs a command in the namespace with `stdin`, returning (success,
+    /// stdout+stderr).
+    pub fn run(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ip netns exec");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}

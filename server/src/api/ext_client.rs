@@ -61,7 +61,10 @@ impl ExtClientService for ExtClients {
             Some(k) => (k, None),
             None => {
                 let private = PrivateKey::generate();
-                (private.public_key(), Some(self.0.sealer.seal(&id, &private)))
+                (
+                    private.public_key(),
+                    Some(self.0.sealer.seal(&id, &private)),
+                )
             }
         };
         let now = crate::domain::now();
@@ -134,7 +137,12 @@ impl ExtClientService for ExtClients {
         }
         let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let patch = ExtClientPatch::from_request(&c.name, &c.dns, c.enabled, &mask).status()?;
-        let c = self.0.store.update_ext_client(&c.id, &patch).await.status()?;
+        let c = self
+            .0
+            .store
+            .update_ext_client(&c.id, &patch)
+            .await
+            .status()?;
         tracing::info!(client = %c.id, enabled = c.enabled, "external client updated");
         Ok(Response::new(to_pb(&c)))
     }
@@ -177,7 +185,8 @@ impl ExtClientService for ExtClients {
             .map(|s| self.0.sealer.open(&client.id, s))
             .transpose()
             .status()?;
-        let config = wgquick::render(&view.network, &view.nodes, &client, private.as_ref()).status()?;
+        let config =
+            wgquick::render(&view.network, &view.nodes, &client, private.as_ref()).status()?;
         store
             .mark_downloaded(&id, client.config_revision)
             .await

@@ -64,4 +64,3 @@ impl event_service_server::EventService for PendingEventService {
         ))
     }
 }
-

@@ -132,10 +132,14 @@ pub fn host_prefixes(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<IpNet> {
 pub fn interface_for(network: &Network, node: &Node) -> Interface {
     let mut addresses = Vec::new();
     if let (Some(a), Some(r)) = (node.address, network.range4) {
-        addresses.push(IpNet::V4(Ipv4Net::new(a, r.prefix_len()).expect("valid prefix")));
+        addresses.push(IpNet::V4(
+            Ipv4Net::new(a, r.prefix_len()).expect("valid prefix"),
+        ));
     }
     if let (Some(a), Some(r)) = (node.address6, network.range6) {
-        addresses.push(IpNet::V6(Ipv6Net::new(a, r.prefix_len()).expect("valid prefix")));
+        addresses.push(IpNet::V6(
+            Ipv6Net::new(a, r.prefix_len()).expect("valid prefix"),
+        ));
     }
     Interface {
         name: interface_name(network.name.as_str()),

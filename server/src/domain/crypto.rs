@@ -33,6 +33,11 @@ impl PrivateKey {
         PrivateKey(k)
     }
 
+    /// A key from its 32 bytes (e.g. one decoded from a config file).
+    pub fn from_bytes(k: [u8; 32]) -> Self {
+        PrivateKey(k)
+    }
+
     /// The matching public key.
     pub fn public_key(&self) -> WgKey {
         WgKey(PublicKey::from(&StaticSecret::from(self.0)).to_bytes())

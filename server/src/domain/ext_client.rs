@@ -85,7 +85,11 @@ impl ExtClientInput {
     /// Validates every field; generates a name when none is given.
     pub fn validate(self) -> Result<NewExtClient> {
         let mut v = Violations::default();
-        let network = v.check(DnsLabel::parse("network", &self.network, DnsLabel::NETWORK_MAX));
+        let network = v.check(DnsLabel::parse(
+            "network",
+            &self.network,
+            DnsLabel::NETWORK_MAX,
+        ));
         if self.ingress_node_id.is_empty() {
             v.add("ingress_node_id", "is required");
         }
@@ -97,7 +101,8 @@ impl ExtClientInput {
         let public_key = if self.public_key.is_empty() {
             Some(None)
         } else {
-            v.check(WgKey::parse("public_key", &self.public_key)).map(Some)
+            v.check(WgKey::parse("public_key", &self.public_key))
+                .map(Some)
         };
         let dns = v.check(parse_ips("dns", &self.dns));
         v.finish()?;
@@ -134,19 +139,31 @@ pub struct ExtClientPatch {
 
 impl ExtClientPatch {
     /// Validates the masked fields; the mask is required.
-    pub fn from_request(name: &str, dns: &[String], enabled: bool, mask: &[String]) -> Result<Self> {
+    pub fn from_request(
+        name: &str,
+        dns: &[String],
+        enabled: bool,
+        mask: &[String],
+    ) -> Result<Self> {
         let mut v = Violations::default();
         let mut p = ExtClientPatch::default();
         if mask.is_empty() {
             v.add(
                 "update_mask",
-                format!("required: name the fields to change ({})", UPDATABLE.join(", ")),
+                format!(
+                    "required: name the fields to change ({})",
+                    UPDATABLE.join(", ")
+                ),
             );
         }
         for path in mask {
             match path.as_str() {
                 "name" => {
-                    p.name = v.check(DnsLabel::parse("ext_client.name", name, DnsLabel::LABEL_MAX))
+                    p.name = v.check(DnsLabel::parse(
+                        "ext_client.name",
+                        name,
+                        DnsLabel::LABEL_MAX,
+                    ))
                 }
                 "dns" => p.dns = v.check(parse_ips("ext_client.dns", dns)),
                 "enabled" => p.enabled = Some(enabled),

@@ -112,9 +112,7 @@ pub fn firewall_for(network: &Network, node: &Node) -> Firewall {
                 "filter",
                 FORWARD_CHAIN,
                 f,
-                format!(
-                    "-i {iface} -o {ovl} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-                ),
+                format!("-i {iface} -o {ovl} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
             ));
             if let (true, Some(src)) = (e.nat, source(f)) {
                 for r in &ranges {
@@ -229,7 +227,10 @@ mod tests {
         n.egress = Some(egress(&["10.10.10.0/24", "fd10::/64"], false));
         let fw = firewall_for(&network(), &n);
         assert!(!fw.iptables_restore.contains("MASQUERADE"));
-        assert!(fw.iptables_restore.contains(":MESHPLANE-POSTROUTING - [0:0]"));
+        assert!(
+            fw.iptables_restore
+                .contains(":MESHPLANE-POSTROUTING - [0:0]")
+        );
         assert!(fw.ip6tables_restore.contains("-d fd10::/64 -j ACCEPT"));
         assert!(fw.ipv6_forwarding);
     }
@@ -240,9 +241,18 @@ mod tests {
         n.egress = Some(egress(&["0.0.0.0/0", "::/0"], true));
         n.ingress = Some(Ingress::default());
         let fw = firewall_for(&network(), &n);
-        assert!(fw.iptables_restore.contains("-s 10.101.0.0/16 -o eth2 -d 0.0.0.0/0 -j MASQUERADE"));
-        assert!(fw.ip6tables_restore.contains("-s fd00:101::/64 -o eth2 -d ::/0 -j MASQUERADE"));
-        assert!(fw.iptables_restore.contains("-A MESHPLANE-FWD -i mp-corp -o mp-corp -j ACCEPT"));
+        assert!(
+            fw.iptables_restore
+                .contains("-s 10.101.0.0/16 -o eth2 -d 0.0.0.0/0 -j MASQUERADE")
+        );
+        assert!(
+            fw.ip6tables_restore
+                .contains("-s fd00:101::/64 -o eth2 -d ::/0 -j MASQUERADE")
+        );
+        assert!(
+            fw.iptables_restore
+                .contains("-A MESHPLANE-FWD -i mp-corp -o mp-corp -j ACCEPT")
+        );
     }
 
     #[test]

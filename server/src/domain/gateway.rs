@@ -26,13 +26,18 @@ pub fn parse_interface(field: &str, s: &str) -> Result<String, FieldViolation> {
         return bad("is required: the node's interface that reaches the ranges (e.g. eth0)".into());
     }
     if s.len() > 15 {
-        return bad(format!("{s:?} is {} bytes; Linux allows at most 15", s.len()));
+        return bad(format!(
+            "{s:?} is {} bytes; Linux allows at most 15",
+            s.len()
+        ));
     }
     if let Some(c) = s
         .chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
     {
-        return bad(format!("{s:?} contains {c:?}, which an interface name cannot"));
+        return bad(format!(
+            "{s:?} contains {c:?}, which an interface name cannot"
+        ));
     }
     if s == "." || s == ".." {
         return bad(format!("{s:?} is not an interface name"));
@@ -71,7 +76,10 @@ impl EgressInput {
             }
         }
         if i == 0 {
-            v.add("ranges", "at least one range is required (e.g. 10.10.10.0/24 or 0.0.0.0/0)");
+            v.add(
+                "ranges",
+                "at least one range is required (e.g. 10.10.10.0/24 or 0.0.0.0/0)",
+            );
         }
         let interface = v.check(parse_interface("interface", &self.interface));
         v.finish()?;
@@ -148,7 +156,11 @@ mod tests {
 
     #[test]
     fn ranges_are_split_normalized_and_deduplicated() {
-        let e = egress(&["0.0.0.0/0,::/0", "10.10.10.0/24", " 10.10.10.0/24 "], "eth0").unwrap();
+        let e = egress(
+            &["0.0.0.0/0,::/0", "10.10.10.0/24", " 10.10.10.0/24 "],
+            "eth0",
+        )
+        .unwrap();
         let r: Vec<String> = e.ranges.iter().map(ToString::to_string).collect();
         assert_eq!(r, vec!["0.0.0.0/0", "10.10.10.0/24", "::/0"]);
         assert!(e.nat, "NAT defaults to on");
@@ -161,12 +173,19 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(field(egress(&["10.10.10.1/24"], "eth0")), "ranges[0]");
-        assert_eq!(field(egress(&["10.0.0.0/8", "10.101.4.0/24"], "eth0")), "ranges[1]");
+        assert_eq!(
+            field(egress(&["10.0.0.0/8", "10.101.4.0/24"], "eth0")),
+            "ranges[1]"
+        );
         assert_eq!(field(egress(&["fd00:101::/80"], "eth0")), "ranges[0]");
         assert_eq!(field(egress(&[], "eth0")), "ranges");
         assert_eq!(field(egress(&["bogus"], "eth0")), "ranges[0]");
         for bad in ["", "eth 0", "a/b", "a:b", "sixteen-chars-xx", ".."] {
-            assert_eq!(field(egress(&["10.10.10.0/24"], bad)), "interface", "{bad:?}");
+            assert_eq!(
+                field(egress(&["10.10.10.0/24"], bad)),
+                "interface",
+                "{bad:?}"
+            );
         }
         assert!(egress(&["10.10.10.0/24"], "fifteen-chars-x").is_ok());
     }

@@ -8,7 +8,9 @@ use super::error::FieldViolation;
 
 /// A DNS label used as a resource name: lowercase a-z, 0-9 and '-',
 /// 1 to `max` characters, not starting or ending with '-'.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct DnsLabel(String);
 

@@ -5,12 +5,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::config::NetworkView;
 use super::config::{host_prefixes, node_config};
 use super::error::{Error, Result};
 use super::ext_client::ExtClient;
 use super::node::{Node, WgKey};
 use super::wgquick::ext_client_allowed_ips;
-use super::config::NetworkView;
 
 /// One step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,12 @@ fn from_client(view: &NetworkView, c: &ExtClient, dest: IpAddr) -> Explanation {
         .iter()
         .any(|p| p.contains(&dest))
     {
-        ex.hop(name, "the destination is the client itself".into(), None, None);
+        ex.hop(
+            name,
+            "the destination is the client itself".into(),
+            None,
+            None,
+        );
         return ex.done();
     }
     let allowed = ext_client_allowed_ips(&view.network, &view.nodes);
@@ -119,7 +124,10 @@ fn from_client(view: &NetworkView, c: &ExtClient, dest: IpAddr) -> Explanation {
         ));
     };
     let Some(ingress) = view.nodes.iter().find(|n| n.id == c.ingress_node_id) else {
-        return ex.no_route(format!("the client's ingress node {} is gone", c.ingress_node_id));
+        return ex.no_route(format!(
+            "the client's ingress node {} is gone",
+            c.ingress_node_id
+        ));
     };
     ex.hop(
         name,
@@ -139,7 +147,12 @@ fn from_node(view: &NetworkView, node: &Node, dest: IpAddr, mut ex: Explanation)
         .iter()
         .any(|p| p.contains(&dest))
     {
-        ex.hop(name, "the destination is this node itself".into(), None, None);
+        ex.hop(
+            name,
+            "the destination is this node itself".into(),
+            None,
+            None,
+        );
         return ex.done();
     }
     let cfg = node_config(view, &node.id).expect("node is in the view");
@@ -209,10 +222,9 @@ fn egress_out(ex: &mut Explanation, gw: &Node, range: IpNet, e: &super::node::Eg
     let nat = if e.nat {
         "masquerading the source as its own address there".to_owned()
     } else {
-        format!(
-            "keeping the source address (NAT is off: the destination network needs a return \
-             route to the overlay via this node)"
-        )
+        "keeping the source address (NAT is off: the destination network needs a return \
+         route to the overlay via this node)"
+            .to_owned()
     };
     ex.hop(
         gw.name.as_str(),
@@ -225,32 +237,47 @@ fn egress_out(ex: &mut Explanation, gw: &Node, range: IpNet, e: &super::node::Eg
     ex.nat = e.nat;
 }
 
-fn at_peer(view: &NetworkView, m: &Node, prefix: IpNet, dest: IpAddr, mut ex: Explanation) -> Explanation {
+fn at_peer(
+    view: &NetworkView,
+    m: &Node,
+    prefix: IpNet,
+    dest: IpAddr,
+    mut ex: Explanation,
+) -> Explanation {
     if host_prefixes(m.address, m.address6)
         .iter()
         .any(|p| p.contains(&dest))
     {
-        ex.hop(m.name.as_str(), "delivers it: the destination is this node".into(), None, None);
+        ex.hop(
+            m.name.as_str(),
+            "delivers it: the destination is this node".into(),
+            None,
+            None,
+        );
         return ex.done();
     }
     if let Some(e) = m.egress.as_ref().filter(|e| e.ranges.contains(&prefix)) {
         egress_out(&mut ex, m, prefix, e);
         return ex.done();
     }
-    if let Some(c) = view
-        .ext_clients
-        .iter()
-        .find(|c| c.ingress_node_id == m.id && host_prefixes(c.address, c.address6).contains(&prefix))
-    {
+    if let Some(c) = view.ext_clients.iter().find(|c| {
+        c.ingress_node_id == m.id && host_prefixes(c.address, c.address6).contains(&prefix)
+    }) {
         ex.hop(
             m.name.as_str(),
-            format!("ingress gateway: forwards it to its external client {:?}", c.name.as_str()),
+            format!(
+                "ingress gateway: forwards it to its external client {:?}",
+                c.name.as_str()
+            ),
             Some(prefix),
             Some(c.public_key),
         );
         return ex.done();
     }
-    ex.no_route(format!("{:?} has no route onward for {dest}", m.name.as_str()))
+    ex.no_route(format!(
+        "{:?} has no route onward for {dest}",
+        m.name.as_str()
+    ))
 }
 
 #[cfg(test)]
@@ -303,7 +330,11 @@ mod tests {
         let ex = explain(&v, &server.id, "192.168.1.1".parse().unwrap()).unwrap();
         assert!(ex.reason.contains("no egress gateway"), "{}", ex.reason);
         let ex = explain(&v, &server.id, "10.101.7.7".parse().unwrap()).unwrap();
-        assert!(ex.reason.contains("no node or external client"), "{}", ex.reason);
+        assert!(
+            ex.reason.contains("no node or external client"),
+            "{}",
+            ex.reason
+        );
         assert!(explain(&v, "nobody", "10.0.0.1".parse().unwrap()).is_err());
     }
 

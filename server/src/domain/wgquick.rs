@@ -32,10 +32,18 @@ pub fn ext_client_allowed_ips<'a>(
 
 /// The DNS servers a client is told to use: its own, else its ingress
 /// gateway's, else the network's default.
-pub fn ext_client_dns<'a>(network: &'a Network, ingress: &'a Node, client: &'a ExtClient) -> &'a [IpAddr] {
+pub fn ext_client_dns<'a>(
+    network: &'a Network,
+    ingress: &'a Node,
+    client: &'a ExtClient,
+) -> &'a [IpAddr] {
     if !client.dns.is_empty() {
         &client.dns
-    } else if let Some(i) = ingress.ingress.as_ref().filter(|i| !i.ext_client_dns.is_empty()) {
+    } else if let Some(i) = ingress
+        .ingress
+        .as_ref()
+        .filter(|i| !i.ext_client_dns.is_empty())
+    {
         &i.ext_client_dns
     } else {
         &network.ext_client_dns
@@ -147,15 +155,30 @@ mod tests {
         let text = render(&net, &[server.clone()], &c, None).unwrap();
         assert!(!text.contains("DNS ="), "no DNS anywhere: omitted");
         assert!(text.contains("PrivateKey = <paste your private key>"));
-        assert!(text.contains("AllowedIPs = 10.101.0.0/16, fd00:101::/64\n"), "{text}");
+        assert!(
+            text.contains("AllowedIPs = 10.101.0.0/16, fd00:101::/64\n"),
+            "{text}"
+        );
         net.ext_client_dns = vec!["9.9.9.9".parse().unwrap()];
-        assert!(render(&net, &[server.clone()], &c, None).unwrap().contains("DNS = 9.9.9.9\n"));
+        assert!(
+            render(&net, &[server.clone()], &c, None)
+                .unwrap()
+                .contains("DNS = 9.9.9.9\n")
+        );
         server.ingress = Some(Ingress {
             ext_client_dns: vec!["8.8.8.8".parse().unwrap()],
         });
-        assert!(render(&net, &[server.clone()], &c, None).unwrap().contains("DNS = 8.8.8.8\n"));
+        assert!(
+            render(&net, &[server.clone()], &c, None)
+                .unwrap()
+                .contains("DNS = 8.8.8.8\n")
+        );
         c.dns = vec!["1.1.1.1".parse().unwrap()];
-        assert!(render(&net, &[server], &c, None).unwrap().contains("DNS = 1.1.1.1\n"));
+        assert!(
+            render(&net, &[server], &c, None)
+                .unwrap()
+                .contains("DNS = 1.1.1.1\n")
+        );
     }
 
     #[test]

@@ -112,8 +112,12 @@ pub trait NodeStore: Send + Sync + 'static {
     /// Makes a node an ingress gateway or, with None, stops it being one:
     /// FAILED_PRECONDITION while external clients use it, unless `force`,
     /// which deletes them.
-    async fn set_ingress(&self, node_id: &str, ingress: Option<&Ingress>, force: bool)
-    -> Result<Node>;
+    async fn set_ingress(
+        &self,
+        node_id: &str,
+        ingress: Option<&Ingress>,
+        force: bool,
+    ) -> Result<Node>;
     /// Everything configs in a network are computed from, read consistently.
     async fn network_view(&self, network: &str) -> Result<NetworkView>;
     /// Records what an agent reported.

@@ -1,15 +1,14 @@
 //! External clients in SQLite.
 
-use std::net::IpAddr;
-
 use async_trait::async_trait;
-use ipnet::IpNet;
 use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 
 use super::{
     SqliteStore, events,
     networks::fetch_network,
-    nodes::{allocate, check_unique, fetch_node, free_addresses, page_key, unique_backstop},
+    nodes::{
+        allocate_addresses, check_unique, fetch_node, free_addresses, page_key, unique_backstop,
+    },
 };
 use crate::domain::{
     Error, Result,
@@ -70,7 +69,10 @@ async fn fetch_client(conn: &mut SqliteConnection, id: &str) -> Result<ExtClient
 }
 
 /// All clients of a network, ordered by name.
-pub(super) async fn fetch_clients(conn: &mut SqliteConnection, network: &str) -> Result<Vec<ExtClient>> {
+pub(super) async fn fetch_clients(
+    conn: &mut SqliteConnection,
+    network: &str,
+) -> Result<Vec<ExtClient>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLS} FROM ext_clients WHERE network = ? ORDER BY name"
     ))
@@ -82,7 +84,11 @@ pub(super) async fn fetch_clients(conn: &mut SqliteConnection, network: &str) ->
 }
 
 /// Marks the configs of an ingress gateway's clients changed at `rev`.
-pub(super) async fn bump_clients_of(conn: &mut SqliteConnection, ingress: &str, rev: u64) -> Result<()> {
+pub(super) async fn bump_clients_of(
+    conn: &mut SqliteConnection,
+    ingress: &str,
+    rev: u64,
+) -> Result<()> {
     sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE ingress_node_id = ?")
         .bind(rev as i64)
         .bind(ingress)
@@ -109,7 +115,13 @@ pub(super) async fn delete_clients_of(conn: &mut SqliteConnection, ingress: &str
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-        events::append(conn, Action::Deleted, &Resource::ExtClient(Box::new(c)), true).await?;
+        events::append(
+            conn,
+            Action::Deleted,
+            &Resource::ExtClient(Box::new(c)),
+            true,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -148,16 +160,7 @@ impl ExtClientStore for SqliteStore {
         )
         .await?;
         let mut c = client.clone();
-        if let Some(r4) = net.range4 {
-            if let IpAddr::V4(a) = allocate(&mut tx, network, IpNet::V4(r4), "ext_client", &c.id).await? {
-                c.address = Some(a);
-            }
-        }
-        if let Some(r6) = net.range6 {
-            if let IpAddr::V6(a) = allocate(&mut tx, network, IpNet::V6(r6), "ext_client", &c.id).await? {
-                c.address6 = Some(a);
-            }
-        }
+        (c.address, c.address6) = allocate_addresses(&mut tx, &net, "ext_client", &c.id).await?;
         sqlx::query(&format!(
             "INSERT INTO ext_clients ({COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -178,8 +181,13 @@ impl ExtClientStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(unique_backstop)?;
-        let rev = events::append(&mut tx, Action::Created, &Resource::ExtClient(Box::new(c.clone())), true)
-            .await?;
+        let rev = events::append(
+            &mut tx,
+            Action::Created,
+            &Resource::ExtClient(Box::new(c.clone())),
+            true,
+        )
+        .await?;
         sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE id = ?")
             .bind(rev as i64)
             .bind(&c.id)
@@ -270,8 +278,13 @@ impl ExtClientStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(&mut tx, Action::Deleted, &Resource::ExtClient(Box::new(c.clone())), true)
-            .await?;
+        events::append(
+            &mut tx,
+            Action::Deleted,
+            &Resource::ExtClient(Box::new(c.clone())),
+            true,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(c)
     }

@@ -94,7 +94,13 @@ impl NetworkStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        events::append(&mut tx, Action::Created, &Resource::Network(net.clone()), true).await?;
+        events::append(
+            &mut tx,
+            Action::Created,
+            &Resource::Network(net.clone()),
+            true,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(net.clone())
     }
@@ -137,8 +143,13 @@ impl NetworkStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        let rev =
-            events::append(&mut tx, Action::Updated, &Resource::Network(net.clone()), true).await?;
+        let rev = events::append(
+            &mut tx,
+            Action::Updated,
+            &Resource::Network(net.clone()),
+            true,
+        )
+        .await?;
         // MTU, keepalive and DNS defaults are in every client's file.
         sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE network = ?")
             .bind(rev as i64)

@@ -1,6 +1,6 @@
 //! Enrollment keys, nodes and overlay addresses in SQLite.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -20,6 +20,7 @@ use crate::domain::{
     gateway::check_egress_unique,
     ipam::{self, Family},
     names::DnsLabel,
+    network::Network,
     node::{Egress, Endpoint, Ingress, Node, NodePatch, WgKey},
     page::PageRequest,
     token,
@@ -230,7 +231,7 @@ const LOWEST_FREE: &str = "SELECT CASE \
     END";
 
 /// Takes the lowest free address of `range` for an owner.
-pub(super) async fn allocate(
+async fn allocate(
     conn: &mut SqliteConnection,
     network: &str,
     range: IpNet,
@@ -269,6 +270,26 @@ pub(super) async fn allocate(
         IpNet::V4(r) => IpAddr::V4(ipam::v4_at(r, next as u128)),
         IpNet::V6(r) => IpAddr::V6(ipam::v6_at(r, next as u128)),
     })
+}
+
+/// Takes the lowest free IPv4 and IPv6 addresses (for the ranges the
+/// network has) for an owner.
+pub(super) async fn allocate_addresses(
+    conn: &mut SqliteConnection,
+    net: &Network,
+    owner_kind: &str,
+    owner_id: &str,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let network = net.name.as_str();
+    let mut v4 = None;
+    let mut v6 = None;
+    for range in net.ranges() {
+        match allocate(conn, network, range, owner_kind, owner_id).await? {
+            IpAddr::V4(a) => v4 = Some(a),
+            IpAddr::V6(a) => v6 = Some(a),
+        }
+    }
+    Ok((v4, v6))
 }
 
 /// Frees every address an owner holds.
@@ -381,7 +402,13 @@ impl NodeStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(&mut tx, Action::Deleted, &Resource::EnrollmentKey(key), false).await?;
+        events::append(
+            &mut tx,
+            Action::Deleted,
+            &Resource::EnrollmentKey(key),
+            false,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -408,24 +435,7 @@ impl NodeStore for SqliteStore {
             Some(("public_key", &reg.public_key)),
         )
         .await?;
-        let address = match net.range4 {
-            Some(r4) => {
-                match allocate(&mut tx, network, IpNet::V4(r4), "node", &r.node_id).await? {
-                    IpAddr::V4(a) => Some(a),
-                    IpAddr::V6(_) => None,
-                }
-            }
-            None => None,
-        };
-        let address6 = match net.range6 {
-            Some(r6) => {
-                match allocate(&mut tx, network, IpNet::V6(r6), "node", &r.node_id).await? {
-                    IpAddr::V6(a) => Some(a),
-                    IpAddr::V4(_) => None,
-                }
-            }
-            None => None,
-        };
+        let (address, address6) = allocate_addresses(&mut tx, &net, "node", &r.node_id).await?;
         let node = Node {
             id: r.node_id.clone(),
             network: reg.network.clone(),
@@ -482,9 +492,13 @@ impl NodeStore for SqliteStore {
             ));
         }
         let mut node = node;
-        node.config_revision =
-            events::append(&mut tx, Action::Created, &Resource::Node(Box::new(node.clone())), true)
-                .await?;
+        node.config_revision = events::append(
+            &mut tx,
+            Action::Created,
+            &Resource::Node(Box::new(node.clone())),
+            true,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -542,9 +556,13 @@ impl NodeStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(unique_backstop)?;
-        node.config_revision =
-            events::append(&mut tx, Action::Updated, &Resource::Node(Box::new(node.clone())), true)
-                .await?;
+        node.config_revision = events::append(
+            &mut tx,
+            Action::Updated,
+            &Resource::Node(Box::new(node.clone())),
+            true,
+        )
+        .await?;
         // The ingress gateway's key and endpoint are in its clients' files.
         if node.ingress.is_some()
             && (before.public_key != node.public_key
@@ -568,8 +586,13 @@ impl NodeStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(&mut tx, Action::Deleted, &Resource::Node(Box::new(node.clone())), true)
-            .await?;
+        events::append(
+            &mut tx,
+            Action::Deleted,
+            &Resource::Node(Box::new(node.clone())),
+            true,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -620,9 +643,13 @@ impl NodeStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        node.config_revision =
-            events::append(&mut tx, Action::Updated, &Resource::Node(Box::new(node.clone())), true)
-                .await?;
+        node.config_revision = events::append(
+            &mut tx,
+            Action::Updated,
+            &Resource::Node(Box::new(node.clone())),
+            true,
+        )
+        .await?;
         // Egress ranges are in every client's AllowedIPs.
         sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE network = ?")
             .bind(node.config_revision as i64)
@@ -668,15 +695,23 @@ impl NodeStore for SqliteStore {
         node.update_time = crate::domain::now();
         sqlx::query("UPDATE nodes SET ingress = ?, ingress_dns = ?, update_time = ? WHERE id = ?")
             .bind(ingress.is_some())
-            .bind(ingress.map(|i| join_ips(&i.ext_client_dns)).unwrap_or_default())
+            .bind(
+                ingress
+                    .map(|i| join_ips(&i.ext_client_dns))
+                    .unwrap_or_default(),
+            )
             .bind(to_micros(node.update_time))
             .bind(node_id)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        node.config_revision =
-            events::append(&mut tx, Action::Updated, &Resource::Node(Box::new(node.clone())), true)
-                .await?;
+        node.config_revision = events::append(
+            &mut tx,
+            Action::Updated,
+            &Resource::Node(Box::new(node.clone())),
+            true,
+        )
+        .await?;
         // The gateway's DNS is in its clients' files.
         bump_clients_of(&mut tx, node_id, node.config_revision).await?;
         tx.commit().await.map_err(db_err)?;

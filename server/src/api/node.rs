@@ -46,7 +46,8 @@ pub fn to_pb(n: &Node) -> pb::Node {
         last_seen: n.last_seen.and_then(ts),
         applied_revision: n.applied_revision,
         config_revision: n.config_revision,
-        drifted: n.applied_revision < n.config_revision,
+        // A node that never reported has applied nothing yet: not drift.
+        drifted: n.last_seen.is_some() && n.applied_revision < n.config_revision,
         persistent_keepalive: n.keepalive,
         create_time: ts(n.create_time),
         update_time: ts(n.update_time),

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+pub mod delta;
+
 /// The `meshplane.v1` package.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -1,0 +1,680 @@
+//! A network's config state kept incrementally, so that one change costs work
+//! proportional to the nodes it affects, and any node's update since an
+//! earlier revision is a small delta.
+//!
+//! The state is a fold over the event log ([`NetworkState::apply`]); it keeps
+//! each node's shared peer entry once (every other node sees the same entry)
+//! and a bounded log of what each change touched. A node's delta since
+//! revision `r` is read off the log entries after `r` and filled in from the
+//! current state; a snapshot is assembled from the same pieces.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use super::config::{
+    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, ext_client_peer,
+    interface_for, node_peer, routes_for,
+};
+use super::event::{Action, Event, Resource};
+use super::ext_client::ExtClient;
+use super::firewall::{Firewall, firewall_for};
+use super::network::Network;
+use super::node::{Node, WgKey};
+
+/// Changes kept per network for computing deltas.
+pub const LOG_CAPACITY: usize = 4096;
+
+/// Which nodes a change affects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Affected {
+    /// None.
+    #[default]
+    Nobody,
+    /// Every node.
+    All,
+    /// Every node but one.
+    AllExcept(String),
+    /// These nodes.
+    Some(BTreeSet<String>),
+}
+
+impl Affected {
+    /// Whether `node` is affected.
+    pub fn contains(&self, node: &str) -> bool {
+        match self {
+            Affected::Nobody => false,
+            Affected::All => true,
+            Affected::AllExcept(x) => x != node,
+            Affected::Some(s) => s.contains(node),
+        }
+    }
+
+    fn add(&mut self, other: Affected) {
+        use Affected::*;
+        let merged = match (std::mem::take(self), other) {
+            (Nobody, x) | (x, Nobody) => x,
+            (All, _) | (_, All) => All,
+            (AllExcept(a), AllExcept(b)) => {
+                if a == b {
+                    AllExcept(a)
+                } else {
+                    All
+                }
+            }
+            (AllExcept(a), Some(s)) | (Some(s), AllExcept(a)) => {
+                if s.contains(&a) {
+                    All
+                } else {
+                    AllExcept(a)
+                }
+            }
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Some(a)
+            }
+        };
+        *self = merged;
+    }
+
+    fn one(node: &str) -> Self {
+        Affected::Some(BTreeSet::from([node.to_owned()]))
+    }
+}
+
+/// What one change touched.
+#[derive(Debug, Clone, Default)]
+struct Change {
+    revision: u64,
+    affected: Affected,
+    /// Nodes whose shared peer entry changed (or that are gone).
+    peers: Vec<String>,
+    /// Public keys no longer used by those nodes.
+    removed_keys: Vec<WgKey>,
+    /// External clients whose peer entry on their ingress changed:
+    /// (ingress node, client id, key it no longer uses).
+    clients: Vec<(String, String, Option<WgKey>)>,
+    /// DNS names changed.
+    dns: Vec<String>,
+    routes: bool,
+    nameservers: bool,
+    interface_all: bool,
+    interface_of: Vec<String>,
+    firewall_of: Vec<String>,
+}
+
+impl Change {
+    fn is_empty(&self) -> bool {
+        self.affected == Affected::Nobody
+    }
+}
+
+/// The changes a node needs to go from one revision to another.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Delta {
+    /// Revision the delta applies to.
+    pub from_revision: u64,
+    /// Revision after it.
+    pub revision: u64,
+    /// Peers added or changed.
+    pub upsert_peers: Vec<Peer>,
+    /// Keys of peers removed (applied before the upserts).
+    pub remove_peers: Vec<WgKey>,
+    /// New interface.
+    pub interface: Option<Interface>,
+    /// New routes.
+    pub routes: Option<Vec<Route>>,
+    /// New firewall.
+    pub firewall: Option<Firewall>,
+    /// DNS records added or changed.
+    pub upsert_dns: Vec<DnsRecord>,
+    /// DNS names removed.
+    pub remove_dns: Vec<String>,
+    /// New upstream resolvers.
+    pub nameservers: Option<Vec<IpAddr>>,
+}
+
+impl Delta {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.upsert_peers.is_empty()
+            && self.remove_peers.is_empty()
+            && self.interface.is_none()
+            && self.routes.is_none()
+            && self.firewall.is_none()
+            && self.upsert_dns.is_empty()
+            && self.remove_dns.is_empty()
+            && self.nameservers.is_none()
+    }
+
+    /// Applies it to a config (removals first, then upserts).
+    pub fn apply_to(&self, c: &mut NodeConfig) {
+        for k in &self.remove_peers {
+            c.peers.remove(k);
+        }
+        for p in &self.upsert_peers {
+            c.peers.insert(p.public_key, p.clone());
+        }
+        if let Some(i) = &self.interface {
+            c.interface = i.clone();
+        }
+        if let Some(r) = &self.routes {
+            c.routes = r.clone();
+        }
+        if let Some(f) = &self.firewall {
+            c.firewall = f.clone();
+        }
+        c.dns.records.retain(|r| !self.remove_dns.contains(&r.name));
+        for r in &self.upsert_dns {
+            match c.dns.records.binary_search_by(|x| x.name.cmp(&r.name)) {
+                Ok(i) => c.dns.records[i] = r.clone(),
+                Err(i) => c.dns.records.insert(i, r.clone()),
+            }
+        }
+        if let Some(n) = &self.nameservers {
+            c.dns.nameservers = n.clone();
+        }
+        c.revision = self.revision;
+    }
+}
+
+/// One network's config state.
+#[derive(Debug, Clone)]
+pub struct NetworkState {
+    network: Network,
+    nodes: BTreeMap<String, Node>,
+    clients: BTreeMap<String, ExtClient>,
+    peers: HashMap<String, Peer>,
+    gateways: BTreeSet<String>,
+    dns: BTreeMap<String, DnsRecord>,
+    custom_dns: BTreeMap<String, DnsRecord>,
+    revision: u64,
+    node_rev: HashMap<String, u64>,
+    log: VecDeque<Change>,
+    floor: u64,
+    capacity: usize,
+}
+
+fn record(
+    zone: &str,
+    name: &str,
+    v4: Option<std::net::Ipv4Addr>,
+    v6: Option<std::net::Ipv6Addr>,
+) -> DnsRecord {
+    DnsRecord {
+        name: format!("{name}.{zone}"),
+        address: v4,
+        address6: v6,
+    }
+}
+
+impl NetworkState {
+    /// State equal to `view`, with every node at the view's revision (deltas
+    /// can be computed from that revision on).
+    pub fn from_view(view: NetworkView) -> Self {
+        let mut s = NetworkState {
+            network: view.network,
+            nodes: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            peers: HashMap::new(),
+            gateways: BTreeSet::new(),
+            dns: BTreeMap::new(),
+            custom_dns: BTreeMap::new(),
+            revision: view.revision,
+            node_rev: HashMap::new(),
+            log: VecDeque::new(),
+            floor: view.revision,
+            capacity: LOG_CAPACITY,
+        };
+        for c in view.ext_clients {
+            s.clients.insert(c.id.clone(), c);
+        }
+        for n in view.nodes {
+            s.node_rev.insert(n.id.clone(), view.revision);
+            s.nodes.insert(n.id.clone(), n);
+        }
+        for e in view.dns_entries {
+            let r = DnsRecord {
+                name: format!("{}.{}", e.name, s.zone()),
+                ..e
+            };
+            s.custom_dns.insert(r.name.clone(), r);
+        }
+        let ids: Vec<String> = s.nodes.keys().cloned().collect();
+        for id in ids {
+            let p = s.peer_of(&id).expect("node exists");
+            s.peers.insert(id.clone(), p);
+            if s.nodes[&id].egress.is_some() {
+                s.gateways.insert(id);
+            }
+        }
+        s.dns = s.all_records();
+        s
+    }
+
+    /// Keeps at most `n` changes (tests use small logs).
+    pub fn with_capacity(mut self, n: usize) -> Self {
+        self.capacity = n.max(1);
+        self
+    }
+
+    fn zone(&self) -> &str {
+        self.network.name.as_str()
+    }
+
+    /// The network.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Revision of the last event applied.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Ids of the nodes.
+    pub fn node_ids(&self) -> impl Iterator<Item = &String> {
+        self.nodes.keys()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// The revision of a node's current config.
+    pub fn node_revision(&self, id: &str) -> Option<u64> {
+        self.node_rev.get(id).copied()
+    }
+
+    fn peer_of(&self, id: &str) -> Option<Peer> {
+        let n = self.nodes.get(id)?;
+        Some(node_peer(&self.network, n, self.clients.values()))
+    }
+
+    fn all_records(&self) -> BTreeMap<String, DnsRecord> {
+        let zone = self.zone();
+        let mut m: BTreeMap<String, DnsRecord> = self.custom_dns.clone();
+        for n in self.nodes.values() {
+            let r = record(zone, n.name.as_str(), n.address, n.address6);
+            m.insert(r.name.clone(), r);
+        }
+        for c in self.clients.values() {
+            let r = record(zone, c.name.as_str(), c.address, c.address6);
+            m.insert(r.name.clone(), r);
+        }
+        m
+    }
+
+    /// Refreshes the shared peer entry of `id`, noting a change.
+    fn refresh_peer(&mut self, id: &str, ch: &mut Change) {
+        let new = self.peer_of(id);
+        let old = match &new {
+            Some(p) => self.peers.insert(id.to_owned(), p.clone()),
+            None => self.peers.remove(id),
+        };
+        if old != new {
+            ch.peers.push(id.to_owned());
+            if let Some(o) = &old
+                && new.as_ref().is_none_or(|n| n.public_key != o.public_key)
+            {
+                ch.removed_keys.push(o.public_key);
+            }
+            ch.affected.add(Affected::AllExcept(id.to_owned()));
+        }
+    }
+
+    /// Replaces the DNS record `old_name` with `new` (either may be absent).
+    fn refresh_dns(&mut self, old: Option<DnsRecord>, new: Option<DnsRecord>, ch: &mut Change) {
+        if old == new {
+            return;
+        }
+        if let Some(o) = &old {
+            self.dns.remove(&o.name);
+            ch.dns.push(o.name.clone());
+        }
+        if let Some(n) = new {
+            ch.dns.push(n.name.clone());
+            self.dns.insert(n.name.clone(), n);
+        }
+        ch.affected.add(Affected::All);
+    }
+
+    /// Applies one event of this network; returns the nodes whose config it
+    /// changed (empty when none did). Applying an event whose state is
+    /// already held changes nothing, so replays are harmless.
+    pub fn apply(&mut self, ev: &Event) -> Affected {
+        if ev.revision <= self.revision {
+            return Affected::Nobody;
+        }
+        let mut ch = Change {
+            revision: ev.revision,
+            ..Default::default()
+        };
+        match (&ev.resource, ev.action) {
+            (Resource::Network(n), Action::Updated | Action::Created) => {
+                let old = std::mem::replace(&mut self.network, n.clone());
+                if old.keepalive != n.keepalive {
+                    let ids: Vec<String> = self.nodes.keys().cloned().collect();
+                    for id in ids {
+                        self.refresh_peer(&id, &mut ch);
+                    }
+                }
+                if old.mtu != n.mtu {
+                    ch.interface_all = true;
+                    ch.affected.add(Affected::All);
+                }
+                if old.nameservers != n.nameservers {
+                    ch.nameservers = true;
+                    ch.affected.add(Affected::All);
+                }
+            }
+            (Resource::Network(_), Action::Deleted) => {}
+            (Resource::Node(n), Action::Created | Action::Updated) => self.upsert_node(n, &mut ch),
+            (Resource::Node(n), Action::Deleted) => self.remove_node(&n.id, &mut ch),
+            (Resource::ExtClient(c), Action::Created | Action::Updated) => {
+                self.upsert_client(Some(c), &c.id, &mut ch)
+            }
+            (Resource::ExtClient(c), Action::Deleted) => self.upsert_client(None, &c.id, &mut ch),
+            (Resource::EnrollmentKey(_), _) => {}
+        }
+        self.revision = ev.revision;
+        if ch.is_empty() {
+            return Affected::Nobody;
+        }
+        for (id, rev) in self.node_rev.iter_mut() {
+            if ch.affected.contains(id) {
+                *rev = ev.revision;
+            }
+        }
+        let affected = ch.affected.clone();
+        self.log.push_back(ch);
+        while self.log.len() > self.capacity {
+            if let Some(old) = self.log.pop_front() {
+                self.floor = old.revision;
+            }
+        }
+        affected
+    }
+
+    fn upsert_node(&mut self, n: &Node, ch: &mut Change) {
+        let zone = self.zone().to_owned();
+        let old = self.nodes.insert(n.id.clone(), n.clone());
+        if old.is_none() {
+            // A new node: its own config is new too.
+            self.node_rev.insert(n.id.clone(), 0);
+            ch.affected.add(Affected::one(&n.id));
+        }
+        self.refresh_peer(&n.id, ch);
+        self.refresh_dns(
+            old.as_ref()
+                .map(|o| record(&zone, o.name.as_str(), o.address, o.address6)),
+            Some(record(&zone, n.name.as_str(), n.address, n.address6)),
+            ch,
+        );
+        // Others route a gateway's ranges via its key: only those two matter
+        // to them (NAT and interface are the gateway's own business).
+        let ranges = |x: Option<&Node>| {
+            x.and_then(|x| x.egress.as_ref())
+                .map(|e| e.ranges.clone())
+                .unwrap_or_default()
+        };
+        let (old_ranges, new_ranges) = (ranges(old.as_ref()), ranges(Some(n)));
+        let old_key = old.as_ref().map(|o| o.public_key);
+        if old_ranges != new_ranges || (!new_ranges.is_empty() && old_key != Some(n.public_key)) {
+            // Everyone's routes but its own (a gateway has no overlay route to
+            // its own ranges).
+            ch.routes = true;
+            ch.affected.add(Affected::AllExcept(n.id.clone()));
+        }
+        if n.egress.is_some() {
+            self.gateways.insert(n.id.clone());
+        } else {
+            self.gateways.remove(&n.id);
+        }
+        if old
+            .as_ref()
+            .is_none_or(|o| o.egress != n.egress || o.ingress != n.ingress)
+        {
+            ch.firewall_of.push(n.id.clone());
+            ch.affected.add(Affected::one(&n.id));
+        }
+        if old.as_ref().is_none_or(|o| {
+            o.listen_port != n.listen_port || o.address != n.address || o.address6 != n.address6
+        }) {
+            ch.interface_of.push(n.id.clone());
+            ch.affected.add(Affected::one(&n.id));
+        }
+    }
+
+    fn remove_node(&mut self, id: &str, ch: &mut Change) {
+        let Some(old) = self.nodes.remove(id) else {
+            return;
+        };
+        self.node_rev.remove(id);
+        self.refresh_peer(id, ch);
+        let zone = self.zone().to_owned();
+        self.refresh_dns(
+            Some(record(&zone, old.name.as_str(), old.address, old.address6)),
+            None,
+            ch,
+        );
+        if self.gateways.remove(id) {
+            ch.routes = true;
+            ch.affected.add(Affected::AllExcept(id.to_owned()));
+        }
+        // Its clients' events came before this one; drop any left over.
+        let orphans: Vec<String> = self
+            .clients
+            .values()
+            .filter(|c| c.ingress_node_id == id)
+            .map(|c| c.id.clone())
+            .collect();
+        for c in orphans {
+            self.upsert_client(None, &c, ch);
+        }
+    }
+
+    fn upsert_client(&mut self, new: Option<&ExtClient>, id: &str, ch: &mut Change) {
+        let zone = self.zone().to_owned();
+        let old = match new {
+            Some(c) => self.clients.insert(id.to_owned(), c.clone()),
+            None => self.clients.remove(id),
+        };
+        if old.is_none() && new.is_none() {
+            return;
+        }
+        // Its peer entry on its ingress gateway.
+        let peer_on = |c: Option<&ExtClient>| {
+            c.filter(|c| c.enabled)
+                .map(|c| (c.ingress_node_id.clone(), ext_client_peer(c)))
+        };
+        let (old_peer, new_peer) = (peer_on(old.as_ref()), peer_on(new));
+        if old_peer != new_peer {
+            if let Some((ing, p)) = &old_peer {
+                let gone = new_peer
+                    .as_ref()
+                    .is_none_or(|(i, n)| i != ing || n.public_key != p.public_key);
+                ch.clients
+                    .push((ing.clone(), id.to_owned(), gone.then_some(p.public_key)));
+                ch.affected.add(Affected::one(ing));
+            }
+            if let Some((ing, _)) = &new_peer {
+                ch.clients.push((ing.clone(), id.to_owned(), None));
+                ch.affected.add(Affected::one(ing));
+            }
+        }
+        // The ingress gateways' shared entries carry the client's addresses.
+        let mut ingresses: Vec<String> = old
+            .iter()
+            .chain(new)
+            .map(|c| c.ingress_node_id.clone())
+            .collect();
+        ingresses.dedup();
+        for ing in ingresses {
+            if self.nodes.contains_key(&ing) {
+                self.refresh_peer(&ing, ch);
+            }
+        }
+        self.refresh_dns(
+            old.as_ref()
+                .map(|c| record(&zone, c.name.as_str(), c.address, c.address6)),
+            new.map(|c| record(&zone, c.name.as_str(), c.address, c.address6)),
+            ch,
+        );
+    }
+
+    /// A node's whole config now.
+    pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
+        let node = self.nodes.get(node_id)?;
+        let mut peers: BTreeMap<WgKey, Peer> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| id.as_str() != node_id)
+            .map(|(_, p)| (p.public_key, p.clone()))
+            .collect();
+        if node.ingress.is_some() {
+            for c in self
+                .clients
+                .values()
+                .filter(|c| c.enabled && c.ingress_node_id == node_id)
+            {
+                peers.insert(c.public_key, ext_client_peer(c));
+            }
+        }
+        Some(NodeConfig {
+            revision: self.node_rev.get(node_id).copied().unwrap_or(self.revision),
+            node_id: node.id.clone(),
+            network: self.network.name.to_string(),
+            interface: interface_for(&self.network, node),
+            peers,
+            routes: self.routes(node),
+            firewall: firewall_for(&self.network, node),
+            dns: DnsConfig {
+                records: self.dns.values().cloned().collect(),
+                nameservers: self.network.nameservers.clone(),
+                domain: self.zone().to_owned(),
+            },
+        })
+    }
+
+    fn routes(&self, node: &Node) -> Vec<Route> {
+        routes_for(node, self.gateways.iter().filter_map(|g| self.nodes.get(g)))
+    }
+
+    /// Whether a delta can be computed for `node` from revision `from`: the
+    /// revision is one this node had (its current one, the start of the log
+    /// window, or a logged change that affected it).
+    pub fn can_continue(&self, node_id: &str, from: u64) -> bool {
+        let Some(&current) = self.node_rev.get(node_id) else {
+            return false;
+        };
+        if from == 0 || from > current {
+            return false;
+        }
+        if from == current {
+            return true;
+        }
+        if from < self.floor {
+            return false;
+        }
+        if from == self.floor {
+            return true;
+        }
+        let i = self.log.partition_point(|c| c.revision < from);
+        self.log
+            .get(i)
+            .is_some_and(|c| c.revision == from && c.affected.contains(node_id))
+    }
+
+    /// What `node` needs to go from `from` to its current config; None when
+    /// it must get a snapshot instead (see [`NetworkState::can_continue`]).
+    pub fn delta(&self, node_id: &str, from: u64) -> Option<Delta> {
+        if !self.can_continue(node_id, from) {
+            return None;
+        }
+        let node = self.nodes.get(node_id)?;
+        let mut peers = BTreeSet::new();
+        let mut removed = BTreeSet::new();
+        let mut clients = BTreeSet::new();
+        let mut dns = BTreeSet::new();
+        let (mut routes, mut nameservers, mut interface, mut firewall) =
+            (false, false, false, false);
+        let start = self.log.partition_point(|c| c.revision <= from);
+        for ch in self.log.iter().skip(start) {
+            if !ch.affected.contains(node_id) {
+                continue;
+            }
+            peers.extend(ch.peers.iter().filter(|p| p.as_str() != node_id));
+            removed.extend(ch.removed_keys.iter().copied());
+            for (ing, cid, gone) in &ch.clients {
+                if ing == node_id {
+                    clients.insert(cid);
+                    removed.extend(gone.iter().copied());
+                }
+            }
+            dns.extend(ch.dns.iter());
+            routes |= ch.routes;
+            nameservers |= ch.nameservers;
+            interface |= ch.interface_all || ch.interface_of.iter().any(|n| n == node_id);
+            firewall |= ch.firewall_of.iter().any(|n| n == node_id);
+        }
+        let mut upsert: Vec<Peer> = peers
+            .iter()
+            .filter_map(|id| self.peers.get(id.as_str()).cloned())
+            .collect();
+        upsert.extend(
+            clients
+                .iter()
+                .filter_map(|cid| self.clients.get(cid.as_str()))
+                .filter(|c| c.enabled && c.ingress_node_id == node_id && node.ingress.is_some())
+                .map(ext_client_peer),
+        );
+        upsert.sort_by_key(|p| p.public_key);
+        let (upsert_dns, remove_dns): (Vec<_>, Vec<_>) = dns
+            .into_iter()
+            .partition(|n| self.dns.contains_key(n.as_str()));
+        Some(Delta {
+            from_revision: from,
+            revision: self.node_rev[node_id],
+            upsert_peers: upsert,
+            remove_peers: removed.into_iter().collect(),
+            interface: interface.then(|| interface_for(&self.network, node)),
+            routes: routes.then(|| self.routes(node)),
+            firewall: firewall.then(|| firewall_for(&self.network, node)),
+            upsert_dns: upsert_dns
+                .into_iter()
+                .map(|n| self.dns[n.as_str()].clone())
+                .collect(),
+            remove_dns: remove_dns.into_iter().cloned().collect(),
+            nameservers: nameservers.then(|| self.network.nameservers.clone()),
+        })
+    }
+
+    /// The current state as a plain view (for checking against the
+    /// non-incremental computation).
+    pub fn view(&self) -> NetworkView {
+        NetworkView {
+            network: self.network.clone(),
+            nodes: self.nodes.values().cloned().collect(),
+            ext_clients: self.clients.values().cloned().collect(),
+            dns_entries: self
+                .custom_dns
+                .values()
+                .map(|r| DnsRecord {
+                    name: r
+                        .name
+                        .strip_suffix(&format!(".{}", self.zone()))
+                        .unwrap_or(&r.name)
+                        .to_owned(),
+                    ..r.clone()
+                })
+                .collect(),
+            revision: self.revision,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 pub mod api;
 pub mod domain;
+pub mod hub;
 pub mod store;
 
 use api::{AppState, auth::AuthLayer, pending::*};
@@ -28,6 +29,8 @@ pub struct Backend {
     pub store: Arc<dyn Store>,
     /// Seals external clients' private keys.
     pub sealer: Arc<Sealer>,
+    /// Admission limits of config streams.
+    pub limits: hub::Limits,
 }
 
 impl Backend {
@@ -44,8 +47,20 @@ impl Backend {
         Ok(Self {
             store,
             sealer: Arc::new(Sealer::new(&secret)),
+            limits: hub::Limits::default(),
         })
     }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Loading the config state failed.
+    #[error("loading state: {0}")]
+    Load(#[from] domain::Error),
+    /// The transport failed.
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// Runs the gRPC server on a pre-bound listener until `shutdown` resolves;
@@ -54,12 +69,15 @@ pub async fn serve(
     listener: TcpListener,
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (drain_tx, drain) = watch::channel(false);
     let store = backend.store.clone();
+    let hub = hub::Hub::load(store.clone(), backend.limits).await?;
+    let follower = hub.spawn_follower(Duration::from_secs(1), drain.clone());
     let state = AppState {
         store: backend.store,
         sealer: backend.sealer,
+        hub,
         drain,
     };
 
@@ -127,10 +145,12 @@ pub async fn serve(
             api::agent::Agents(state.clone()),
         ))
         .add_service(pb::event_service_server::EventServiceServer::new(
-            PendingEventService,
+            api::event::Events(state.clone()),
         ))
         .serve_with_incoming_shutdown(incoming, signal)
-        .await
+        .await?;
+    follower.abort();
+    Ok(())
 }
 
 /// The default SQLite URL for a data directory.

@@ -52,7 +52,7 @@ pub struct TestServer {
     data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    task: Option<JoinHandle<Result<(), meshplane_server::ServeError>>>,
 }
 
 impl TestServer {
@@ -67,10 +67,16 @@ impl TestServer {
 
     /// Starts a server on `data_dir` (reusing what is there).
     pub async fn start_in(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, meshplane_server::hub::Limits::default()).await
+    }
+
+    /// Starts a server on `data_dir` with the given stream limits.
+    pub async fn start_with(data_dir: &Path, limits: meshplane_server::hub::Limits) -> Self {
         let url = meshplane_server::default_database_url(data_dir);
-        let backend = meshplane_server::Backend::open(&url, &data_dir.join("secret.key"))
+        let mut backend = meshplane_server::Backend::open(&url, &data_dir.join("secret.key"))
             .await
             .expect("open backend");
+        backend.limits = limits;
         let store = backend.store.clone();
         meshplane_server::bootstrap_admin_token(&*store, data_dir)
             .await

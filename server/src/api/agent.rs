@@ -16,7 +16,10 @@ use crate::domain::{
     node::{Endpoint, RegistrationInput},
     token::{self, NewToken, TokenKind},
 };
+use crate::hub::{Hub, StreamGuard, Update};
 use crate::store::NodeRegistration;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// The AgentService implementation.
 pub struct Agents(pub AppState);
@@ -83,23 +86,57 @@ impl AgentService for Agents {
             })
             .await
             .status()?;
+        self.0.changed();
         tracing::info!(node = %node.id, address = ?node.address, address6 = ?node.address6, "node registered");
         Ok(Response::new(pb::RegisterResponse {
-            node: Some(super::node::to_pb(&node)),
+            node: Some(super::node::to_pb(&node, &self.0.hub)),
             node_token: token.secret,
         }))
     }
 
     type WatchConfigStream = BoxStream<pb::ConfigUpdate>;
 
+    #[tracing::instrument(skip_all, fields(node))]
     async fn watch_config(
         &self,
         req: Request<pb::WatchConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        node_id(&req)?;
-        Err(Status::unimplemented(
-            "AgentService.WatchConfig is not implemented yet: it lands with config streaming (issue #5)",
-        ))
+        let id = node_id(&req)?;
+        tracing::Span::current().record("node", id.as_str());
+        let last = req.into_inner().last_revision;
+        let hub = self.0.hub.clone();
+        let guard = hub.admit().map_err(retry_later)?;
+        // Include every write acknowledged before this call.
+        hub.catch_up().await.status()?;
+        let cell = hub
+            .subscribe(&id)
+            .ok_or_else(|| to_status(Error::not_found("node", &id)))?;
+        let first = hub
+            .update_since(&id, last)
+            .await
+            .map_err(retry_later)?
+            .ok_or_else(|| to_status(Error::not_found("node", &id)))?;
+        tracing::debug!(
+            from = last,
+            revision = first.revision(),
+            "config stream opened"
+        );
+        touch(&self.0, &id);
+        let stream = ConfigStream {
+            hub,
+            node: id,
+            sent: 0,
+            first: Some(first),
+            cell,
+            drain: self.0.drain.clone(),
+            done: false,
+            state: self.0.clone(),
+            _guard: guard,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            stream,
+            ConfigStream::next,
+        ))))
     }
 
     async fn report_status(
@@ -122,5 +159,93 @@ impl AgentService for Agents {
             .await
             .status()?;
         Ok(Response::new(()))
+    }
+}
+
+/// RESOURCE_EXHAUSTED (and UNAVAILABLE) with a jittered retry hint, so a
+/// reconnecting fleet spreads out instead of stampeding.
+fn retry_later(e: Error) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    match e {
+        Error::ResourceExhausted(m) => {
+            let secs = 1 + rand::random::<u64>() % 5;
+            Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!("{m} (retry in about {secs} s)"),
+                ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(secs))),
+            )
+        }
+        other => to_status(other),
+    }
+}
+
+/// Records (without delaying the stream) that the node was heard from.
+fn touch(state: &AppState, id: &str) {
+    let store = state.store.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = store.touch_node(&id).await {
+            tracing::debug!(node = %id, error = %e, "recording last_seen failed");
+        }
+    });
+}
+
+/// One agent's config stream: waits on the node's cell and sends one
+/// update per wake-up, from the revision it sent last to the current one.
+struct ConfigStream {
+    hub: Arc<Hub>,
+    node: String,
+    sent: u64,
+    first: Option<Update>,
+    cell: watch::Receiver<u64>,
+    drain: watch::Receiver<bool>,
+    done: bool,
+    state: AppState,
+    _guard: StreamGuard,
+}
+
+impl ConfigStream {
+    async fn next(mut self) -> Option<(Result<pb::ConfigUpdate, Status>, Self)> {
+        if self.done {
+            return None;
+        }
+        if let Some(u) = self.first.take() {
+            self.sent = u.revision();
+            return Some((Ok(super::config::update(&u)), self));
+        }
+        loop {
+            let alive = tokio::select! {
+                biased;
+                _ = self.drain.wait_for(|d| *d) => return None,
+                changed = self.cell.changed() => changed.is_ok(),
+            };
+            if !alive {
+                // The hub dropped the cell: the node is gone.
+                self.done = true;
+                let msg = format!("node {} was deleted; its config stream ends", self.node);
+                return Some((Err(Status::not_found(msg)), self));
+            }
+            let rev = *self.cell.borrow_and_update();
+            if rev <= self.sent {
+                continue;
+            }
+            match self.hub.update_since(&self.node, self.sent).await {
+                Ok(Some(u)) => {
+                    self.sent = u.revision();
+                    return Some((Ok(super::config::update(&u)), self));
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(retry_later(e)), self));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ConfigStream {
+    fn drop(&mut self) {
+        touch(&self.state, &self.node);
     }
 }

@@ -19,7 +19,7 @@ use crate::domain::{
 /// The EnrollmentKeyService implementation.
 pub struct EnrollmentKeys(pub AppState);
 
-fn to_pb(k: &EnrollmentKey) -> pb::EnrollmentKey {
+pub fn to_pb(k: &EnrollmentKey) -> pb::EnrollmentKey {
     pb::EnrollmentKey {
         id: k.id.clone(),
         token: String::new(),
@@ -67,6 +67,7 @@ impl EnrollmentKeyService for EnrollmentKeys {
             .create_enrollment_key(&key, &token.hash)
             .await
             .status()?;
+        self.0.changed();
         tracing::info!(key = %key.id, networks = ?key.networks, "enrollment key created");
         let mut out = to_pb(&key);
         out.token = token.secret;
@@ -103,6 +104,7 @@ impl EnrollmentKeyService for EnrollmentKeys {
             return Err(required("id"));
         }
         self.0.store.delete_enrollment_key(&id).await.status()?;
+        self.0.changed();
         tracing::info!(key = %id, "enrollment key revoked");
         Ok(Response::new(()))
     }

@@ -43,8 +43,9 @@ impl GatewayService for Gateways {
         .validate(&net)
         .status()?;
         let node = store.set_egress(&r.node_id, Some(&egress)).await.status()?;
+        self.0.changed();
         tracing::info!(node = %node.id, ranges = ?egress.ranges, interface = %egress.interface, nat = egress.nat, "egress gateway set");
-        Ok(Response::new(to_pb(&node)))
+        Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
 
     #[tracing::instrument(skip_all, fields(node))]
@@ -57,6 +58,7 @@ impl GatewayService for Gateways {
             return Err(required("node_id"));
         }
         self.0.store.set_egress(&id, None).await.status()?;
+        self.0.changed();
         tracing::info!(node = %id, "egress gateway removed");
         Ok(Response::new(()))
     }
@@ -84,8 +86,9 @@ impl GatewayService for Gateways {
             .set_ingress(&r.node_id, Some(&ingress), false)
             .await
             .status()?;
+        self.0.changed();
         tracing::info!(node = %node.id, "ingress gateway set");
-        Ok(Response::new(to_pb(&node)))
+        Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
 
     #[tracing::instrument(skip_all, fields(node))]
@@ -102,6 +105,7 @@ impl GatewayService for Gateways {
             .set_ingress(&r.node_id, None, r.force)
             .await
             .status()?;
+        self.0.changed();
         tracing::info!(node = %r.node_id, force = r.force, "ingress gateway removed");
         Ok(Response::new(()))
     }

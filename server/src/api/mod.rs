@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::domain::crypto::Sealer;
+use crate::hub::Hub;
 use crate::store::Store;
 
 pub mod agent;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod convert;
 pub mod enrollment_key;
 pub mod error;
+pub mod event;
 pub mod ext_client;
 pub mod gateway;
 pub mod network;
@@ -27,7 +29,17 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Seals external clients' private keys.
     pub sealer: Arc<Sealer>,
+    /// Config state and per-node cells.
+    pub hub: Arc<Hub>,
     /// Flips to true when the server shuts down; streaming responses end when
     /// it does.
     pub drain: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Tells the hub a write committed, so streams get it now rather than at
+    /// the next poll.
+    pub fn changed(&self) {
+        self.hub.nudge();
+    }
 }

@@ -4,13 +4,14 @@ use tonic::{Request, Response, Status};
 
 use meshplane_proto::v1::{self as pb, node_service_server::NodeService};
 
+use crate::hub::Hub;
+
 use super::{
     AppState,
     convert::{ips, ts},
     error::{IntoStatus, required},
 };
 use crate::domain::{
-    config::node_config,
     node::{Node, NodePatch, NodeUpdateInput},
     page::PageRequest,
 };
@@ -18,8 +19,15 @@ use crate::domain::{
 /// The NodeService implementation.
 pub struct Nodes(pub AppState);
 
-/// A domain node as its proto message.
-pub fn to_pb(n: &Node) -> pb::Node {
+/// A domain node as its proto message, with what the hub knows of it: its
+/// current config revision and whether its agent holds a stream open.
+pub fn to_pb(n: &Node, hub: &Hub) -> pb::Node {
+    // A write's response may be built before the hub applied it; the store's
+    // revision of a node just written is then the newer one.
+    let config_revision = hub
+        .node_revision(&n.id)
+        .unwrap_or_default()
+        .max(n.config_revision);
     pb::Node {
         id: n.id.clone(),
         network: n.network.to_string(),
@@ -42,12 +50,12 @@ pub fn to_pb(n: &Node) -> pb::Node {
         ingress: n.ingress.as_ref().map(|i| pb::IngressGateway {
             ext_client_dns: ips(&i.ext_client_dns),
         }),
-        connected: n.connected,
+        connected: hub.connected(&n.id),
         last_seen: n.last_seen.and_then(ts),
         applied_revision: n.applied_revision,
-        config_revision: n.config_revision,
+        config_revision,
         // A node that never reported has applied nothing yet: not drift.
-        drifted: n.last_seen.is_some() && n.applied_revision < n.config_revision,
+        drifted: n.last_seen.is_some() && n.applied_revision < config_revision,
         persistent_keepalive: n.keepalive,
         create_time: ts(n.create_time),
         update_time: ts(n.update_time),
@@ -65,7 +73,8 @@ impl NodeService for Nodes {
             return Err(required("id"));
         }
         let node = self.0.store.get_node(&id).await.status()?;
-        Ok(Response::new(to_pb(&node)))
+        self.0.hub.catch_up().await.status()?;
+        Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
 
     async fn list_nodes(
@@ -76,9 +85,10 @@ impl NodeService for Nodes {
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
         let network = (!r.network.is_empty()).then_some(r.network.as_str());
         let nodes = self.0.store.list_nodes(network, &page).await.status()?;
+        self.0.hub.catch_up().await.status()?;
         let (nodes, next_page_token) = page.finish(nodes, |n| format!("{}/{}", n.network, n.name));
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes.iter().map(to_pb).collect(),
+            nodes: nodes.iter().map(|n| to_pb(n, &self.0.hub)).collect(),
             next_page_token,
         }))
     }
@@ -104,8 +114,9 @@ impl NodeService for Nodes {
         };
         let patch = NodePatch::from_request(&input, &mask).status()?;
         let node = self.0.store.update_node(&n.id, &patch).await.status()?;
+        self.0.changed();
         tracing::info!(node = %node.id, "node updated");
-        Ok(Response::new(to_pb(&node)))
+        Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
 
     #[tracing::instrument(skip_all, fields(node))]
@@ -119,6 +130,7 @@ impl NodeService for Nodes {
         }
         tracing::Span::current().record("node", id.as_str());
         let node = self.0.store.delete_node(&id).await.status()?;
+        self.0.changed();
         tracing::info!(node = %node.id, network = %node.network, "node deleted");
         Ok(Response::new(()))
     }
@@ -131,10 +143,12 @@ impl NodeService for Nodes {
         if id.is_empty() {
             return Err(required("id"));
         }
-        let store = &self.0.store;
-        let node = store.get_node(&id).await.status()?;
-        let view = store.network_view(node.network.as_str()).await.status()?;
-        let cfg = node_config(&view, &id)
+        // The same state agents are fed from, so the revision matches theirs.
+        self.0.hub.catch_up().await.status()?;
+        let cfg = self
+            .0
+            .hub
+            .snapshot(&id)
             .ok_or_else(|| crate::domain::Error::not_found("node", &id))
             .status()?;
         Ok(Response::new(super::config::node_config(&cfg)))

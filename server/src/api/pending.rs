@@ -47,20 +47,3 @@ impl dns_service_server::DnsService for PendingDnsService {
         Err(pending("DnsService.GetHostsFile", "DNS (issue #6, DNS)"))
     }
 }
-
-/// Placeholder EventService.
-pub struct PendingEventService;
-
-#[tonic::async_trait]
-impl event_service_server::EventService for PendingEventService {
-    type WatchEventsStream = BoxStream<pb::Event>;
-    async fn watch_events(
-        &self,
-        _: Request<pb::WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        Err(pending(
-            "EventService.WatchEvents",
-            "event streaming (issue #5, Streaming)",
-        ))
-    }
-}

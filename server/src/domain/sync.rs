@@ -191,6 +191,9 @@ pub struct NetworkState {
     custom_dns: BTreeMap<String, DnsRecord>,
     revision: u64,
     node_rev: HashMap<String, u64>,
+    /// Revision at which each node appeared in this state (no config of it
+    /// existed before).
+    node_since: HashMap<String, u64>,
     log: VecDeque<Change>,
     floor: u64,
     capacity: usize,
@@ -223,6 +226,7 @@ impl NetworkState {
             custom_dns: BTreeMap::new(),
             revision: view.revision,
             node_rev: HashMap::new(),
+            node_since: HashMap::new(),
             log: VecDeque::new(),
             floor: view.revision,
             capacity: LOG_CAPACITY,
@@ -232,6 +236,7 @@ impl NetworkState {
         }
         for n in view.nodes {
             s.node_rev.insert(n.id.clone(), view.revision);
+            s.node_since.insert(n.id.clone(), view.revision);
             s.nodes.insert(n.id.clone(), n);
         }
         for e in view.dns_entries {
@@ -404,6 +409,7 @@ impl NetworkState {
         if old.is_none() {
             // A new node: its own config is new too.
             self.node_rev.insert(n.id.clone(), 0);
+            self.node_since.insert(n.id.clone(), ch.revision);
             ch.affected.add(Affected::one(&n.id));
         }
         self.refresh_peer(&n.id, ch);
@@ -453,6 +459,7 @@ impl NetworkState {
             return;
         };
         self.node_rev.remove(id);
+        self.node_since.remove(id);
         self.refresh_peer(id, ch);
         let zone = self.zone().to_owned();
         self.refresh_dns(
@@ -576,7 +583,7 @@ impl NetworkState {
         if from == current {
             return true;
         }
-        if from < self.floor {
+        if from < self.floor || self.node_since.get(node_id).is_none_or(|s| from < *s) {
             return false;
         }
         if from == self.floor {
@@ -677,4 +684,4 @@ impl NetworkState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -162,6 +162,11 @@ pub trait EventStore: Send + Sync + 'static {
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
     /// The newest revision (0 when nothing happened yet).
     async fn latest_revision(&self) -> Result<u64>;
+    /// Every network's view and the newest event revision, read in one
+    /// consistent snapshot (the hub starts from it and follows the log).
+    async fn load_all(&self) -> Result<(u64, Vec<NetworkView>)>;
+    /// Records that a node's agent was heard from now.
+    async fn touch_node(&self, node_id: &str) -> Result<()>;
 }
 
 /// What [`NodeStore::register_node`] needs.

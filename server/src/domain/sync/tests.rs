@@ -18,9 +18,9 @@ use crate::domain::{
 };
 
 /// The "database": the truth the events describe.
-struct World {
+pub(crate) struct World {
     rng: StdRng,
-    view: NetworkView,
+    pub(crate) view: NetworkView,
     revision: u64,
     next_addr: u32,
     next_key: u8,
@@ -38,7 +38,7 @@ const RANGES: &[&str] = &[
 ];
 
 impl World {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let network = NetworkInput {
             name: "net".into(),
             address_range: "10.99.0.0/16".into(),
@@ -112,7 +112,7 @@ impl World {
     }
 
     /// One random change, as the events the store would log.
-    fn step(&mut self) -> Vec<Event> {
+    pub(crate) fn step(&mut self) -> Vec<Event> {
         let now = Utc::now();
         let choice = self.rng.random_range(0..100);
         let nodes = self.view.nodes.len();
@@ -409,5 +409,7 @@ fn unknown_and_future_revisions_need_a_snapshot() {
     assert!(state.delta(&id, current).unwrap().is_empty());
     assert!(state.delta(&id, current + 1).is_none());
     assert!(state.delta(&id, 0).is_none());
+    // A revision from before the node existed.
+    assert!(state.delta(&id, 1).is_none());
     assert!(state.delta("nobody", current).is_none());
 }

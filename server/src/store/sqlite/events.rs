@@ -3,9 +3,12 @@
 use async_trait::async_trait;
 use sqlx::{Row, SqliteConnection};
 
-use super::SqliteStore;
+use super::{
+    SqliteStore, ext_clients::fetch_clients, networks::fetch_network, nodes::network_nodes,
+};
 use crate::domain::{
     Error, Result,
+    config::NetworkView,
     event::{Action, Event, Resource},
 };
 use crate::store::{EventStore, db_err, from_micros, to_micros};
@@ -81,5 +84,45 @@ impl EventStore for SqliteStore {
             .await
             .map_err(db_err)?;
         Ok(r.unwrap_or(0) as u64)
+    }
+
+    async fn load_all(&self) -> Result<(u64, Vec<NetworkView>)> {
+        // One read transaction: under WAL, a consistent snapshot.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let cursor: Option<i64> = sqlx::query_scalar("SELECT MAX(revision) FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let names: Vec<(String, i64)> =
+            sqlx::query_as("SELECT name, revision FROM networks ORDER BY name")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let mut views = Vec::with_capacity(names.len());
+        for (name, revision) in names {
+            let network = fetch_network(&mut *tx, &name)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("network {name} vanished")))?;
+            views.push(NetworkView {
+                network,
+                nodes: network_nodes(&mut tx, &name).await?,
+                ext_clients: fetch_clients(&mut tx, &name).await?,
+                dns_entries: Vec::new(),
+                revision: revision as u64,
+            });
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok((cursor.unwrap_or(0) as u64, views))
+    }
+
+    async fn touch_node(&self, node_id: &str) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE nodes SET last_seen = ? WHERE id = ?")
+            .bind(to_micros(crate::domain::now()))
+            .bind(node_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 }

@@ -1,0 +1,114 @@
+//! EventService: the event log as a stream, resumable by revision.
+
+use std::collections::VecDeque;
+
+use tonic::{Request, Response, Status};
+
+use meshplane_proto::v1::{self as pb, event_service_server::EventService};
+
+use super::{AppState, convert::ts, error::IntoStatus, pending::BoxStream};
+use crate::domain::event::{Action, Event, Resource};
+
+/// The EventService implementation.
+pub struct Events(pub AppState);
+
+/// Events read per query.
+const PAGE: usize = 500;
+
+fn to_pb(e: &Event, state: &AppState) -> pb::Event {
+    use pb::event::Resource as R;
+    pb::Event {
+        revision: e.revision,
+        action: match e.action {
+            Action::Created => pb::EventAction::Created,
+            Action::Updated => pb::EventAction::Updated,
+            Action::Deleted => pb::EventAction::Deleted,
+        } as i32,
+        event_time: ts(e.time),
+        kind: e.resource.kind().into(),
+        id: e.resource.id(),
+        resource: Some(match &e.resource {
+            Resource::Network(n) => R::Network(super::network::to_pb(n)),
+            Resource::Node(n) => R::Node(super::node::to_pb(n, &state.hub)),
+            Resource::ExtClient(c) => R::ExtClient(super::ext_client::to_pb(c)),
+            Resource::EnrollmentKey(k) => R::EnrollmentKey(super::enrollment_key::to_pb(k)),
+        }),
+    }
+}
+
+struct EventStream {
+    state: AppState,
+    cursor: u64,
+    networks: Vec<String>,
+    buffer: VecDeque<Event>,
+    latest: tokio::sync::watch::Receiver<u64>,
+    drain: tokio::sync::watch::Receiver<bool>,
+}
+
+impl EventStream {
+    fn wanted(&self, e: &Event) -> bool {
+        self.networks.is_empty()
+            || e.resource
+                .network()
+                .is_some_and(|n| self.networks.contains(&n))
+    }
+
+    async fn next(mut self) -> Option<(Result<pb::Event, Status>, Self)> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                if self.wanted(&e) {
+                    let msg = to_pb(&e, &self.state);
+                    return Some((Ok(msg), self));
+                }
+                continue;
+            }
+            match self.state.store.events_after(self.cursor, PAGE).await {
+                Ok(events) if !events.is_empty() => {
+                    self.cursor = events.last().map(|e| e.revision).unwrap_or(self.cursor);
+                    self.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => return Some((Err(super::error::to_status(e)), self)),
+            }
+            tokio::select! {
+                biased;
+                _ = self.drain.wait_for(|d| *d) => return None,
+                r = self.latest.wait_for(|l| *l > self.cursor) => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl EventService for Events {
+    type WatchEventsStream = BoxStream<pb::Event>;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let r = req.into_inner();
+        let cursor = if r.after_revision == 0 {
+            self.0.store.latest_revision().await.status()?
+        } else {
+            r.after_revision
+        };
+        let stream = EventStream {
+            state: self.0.clone(),
+            cursor,
+            networks: r.networks,
+            buffer: VecDeque::new(),
+            latest: self.0.hub.latest(),
+            drain: self.0.drain.clone(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            stream,
+            EventStream::next,
+        ))))
+    }
+}

@@ -1,0 +1,335 @@
+//! The hub: every network's config state, kept current by following the
+//! event log, and a latest-revision cell per node that config streams wait
+//! on.
+//!
+//! Writers never wait for agents: a write commits (with its event) in the
+//! store, nudges the hub, and returns. The hub applies new events in order
+//! and bumps the cells of exactly the nodes whose config changed. Each
+//! stream, when its cell moves, computes one delta from the revision it last
+//! sent to the current one; a slow stream simply skips ahead, so it always
+//! ends on the latest config and nothing is ever dropped or queued without
+//! bound. Because the hub follows the durable log rather than in-process
+//! calls, replicas sharing a database can each run one.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::domain::{
+    Error, Result,
+    config::{NetworkView, NodeConfig},
+    event::{Action, Event, Resource},
+    sync::{Affected, Delta, NetworkState},
+};
+use crate::store::Store;
+
+/// Events read from the store per batch.
+const BATCH: usize = 1000;
+
+/// Limits that keep a reconnect storm from sinking the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Config streams open at once.
+    pub max_streams: usize,
+    /// Snapshots being built at once.
+    pub snapshot_concurrency: usize,
+    /// How long a stream waits for a snapshot slot before it is told to
+    /// retry.
+    pub snapshot_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams: 100_000,
+            snapshot_concurrency: 64,
+            snapshot_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Revision of the last event applied.
+    cursor: u64,
+    networks: HashMap<String, NetworkState>,
+    node_network: HashMap<String, String>,
+    /// Latest config revision per node; streams watch these.
+    cells: HashMap<String, watch::Sender<u64>>,
+}
+
+/// What a config stream sends next.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// The whole config.
+    Snapshot(NodeConfig),
+    /// The changes since the revision sent last.
+    Delta(Delta),
+}
+
+impl Update {
+    /// Revision after the update.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Update::Snapshot(s) => s.revision,
+            Update::Delta(d) => d.revision,
+        }
+    }
+}
+
+/// Counts an open config stream until dropped.
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// See the module documentation.
+pub struct Hub {
+    store: Arc<dyn Store>,
+    state: RwLock<State>,
+    catching_up: Mutex<()>,
+    nudge: Notify,
+    latest: watch::Sender<u64>,
+    streams: Arc<AtomicUsize>,
+    snapshots: Arc<Semaphore>,
+    limits: Limits,
+}
+
+impl Hub {
+    /// Loads every network from the store, consistently with the event log.
+    pub async fn load(store: Arc<dyn Store>, limits: Limits) -> Result<Arc<Hub>> {
+        let (cursor, views) = store.load_all().await?;
+        let mut state = State {
+            cursor,
+            ..Default::default()
+        };
+        for view in views {
+            for n in &view.nodes {
+                state
+                    .node_network
+                    .insert(n.id.clone(), view.network.name.to_string());
+                state
+                    .cells
+                    .insert(n.id.clone(), watch::Sender::new(view.revision));
+            }
+            state
+                .networks
+                .insert(view.network.name.to_string(), NetworkState::from_view(view));
+        }
+        Ok(Arc::new(Hub {
+            store,
+            state: RwLock::new(state),
+            catching_up: Mutex::new(()),
+            nudge: Notify::new(),
+            latest: watch::Sender::new(cursor),
+            streams: Arc::new(AtomicUsize::new(0)),
+            snapshots: Arc::new(Semaphore::new(limits.snapshot_concurrency)),
+            limits,
+        }))
+    }
+
+    /// Tells the follower new events are there.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Follows the event log until `stop` flips: applies new events when
+    /// nudged, and at least every `poll` (for writes by other processes).
+    pub fn spawn_follower(
+        self: &Arc<Self>,
+        poll: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = hub.nudge.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                if let Err(e) = hub.catch_up().await {
+                    tracing::warn!(error = %e, "following the event log failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        })
+    }
+
+    /// Applies every event newer than what the hub holds.
+    pub async fn catch_up(&self) -> Result<()> {
+        let _one = self.catching_up.lock().await;
+        loop {
+            let cursor = self.read().cursor;
+            let events = self.store.events_after(cursor, BATCH).await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let last = events.last().map(|e| e.revision).unwrap_or(cursor);
+            {
+                let mut st = self.write();
+                for ev in &events {
+                    st.apply(ev);
+                }
+                st.cursor = last;
+            }
+            self.latest.send_replace(last);
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest event revision applied, as a cell to wait on.
+    pub fn latest(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// A node's latest-revision cell; None when the node does not exist.
+    pub fn subscribe(&self, node_id: &str) -> Option<watch::Receiver<u64>> {
+        self.read().cells.get(node_id).map(|c| c.subscribe())
+    }
+
+    /// Whether a config stream of the node is open.
+    pub fn connected(&self, node_id: &str) -> bool {
+        self.read()
+            .cells
+            .get(node_id)
+            .is_some_and(|c| c.receiver_count() > 0)
+    }
+
+    /// The revision of a node's current config.
+    pub fn node_revision(&self, node_id: &str) -> Option<u64> {
+        let st = self.read();
+        let net = st.node_network.get(node_id)?;
+        st.networks.get(net)?.node_revision(node_id)
+    }
+
+    /// A node's whole config.
+    pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
+        let st = self.read();
+        let net = st.node_network.get(node_id)?;
+        st.networks.get(net)?.snapshot(node_id)
+    }
+
+    /// Counts a new config stream; RESOURCE_EXHAUSTED past the limit.
+    pub fn admit(&self) -> Result<StreamGuard> {
+        let n = self.streams.fetch_add(1, Ordering::Relaxed);
+        let guard = StreamGuard(self.streams.clone());
+        if n >= self.limits.max_streams {
+            return Err(Error::ResourceExhausted(format!(
+                "this server holds its limit of {} config streams; retry with backoff",
+                self.limits.max_streams
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Config streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// What a node holding revision `from` (0: nothing) needs next: a delta
+    /// when one can be computed, else a snapshot, built under the snapshot
+    /// concurrency limit. None when the node is gone.
+    pub async fn update_since(&self, node_id: &str, from: u64) -> Result<Option<Update>> {
+        if from != 0 {
+            let st = self.read();
+            let Some(net) = st.node_network.get(node_id) else {
+                return Ok(None);
+            };
+            if let Some(d) = st.networks.get(net).and_then(|n| n.delta(node_id, from)) {
+                return Ok(Some(Update::Delta(d)));
+            }
+        }
+        let _permit: OwnedSemaphorePermit = tokio::time::timeout(
+            self.limits.snapshot_wait,
+            self.snapshots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            Error::ResourceExhausted(
+                "too many agents are fetching full configs at once; retry shortly".into(),
+            )
+        })?
+        .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        Ok(self.snapshot(node_id).map(Update::Snapshot))
+    }
+}
+
+impl State {
+    fn apply(&mut self, ev: &Event) {
+        let Some(net) = ev.resource.network() else {
+            return;
+        };
+        match (&ev.resource, ev.action) {
+            (Resource::Network(n), Action::Created) => {
+                self.networks.entry(net).or_insert_with(|| {
+                    NetworkState::from_view(NetworkView {
+                        network: n.clone(),
+                        nodes: vec![],
+                        ext_clients: vec![],
+                        dns_entries: vec![],
+                        revision: ev.revision,
+                    })
+                });
+                return;
+            }
+            (Resource::Network(_), Action::Deleted) => {
+                if let Some(state) = self.networks.remove(&net) {
+                    for id in state.node_ids() {
+                        self.node_network.remove(id);
+                        // Dropping the cell ends the node's streams.
+                        self.cells.remove(id);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(state) = self.networks.get_mut(&net) else {
+            return;
+        };
+        let affected = state.apply(ev);
+        if let Resource::Node(n) = &ev.resource {
+            match ev.action {
+                Action::Deleted => {
+                    self.node_network.remove(&n.id);
+                    self.cells.remove(&n.id);
+                }
+                _ => {
+                    self.node_network.insert(n.id.clone(), net.clone());
+                    self.cells
+                        .entry(n.id.clone())
+                        .or_insert_with(|| watch::Sender::new(ev.revision));
+                }
+            }
+        }
+        if affected == Affected::Nobody {
+            return;
+        }
+        for id in state.node_ids() {
+            if affected.contains(id)
+                && let (Some(cell), Some(rev)) = (self.cells.get(id), state.node_revision(id))
+            {
+                cell.send_replace(rev);
+            }
+        }
+    }
+}

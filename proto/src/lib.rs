@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+pub mod codec;
 pub mod delta;
 
 /// The `meshplane.v1` package.

@@ -74,6 +74,7 @@ pub async fn serve(
     let store = backend.store.clone();
     let hub = hub::Hub::load(store.clone(), backend.limits).await?;
     let follower = hub.spawn_follower(Duration::from_secs(1), drain.clone());
+    let trimmer = hub.spawn_trimmer(Duration::from_secs(2), drain.clone());
     let state = AppState {
         store: backend.store,
         sealer: backend.sealer,
@@ -150,6 +151,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     follower.abort();
+    trimmer.abort();
     Ok(())
 }
 
@@ -215,6 +217,31 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
             Ok(key)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (each agent
+/// stream is a connection); returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur as u64;
+            }
+        }
+        lim.rlim_cur as u64
     }
 }
 

@@ -104,6 +104,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     let store = backend.store.clone();
     match cli.command {
         Command::Serve { listen } => {
+            let fds = meshplane_server::raise_fd_limit();
+            tracing::debug!(fds, "open-file limit");
             if let Some(token) = bootstrap_admin_token(&*store, &cli.data_dir)
                 .await
                 .map_err(|e| e.to_string())?

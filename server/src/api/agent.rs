@@ -16,7 +16,8 @@ use crate::domain::{
     node::{Endpoint, RegistrationInput},
     token::{self, NewToken, TokenKind},
 };
-use crate::hub::{Hub, StreamGuard, Update};
+use super::config::Parts;
+use crate::hub::{Hub, StreamGuard};
 use crate::store::NodeRegistration;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -125,8 +126,8 @@ impl AgentService for Agents {
         let stream = ConfigStream {
             hub,
             node: id,
-            sent: 0,
-            first: Some(first),
+            sent: first.revision(),
+            parts: Some(Parts::new(first)),
             cell,
             drain: self.0.drain.clone(),
             done: false,
@@ -196,7 +197,8 @@ struct ConfigStream {
     hub: Arc<Hub>,
     node: String,
     sent: u64,
-    first: Option<Update>,
+    /// Parts of the update being sent.
+    parts: Option<Parts>,
     cell: watch::Receiver<u64>,
     drain: watch::Receiver<bool>,
     done: bool,
@@ -209,11 +211,11 @@ impl ConfigStream {
         if self.done {
             return None;
         }
-        if let Some(u) = self.first.take() {
-            self.sent = u.revision();
-            return Some((Ok(super::config::update(&u)), self));
-        }
         loop {
+            if let Some(p) = self.parts.as_mut().and_then(Iterator::next) {
+                return Some((Ok(p), self));
+            }
+            self.parts = None;
             let alive = tokio::select! {
                 biased;
                 _ = self.drain.wait_for(|d| *d) => return None,
@@ -232,7 +234,7 @@ impl ConfigStream {
             match self.hub.update_since(&self.node, self.sent).await {
                 Ok(Some(u)) => {
                     self.sent = u.revision();
-                    return Some((Ok(super::config::update(&u)), self));
+                    self.parts = Some(Parts::new(u));
                 }
                 Ok(None) => continue,
                 Err(e) => {

@@ -120,17 +120,123 @@ pub fn delta(d: &Delta) -> pb::ConfigDelta {
     }
 }
 
-/// One message of WatchConfig.
+/// One message of WatchConfig, whole (tests and small configs).
 pub fn update(u: &Update) -> pb::ConfigUpdate {
     match u {
         Update::Snapshot(s) => pb::ConfigUpdate {
             revision: s.revision,
             update: Some(pb::config_update::Update::Snapshot(node_config(s))),
+            partial: false,
         },
         Update::Delta(d) => pb::ConfigUpdate {
             revision: d.revision,
             update: Some(pb::config_update::Update::Delta(delta(d))),
+            partial: false,
         },
+    }
+}
+
+/// Peers per part.
+const PEERS_PER_PART: usize = 48;
+/// DNS records per part.
+const RECORDS_PER_PART: usize = 96;
+
+/// An update cut into parts of a few KiB, produced one at a time: the head
+/// (the snapshot or delta with its sections and first peers and records),
+/// then deltas from the same revision carrying the rest. Small parts keep
+/// each stream's encode buffer small however large the network is.
+pub struct Parts {
+    revision: u64,
+    head: Option<pb::ConfigUpdate>,
+    peers: std::vec::IntoIter<Peer>,
+    records: std::vec::IntoIter<DnsRecord>,
+}
+
+impl Parts {
+    /// Cuts `u` into parts.
+    pub fn new(u: Update) -> Self {
+        let revision = u.revision();
+        let (head, peers, records) = match u {
+            Update::Snapshot(mut s) => {
+                let peers: Vec<Peer> = std::mem::take(&mut s.peers).into_values().collect();
+                let records = std::mem::take(&mut s.dns.records);
+                (
+                    pb::config_update::Update::Snapshot(node_config(&s)),
+                    peers,
+                    records,
+                )
+            }
+            Update::Delta(mut d) => {
+                let peers = std::mem::take(&mut d.upsert_peers);
+                let records = std::mem::take(&mut d.upsert_dns);
+                (pb::config_update::Update::Delta(delta(&d)), peers, records)
+            }
+        };
+        let mut parts = Parts {
+            revision,
+            head: None,
+            peers: peers.into_iter(),
+            records: records.into_iter(),
+        };
+        let mut head = pb::ConfigUpdate {
+            revision,
+            update: Some(head),
+            partial: false,
+        };
+        let (p, r) = parts.next_chunk();
+        match &mut head.update {
+            Some(pb::config_update::Update::Snapshot(s)) => {
+                s.peers = p;
+                s.dns.get_or_insert_with(Default::default).records = r;
+            }
+            Some(pb::config_update::Update::Delta(d)) => {
+                d.upsert_peers = p;
+                d.upsert_dns_records = r;
+            }
+            None => {}
+        }
+        head.partial = parts.more();
+        parts.head = Some(head);
+        parts
+    }
+
+    fn next_chunk(&mut self) -> (Vec<pb::Peer>, Vec<pb::DnsRecord>) {
+        let p = sorted_peers(self.peers.by_ref().take(PEERS_PER_PART).map(|p| peer(&p)).collect());
+        let r = self
+            .records
+            .by_ref()
+            .take(RECORDS_PER_PART)
+            .map(|r| dns_record(&r))
+            .collect();
+        (p, r)
+    }
+
+    fn more(&self) -> bool {
+        self.peers.len() > 0 || self.records.len() > 0
+    }
+}
+
+impl Iterator for Parts {
+    type Item = pb::ConfigUpdate;
+
+    fn next(&mut self) -> Option<pb::ConfigUpdate> {
+        if let Some(h) = self.head.take() {
+            return Some(h);
+        }
+        if !self.more() {
+            return None;
+        }
+        let (upsert_peers, upsert_dns_records) = self.next_chunk();
+        Some(pb::ConfigUpdate {
+            revision: self.revision,
+            update: Some(pb::config_update::Update::Delta(pb::ConfigDelta {
+                from_revision: self.revision,
+                upsert_peers,
+                upsert_dns_records,
+                ..Default::default()
+            })),
+            partial: self.more(),
+        })
     }
 }
 
@@ -142,6 +248,54 @@ mod tests {
 
     use super::*;
     use crate::domain::sync::{NetworkState, tests::World};
+
+    /// A large snapshot arrives in small parts that rebuild it exactly.
+    #[test]
+    fn parts_rebuild_large_updates() {
+        let mut w = World::new(3);
+        let mut state = NetworkState::from_view(w.view.clone());
+        for _ in 0..300 {
+            for ev in w.step() {
+                state.apply(&ev);
+            }
+        }
+        for id in state.node_ids().cloned().collect::<Vec<_>>() {
+            let snap = state.snapshot(&id).unwrap();
+            let whole = update(&Update::Snapshot(snap.clone()));
+            let mut held = None;
+            let parts: Vec<_> = Parts::new(Update::Snapshot(snap)).collect();
+            for (i, p) in parts.iter().enumerate() {
+                assert_eq!(p.partial, i + 1 < parts.len());
+                apply_update(&mut held, p).unwrap();
+            }
+            let mut want = None;
+            apply_update(&mut want, &whole).unwrap();
+            assert_eq!(held, want);
+        }
+    }
+
+    #[test]
+    fn many_peers_make_many_small_parts() {
+        let mut w = World::new(5);
+        let mut state = NetworkState::from_view(w.view.clone());
+        for _ in 0..60 {
+            for ev in w.step() {
+                state.apply(&ev);
+            }
+        }
+        let id = state.node_ids().next().cloned().unwrap();
+        let mut snap = state.snapshot(&id).unwrap();
+        let template = snap.peers.values().next().cloned().unwrap();
+        for i in 0..500u32 {
+            let mut p = template.clone();
+            p.public_key.0[..4].copy_from_slice(&i.to_be_bytes());
+            snap.peers.insert(p.public_key, p);
+        }
+        let parts: Vec<_> = Parts::new(Update::Snapshot(snap)).collect();
+        assert!(parts.len() > 500 / PEERS_PER_PART);
+        use prost::Message;
+        assert!(parts.iter().all(|p| p.encoded_len() < 16 * 1024));
+    }
 
     /// The wire form agrees with the domain: a proto snapshot plus the proto
     /// delta, applied as agents apply it, equals the proto snapshot after.

@@ -615,8 +615,15 @@ impl NodeStore for SqliteStore {
         let (_w, mut tx) = self.write_tx().await?;
         let mut node = fetch_node(&mut tx, node_id).await?;
         if let Some(e) = egress {
-            let others = network_nodes(&mut tx, node.network.as_str()).await?;
-            check_egress_unique(&others, node_id, e)?;
+            let rows = sqlx::query(&format!(
+                "SELECT {NODE_COLS} FROM nodes WHERE network = ? AND egress_ranges IS NOT NULL"
+            ))
+            .bind(node.network.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let gateways = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
+            check_egress_unique(&gateways, node_id, e)?;
         } else if node.egress.is_none() {
             return Err(Error::FailedPrecondition(format!(
                 "node {:?} is not an egress gateway",

@@ -1,0 +1,677 @@
+//! `fanout`: how fast one change reaches N agents, what it costs them, and
+//! what each idle stream costs the server; compared with a bare tonic
+//! server broadcasting a message of the same size to N streams.
+//!
+//! Run (release build; see BENCHMARKS.md):
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 10000
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode burst
+//!
+//! It starts the built `meshplane` binary (next to this one) on loopback,
+//! registers N nodes plus a gateway, opens one TCP connection and WatchConfig
+//! stream per agent, and measures. Every number is printed; nothing is
+//! asserted on timing.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, ValueEnum};
+use meshplane_proto::{delta::apply_update, v1 as pb};
+use prost::Message;
+use tokio::sync::{Semaphore, broadcast};
+use tonic::{
+    Request, Response, Status,
+    transport::{Channel, Endpoint, Server},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One change affecting every agent; latency, bytes and memory, plus
+    /// the bare-tonic baseline.
+    One,
+    /// A burst of changes; every agent must end on the final revision with a
+    /// config equal to a fresh snapshot.
+    Burst,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "meshplane config fan-out benchmark")]
+struct Args {
+    /// Number of agents (one node, one TCP connection, one stream each).
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::One)]
+    mode: Mode,
+    /// Changes in burst mode.
+    #[arg(long, default_value_t = 1000)]
+    changes: usize,
+    /// In burst mode, how many agents keep a full config to compare with a
+    /// fresh snapshot (all of them by default; each holds N peers).
+    #[arg(long)]
+    verify: Option<usize>,
+    /// Skip the bare-tonic baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Agents connecting at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// The meshplane binary (default: next to this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Internal: run the bare-tonic baseline server on this address.
+    #[arg(long, hide = true)]
+    baseline_server: Option<String>,
+    /// Internal: payload size of the baseline message.
+    #[arg(long, hide = true, default_value_t = 0)]
+    baseline_bytes: usize,
+}
+
+fn raise_nofile() -> u64 {
+    meshplane_server::raise_fd_limit()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Spawned {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_ready(mut cmd: Command, marker: &str) -> Spawned {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("server exited before it was ready");
+        }
+        if let Some(a) = line.trim().strip_prefix(marker) {
+            let addr = a.to_owned();
+            // Keep draining stdout so the child never blocks on it.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while out.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
+            return Spawned { child, addr };
+        }
+    }
+}
+
+async fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn authed<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    r
+}
+
+/// What one agent saw.
+#[derive(Default)]
+struct AgentLog {
+    /// (receive instant, revision, encoded bytes) of each update.
+    updates: Vec<(Instant, u64, usize)>,
+    config: Option<pb::NodeConfig>,
+    error: Option<String>,
+}
+
+struct Agent {
+    node_id: String,
+    log: Arc<Mutex<AgentLog>>,
+    revision: Arc<AtomicU64>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let fds = raise_nofile();
+    if let Some(addr) = &args.baseline_server {
+        baseline_server(addr, args.baseline_bytes).await;
+        return;
+    }
+    let need = args.agents as u64 + 200;
+    if fds < need {
+        eprintln!("warning: open-file limit {fds} may be too low for {} agents", args.agents);
+    }
+    let bin = args.server_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("meshplane")
+    });
+    assert!(bin.exists(), "{} missing: cargo build --release -p meshplane-server", bin.display());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .env("MESHPLANE_DATA_DIR", dir.path())
+        .env("RUST_LOG", "warn");
+    let server = spawn_ready(cmd, "meshplane ready: serving gRPC on ");
+    let pid = server.child.id();
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let admin = channel(&server.addr).await;
+    println!("# fanout: {} agents, mode {:?}, server pid {pid}", args.agents, args.mode);
+
+    // Network, key, gateway, N nodes.
+    let mut nets = pb::network_service_client::NetworkServiceClient::new(admin.clone());
+    nets.create_network(authed(
+        &token,
+        pb::CreateNetworkRequest {
+            network: Some(pb::Network {
+                name: "bench".into(),
+                address_range: "10.64.0.0/14".into(),
+                ..Default::default()
+            }),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut keys = pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin.clone());
+    let key = keys
+        .create_enrollment_key(authed(
+            &token,
+            pb::CreateEnrollmentKeyRequest {
+                enrollment_key: Some(pb::EnrollmentKey {
+                    networks: vec!["bench".into()],
+                    unlimited: true,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let t = Instant::now();
+    let register = |name: String| {
+        let mut agent = pb::agent_service_client::AgentServiceClient::new(admin.clone());
+        let key = key.clone();
+        async move {
+            let pk: [u8; 32] = rand::random();
+            use base64::Engine;
+            let r = agent
+                .register(pb::RegisterRequest {
+                    enrollment_key: key,
+                    network: "bench".into(),
+                    name: name.clone(),
+                    public_key: base64::engine::general_purpose::STANDARD.encode(pk),
+                    endpoint: format!("{name}.bench.example:51820"),
+                    listen_port: None,
+                    os: "linux".into(),
+                })
+                .await
+                .expect("register")
+                .into_inner();
+            (r.node.unwrap().id, r.node_token)
+        }
+    };
+    let (gw_id, _) = register("gw".into()).await;
+    let sem = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..args.agents {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let f = register(format!("n{i}"));
+        tasks.push(tokio::spawn(async move {
+            let r = f.await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut nodes = Vec::with_capacity(args.agents);
+    for t in tasks {
+        nodes.push(t.await.unwrap());
+    }
+    println!("registered {} nodes in {:.1} s", args.agents + 1, t.elapsed().as_secs_f64());
+
+    // Connect the agents.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kib(pid);
+    let keep = match args.mode {
+        Mode::One => 0,
+        Mode::Burst => args.verify.unwrap_or(args.agents),
+    };
+    let t = Instant::now();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let sem = Arc::new(Semaphore::new(args.connect_concurrency));
+    let mut agents = Vec::with_capacity(args.agents);
+    let mut handles = Vec::with_capacity(args.agents);
+    for (i, (node_id, node_token)) in nodes.into_iter().enumerate() {
+        let log = Arc::new(Mutex::new(AgentLog::default()));
+        let revision = Arc::new(AtomicU64::new(0));
+        agents.push(Agent {
+            node_id,
+            log: log.clone(),
+            revision: revision.clone(),
+        });
+        let addr = server.addr.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let connected = connected.clone();
+        let keep_config = i < keep;
+        handles.push(tokio::spawn(async move {
+            let ch = channel(&addr).await;
+            let mut client = pb::agent_service_client::AgentServiceClient::new(ch)
+                .max_decoding_message_size(usize::MAX);
+            let mut stream = match client
+                .watch_config(authed(&node_token, pb::WatchConfigRequest { last_revision: 0 }))
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    log.lock().unwrap().error = Some(e.to_string());
+                    drop(permit);
+                    return;
+                }
+            };
+            let mut permit = Some(permit);
+            let mut held: Option<pb::NodeConfig> = None;
+            loop {
+                match stream.message().await {
+                    Ok(Some(u)) => {
+                        let now = Instant::now();
+                        let bytes = u.encoded_len();
+                        if keep_config {
+                            if let Err(e) = apply_update(&mut held, &u) {
+                                log.lock().unwrap().error = Some(e.to_string());
+                            }
+                        }
+                        {
+                            let mut l = log.lock().unwrap();
+                            l.updates.push((now, u.revision, bytes));
+                            if keep_config {
+                                l.config = held.clone();
+                            }
+                        }
+                        if u.partial {
+                            continue;
+                        }
+                        revision.store(u.revision, Ordering::Release);
+                        if let Some(p) = permit.take() {
+                            connected.fetch_add(1, Ordering::Relaxed);
+                            drop(p);
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        log.lock().unwrap().error = Some(e.to_string());
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    while connected.load(Ordering::Relaxed) < args.agents {
+        let failed = agents
+            .iter()
+            .filter(|a| a.log.lock().unwrap().error.is_some())
+            .count();
+        assert!(failed == 0, "{failed} agents failed to connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_secs = t.elapsed().as_secs_f64();
+    let (snapshot_bytes, snapshot_parts) = {
+        let l = agents[0].log.lock().unwrap();
+        (l.updates.iter().map(|u| u.2).sum::<usize>(), l.updates.len())
+    };
+    // Idle streams: give the server a moment to settle after the snapshots.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_after = rss_kib(pid);
+    let per_stream = (rss_after.saturating_sub(rss_before) as f64) * 1024.0 / args.agents as f64;
+    println!(
+        "connected {} agents in {connect_secs:.1} s (snapshot {snapshot_bytes} B in {snapshot_parts} parts each); server RSS {} MiB -> {} MiB: {:.1} KiB per stream",
+        args.agents,
+        rss_before / 1024,
+        rss_after / 1024,
+        per_stream / 1024.0
+    );
+
+    let mut gateways = pb::gateway_service_client::GatewayServiceClient::new(admin.clone());
+    match args.mode {
+        Mode::One => {
+            let before: Vec<usize> = agents.iter().map(|a| a.log.lock().unwrap().updates.len()).collect();
+            let sent = Instant::now();
+            let node = gateways
+                .create_egress_gateway(authed(
+                    &token,
+                    pb::CreateEgressGatewayRequest {
+                        node_id: gw_id.clone(),
+                        ranges: vec!["192.168.77.0/24".into()],
+                        interface: "eth1".into(),
+                        nat_enabled: None,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            let ack = Instant::now();
+            let target = node.config_revision;
+            wait_all(&agents, target, Duration::from_secs(120)).await;
+            let mut lat = Vec::with_capacity(agents.len());
+            let mut lat_send = Vec::with_capacity(agents.len());
+            let mut early = 0;
+            let mut bytes = Vec::with_capacity(agents.len());
+            for (a, b) in agents.iter().zip(before) {
+                let l = a.log.lock().unwrap();
+                let new = &l.updates[b..];
+                let reached = new.iter().rev().find(|u| u.1 >= target).expect("reached");
+                if reached.0 < ack {
+                    early += 1;
+                }
+                lat.push(reached.0.saturating_duration_since(ack).as_secs_f64() * 1000.0);
+                lat_send.push(reached.0.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+                bytes.push(new.iter().filter(|u| u.0 >= sent).map(|u| u.2).sum::<usize>());
+            }
+            lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            lat_send.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            bytes.sort();
+            let (s50, s99) = (percentile(&lat_send, 0.5), percentile(&lat_send, 0.99));
+            println!(
+                "write acknowledged {:.1} ms after it was sent; from the send: p50 {s50:.1} ms, p99 {s99:.1} ms",
+                ack.duration_since(sent).as_secs_f64() * 1000.0
+            );
+            let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), *lat.last().unwrap());
+            let mean_bytes = bytes.iter().sum::<usize>() as f64 / bytes.len() as f64;
+            println!(
+                "meshplane: one change -> {} agents: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({early} before the ack); bytes per agent mean {mean_bytes:.0}, max {}",
+                args.agents,
+                bytes.last().unwrap()
+            );
+            // Close meshplane's streams before the baseline opens its own.
+            for h in handles {
+                h.abort();
+            }
+            drop(agents);
+            if !args.no_baseline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let size = mean_bytes.round() as usize;
+                let (bp50, bp99, bmax) = baseline(args.agents, size, args.connect_concurrency).await;
+                println!(
+                    "baseline (bare tonic broadcast of {size} B, from the trigger's send): p50 {bp50:.1} ms, p99 {bp99:.1} ms, max {bmax:.1} ms"
+                );
+                println!(
+                    "ratio meshplane/baseline (both from the send): p50 {:.2}x, p99 {:.2}x",
+                    s50 / bp50.max(0.001),
+                    s99 / bp99.max(0.001)
+                );
+                println!(
+                    "| {} | {p50:.1} | {p99:.1} | {max:.1} | {s99:.1} | {mean_bytes:.0} | {:.1} | {bp99:.1} | {:.2}x |",
+                    args.agents,
+                    per_stream / 1024.0,
+                    s99 / bp99.max(0.001)
+                );
+            }
+        }
+        Mode::Burst => {
+            let mut nodes_api = pb::node_service_client::NodeServiceClient::new(admin.clone());
+            let t = Instant::now();
+            let mut last = 0;
+            for i in 0..args.changes {
+                let node = if i % 2 == 0 {
+                    gateways
+                        .create_egress_gateway(authed(
+                            &token,
+                            pb::CreateEgressGatewayRequest {
+                                node_id: gw_id.clone(),
+                                ranges: vec![format!("172.{}.{}.0/24", 16 + (i / 256) % 16, i % 256)],
+                                interface: "eth1".into(),
+                                nat_enabled: Some(i % 4 == 0),
+                            },
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                } else {
+                    let a = &agents[i % agents.len()];
+                    nodes_api
+                        .update_node(authed(
+                            &token,
+                            pb::UpdateNodeRequest {
+                                node: Some(pb::Node {
+                                    id: a.node_id.clone(),
+                                    endpoint: format!("203.0.113.{}:{}", i % 250 + 1, 50000 + i),
+                                    ..Default::default()
+                                }),
+                                update_mask: Some(prost_types::FieldMask {
+                                    paths: vec!["endpoint".into()],
+                                }),
+                            },
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                };
+                last = last.max(node.config_revision);
+            }
+            let write_secs = t.elapsed().as_secs_f64();
+            // Every agent's final revision is its node's current one.
+            let mut finals = Vec::with_capacity(agents.len());
+            for a in &agents {
+                let cfg = nodes_api
+                    .get_node_config(authed(&token, pb::GetNodeConfigRequest { id: a.node_id.clone() }))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                finals.push(cfg);
+            }
+            let deadline = Instant::now() + Duration::from_secs(300);
+            for (a, f) in agents.iter().zip(&finals) {
+                while a.revision.load(Ordering::Acquire) < f.revision {
+                    assert!(Instant::now() < deadline, "agent {} stuck", a.node_id);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let settle = t.elapsed().as_secs_f64();
+            let mut equal = 0;
+            let mut checked = 0;
+            let mut messages = 0;
+            let mut bytes = 0usize;
+            for (a, f) in agents.iter().zip(&finals) {
+                let l = a.log.lock().unwrap();
+                assert!(l.error.is_none(), "agent {}: {:?}", a.node_id, l.error);
+                assert_eq!(l.updates.last().unwrap().1, f.revision, "agent {} final revision", a.node_id);
+                let first = l.updates.iter().position(|u| u.1 > 0).unwrap_or(0);
+                let snapshot_end = l.updates[first..]
+                    .iter()
+                    .position(|u| u.1 != l.updates[first].1)
+                    .map(|p| p + first)
+                    .unwrap_or(l.updates.len());
+                messages += l.updates.len() - snapshot_end;
+                bytes += l.updates[snapshot_end..].iter().map(|u| u.2).sum::<usize>();
+                if let Some(c) = &l.config {
+                    checked += 1;
+                    if c == f {
+                        equal += 1;
+                    }
+                }
+            }
+            println!(
+                "burst: {} changes written in {write_secs:.1} s; all {} agents on their final revision after {settle:.1} s (last write revision {last}); {equal}/{checked} materialized configs equal a fresh snapshot; {:.1} messages and {:.0} bytes per agent for the burst",
+                args.changes,
+                agents.len(),
+                messages as f64 / agents.len() as f64,
+                bytes as f64 / agents.len() as f64
+            );
+            assert_eq!(equal, checked, "configs differ from fresh snapshots");
+        }
+    }
+    drop(server);
+}
+
+async fn wait_all(agents: &[Agent], target: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let behind = agents
+            .iter()
+            .filter(|a| a.revision.load(Ordering::Acquire) < target)
+            .count();
+        if behind == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{behind} agents never got revision {target}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The baseline: a bare tonic server (a child process) that broadcasts one
+/// message of `size` bytes to N streams when a unary call arrives.
+async fn baseline(n: usize, size: usize, concurrency: usize) -> (f64, f64, f64) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--baseline-server", "127.0.0.1:0", "--baseline-bytes", &size.to_string()]);
+    let server = spawn_ready(cmd, "baseline ready on ");
+    let got = Arc::new(Mutex::new(Vec::<Instant>::with_capacity(n)));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let addr = server.addr.clone();
+        let got = got.clone();
+        let ready = ready.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        handles.push(tokio::spawn(async move {
+            let mut c = pb::agent_service_client::AgentServiceClient::new(channel(&addr).await);
+            let mut s = c
+                .watch_config(pb::WatchConfigRequest { last_revision: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            // The first message says the stream is subscribed.
+            s.message().await.unwrap().unwrap();
+            ready.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            if s.message().await.unwrap().is_some() {
+                got.lock().unwrap().push(Instant::now());
+            }
+        }));
+    }
+    while ready.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = pb::agent_service_client::AgentServiceClient::new(channel(&server.addr).await);
+    let sent = Instant::now();
+    c.report_status(pb::ReportStatusRequest::default()).await.unwrap();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let mut lat: Vec<f64> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.saturating_duration_since(sent).as_secs_f64() * 1000.0)
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (percentile(&lat, 0.5), percentile(&lat, 0.99), *lat.last().unwrap())
+}
+
+struct Broadcast {
+    tx: broadcast::Sender<pb::ConfigUpdate>,
+    message: pb::ConfigUpdate,
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for Broadcast {
+    async fn register(&self, _: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    type WatchConfigStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ConfigUpdate, Status>> + Send>>;
+
+    async fn watch_config(
+        &self,
+        _: Request<pb::WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let rx = self.tx.subscribe();
+        let hello = pb::ConfigUpdate::default();
+        let s = futures::stream::unfold((Some(hello), rx), |(first, mut rx)| async move {
+            if let Some(h) = first {
+                return Some((Ok(h), (None, rx)));
+            }
+            match rx.recv().await {
+                Ok(m) => Some((Ok(m), (None, rx))),
+                Err(_) => None,
+            }
+        });
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn report_status(&self, _: Request<pb::ReportStatusRequest>) -> Result<Response<()>, Status> {
+        let _ = self.tx.send(self.message.clone());
+        Ok(Response::new(()))
+    }
+}
+
+async fn baseline_server(addr: &str, size: usize) {
+    let (tx, _) = broadcast::channel(4);
+    let mut message = pb::ConfigUpdate {
+        revision: 2,
+        update: Some(pb::config_update::Update::Delta(pb::ConfigDelta {
+            from_revision: 1,
+            upsert_peers: vec![pb::Peer::default()],
+            ..Default::default()
+        })),
+        partial: false,
+    };
+    // Pad to the requested encoded size.
+    let base = message.encoded_len();
+    if let Some(pb::config_update::Update::Delta(d)) = &mut message.update {
+        d.upsert_peers[0].name = "x".repeat(size.saturating_sub(base + 3));
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    println!("baseline ready on {}", listener.local_addr().unwrap());
+    Server::builder()
+        .add_service(pb::agent_service_server::AgentServiceServer::new(Broadcast { tx, message }))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .await
+        .unwrap();
+}

@@ -152,6 +152,7 @@ mod tests {
             &ConfigUpdate {
                 revision: 5,
                 update: Some(Update::Delta(d.clone())),
+                partial: false,
             },
         )
         .unwrap();
@@ -169,6 +170,7 @@ mod tests {
                 from_revision: 4,
                 ..Default::default()
             })),
+            partial: false,
         };
         assert_eq!(
             apply_update(&mut held, &stale),

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use meshplane_proto::v1::{self as pb, agent_service_server::AgentService};
 
+use super::config::Parts;
 use super::{
     AppState,
     auth::{Principal, principal},
@@ -16,7 +17,6 @@ use crate::domain::{
     node::{Endpoint, RegistrationInput},
     token::{self, NewToken, TokenKind},
 };
-use super::config::Parts;
 use crate::hub::{Hub, StreamGuard};
 use crate::store::NodeRegistration;
 use std::sync::Arc;

@@ -201,7 +201,13 @@ impl Parts {
     }
 
     fn next_chunk(&mut self) -> (Vec<pb::Peer>, Vec<pb::DnsRecord>) {
-        let p = sorted_peers(self.peers.by_ref().take(PEERS_PER_PART).map(|p| peer(&p)).collect());
+        let p = sorted_peers(
+            self.peers
+                .by_ref()
+                .take(PEERS_PER_PART)
+                .map(|p| peer(&p))
+                .collect(),
+        );
         let r = self
             .records
             .by_ref()

@@ -61,6 +61,10 @@ struct Args {
     /// Skip the bare-tonic baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Nodes registered in the network besides the agents (they do not
+    /// connect; they make every config larger).
+    #[arg(long, default_value_t = 0)]
+    extra_nodes: usize,
     /// Agents connecting at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -140,6 +144,7 @@ fn spawn_ready(mut cmd: Command, marker: &str) -> Spawned {
 async fn channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
+        .initial_stream_window_size(Some(64 * 1024))
         .connect_timeout(Duration::from_secs(30))
         .connect()
         .await
@@ -148,10 +153,8 @@ async fn channel(addr: &str) -> Channel {
 
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().unwrap(),
-    );
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
@@ -180,7 +183,10 @@ async fn main() {
     }
     let need = args.agents as u64 + 200;
     if fds < need {
-        eprintln!("warning: open-file limit {fds} may be too low for {} agents", args.agents);
+        eprintln!(
+            "warning: open-file limit {fds} may be too low for {} agents",
+            args.agents
+        );
     }
     let bin = args.server_bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
@@ -189,7 +195,11 @@ async fn main() {
             .unwrap()
             .join("meshplane")
     });
-    assert!(bin.exists(), "{} missing: cargo build --release -p meshplane-server", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release -p meshplane-server",
+        bin.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(&bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
@@ -202,7 +212,10 @@ async fn main() {
         .trim()
         .to_owned();
     let admin = channel(&server.addr).await;
-    println!("# fanout: {} agents, mode {:?}, server pid {pid}", args.agents, args.mode);
+    println!(
+        "# fanout: {} agents, mode {:?}, server pid {pid}",
+        args.agents, args.mode
+    );
 
     // Network, key, gateway, N nodes.
     let mut nets = pb::network_service_client::NetworkServiceClient::new(admin.clone());
@@ -218,7 +231,8 @@ async fn main() {
     ))
     .await
     .unwrap();
-    let mut keys = pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin.clone());
+    let mut keys =
+        pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin.clone());
     let key = keys
         .create_enrollment_key(authed(
             &token,
@@ -269,11 +283,25 @@ async fn main() {
             r
         }));
     }
+    for i in 0..args.extra_nodes {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let f = register(format!("x{i}"));
+        tasks.push(tokio::spawn(async move {
+            let r = f.await;
+            drop(permit);
+            r
+        }));
+    }
     let mut nodes = Vec::with_capacity(args.agents);
     for t in tasks {
         nodes.push(t.await.unwrap());
     }
-    println!("registered {} nodes in {:.1} s", args.agents + 1, t.elapsed().as_secs_f64());
+    nodes.truncate(args.agents);
+    println!(
+        "registered {} nodes in {:.1} s",
+        args.agents + args.extra_nodes + 1,
+        t.elapsed().as_secs_f64()
+    );
 
     // Connect the agents.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,7 +332,10 @@ async fn main() {
             let mut client = pb::agent_service_client::AgentServiceClient::new(ch)
                 .max_decoding_message_size(usize::MAX);
             let mut stream = match client
-                .watch_config(authed(&node_token, pb::WatchConfigRequest { last_revision: 0 }))
+                .watch_config(authed(
+                    &node_token,
+                    pb::WatchConfigRequest { last_revision: 0 },
+                ))
                 .await
             {
                 Ok(s) => s.into_inner(),
@@ -362,7 +393,10 @@ async fn main() {
     let connect_secs = t.elapsed().as_secs_f64();
     let (snapshot_bytes, snapshot_parts) = {
         let l = agents[0].log.lock().unwrap();
-        (l.updates.iter().map(|u| u.2).sum::<usize>(), l.updates.len())
+        (
+            l.updates.iter().map(|u| u.2).sum::<usize>(),
+            l.updates.len(),
+        )
     };
     // Idle streams: give the server a moment to settle after the snapshots.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -379,7 +413,10 @@ async fn main() {
     let mut gateways = pb::gateway_service_client::GatewayServiceClient::new(admin.clone());
     match args.mode {
         Mode::One => {
-            let before: Vec<usize> = agents.iter().map(|a| a.log.lock().unwrap().updates.len()).collect();
+            let before: Vec<usize> = agents
+                .iter()
+                .map(|a| a.log.lock().unwrap().updates.len())
+                .collect();
             let sent = Instant::now();
             let node = gateways
                 .create_egress_gateway(authed(
@@ -410,7 +447,12 @@ async fn main() {
                 }
                 lat.push(reached.0.saturating_duration_since(ack).as_secs_f64() * 1000.0);
                 lat_send.push(reached.0.saturating_duration_since(sent).as_secs_f64() * 1000.0);
-                bytes.push(new.iter().filter(|u| u.0 >= sent).map(|u| u.2).sum::<usize>());
+                bytes.push(
+                    new.iter()
+                        .filter(|u| u.0 >= sent)
+                        .map(|u| u.2)
+                        .sum::<usize>(),
+                );
             }
             lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
             lat_send.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -420,7 +462,11 @@ async fn main() {
                 "write acknowledged {:.1} ms after it was sent; from the send: p50 {s50:.1} ms, p99 {s99:.1} ms",
                 ack.duration_since(sent).as_secs_f64() * 1000.0
             );
-            let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), *lat.last().unwrap());
+            let (p50, p99, max) = (
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
+                *lat.last().unwrap(),
+            );
             let mean_bytes = bytes.iter().sum::<usize>() as f64 / bytes.len() as f64;
             println!(
                 "meshplane: one change -> {} agents: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({early} before the ack); bytes per agent mean {mean_bytes:.0}, max {}",
@@ -435,7 +481,8 @@ async fn main() {
             if !args.no_baseline {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let size = mean_bytes.round() as usize;
-                let (bp50, bp99, bmax) = baseline(args.agents, size, args.connect_concurrency).await;
+                let (bp50, bp99, bmax) =
+                    baseline(args.agents, size, args.connect_concurrency).await;
                 println!(
                     "baseline (bare tonic broadcast of {size} B, from the trigger's send): p50 {bp50:.1} ms, p99 {bp99:.1} ms, max {bmax:.1} ms"
                 );
@@ -463,7 +510,11 @@ async fn main() {
                             &token,
                             pb::CreateEgressGatewayRequest {
                                 node_id: gw_id.clone(),
-                                ranges: vec![format!("172.{}.{}.0/24", 16 + (i / 256) % 16, i % 256)],
+                                ranges: vec![format!(
+                                    "172.{}.{}.0/24",
+                                    16 + (i / 256) % 16,
+                                    i % 256
+                                )],
                                 interface: "eth1".into(),
                                 nat_enabled: Some(i % 4 == 0),
                             },
@@ -498,7 +549,12 @@ async fn main() {
             let mut finals = Vec::with_capacity(agents.len());
             for a in &agents {
                 let cfg = nodes_api
-                    .get_node_config(authed(&token, pb::GetNodeConfigRequest { id: a.node_id.clone() }))
+                    .get_node_config(authed(
+                        &token,
+                        pb::GetNodeConfigRequest {
+                            id: a.node_id.clone(),
+                        },
+                    ))
                     .await
                     .unwrap()
                     .into_inner();
@@ -519,7 +575,12 @@ async fn main() {
             for (a, f) in agents.iter().zip(&finals) {
                 let l = a.log.lock().unwrap();
                 assert!(l.error.is_none(), "agent {}: {:?}", a.node_id, l.error);
-                assert_eq!(l.updates.last().unwrap().1, f.revision, "agent {} final revision", a.node_id);
+                assert_eq!(
+                    l.updates.last().unwrap().1,
+                    f.revision,
+                    "agent {} final revision",
+                    a.node_id
+                );
                 let first = l.updates.iter().position(|u| u.1 > 0).unwrap_or(0);
                 let snapshot_end = l.updates[first..]
                     .iter()
@@ -558,7 +619,10 @@ async fn wait_all(agents: &[Agent], target: u64, limit: Duration) {
         if behind == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{behind} agents never got revision {target}");
+        assert!(
+            Instant::now() < deadline,
+            "{behind} agents never got revision {target}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -567,7 +631,12 @@ async fn wait_all(agents: &[Agent], target: u64, limit: Duration) {
 /// message of `size` bytes to N streams when a unary call arrives.
 async fn baseline(n: usize, size: usize, concurrency: usize) -> (f64, f64, f64) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--baseline-server", "127.0.0.1:0", "--baseline-bytes", &size.to_string()]);
+    cmd.args([
+        "--baseline-server",
+        "127.0.0.1:0",
+        "--baseline-bytes",
+        &size.to_string(),
+    ]);
     let server = spawn_ready(cmd, "baseline ready on ");
     let got = Arc::new(Mutex::new(Vec::<Instant>::with_capacity(n)));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -599,7 +668,9 @@ async fn baseline(n: usize, size: usize, concurrency: usize) -> (f64, f64, f64) 
     }
     let mut c = pb::agent_service_client::AgentServiceClient::new(channel(&server.addr).await);
     let sent = Instant::now();
-    c.report_status(pb::ReportStatusRequest::default()).await.unwrap();
+    c.report_status(pb::ReportStatusRequest::default())
+        .await
+        .unwrap();
     for h in handles {
         h.await.unwrap();
     }
@@ -610,7 +681,11 @@ async fn baseline(n: usize, size: usize, concurrency: usize) -> (f64, f64, f64) 
         .map(|t| t.saturating_duration_since(sent).as_secs_f64() * 1000.0)
         .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (percentile(&lat, 0.5), percentile(&lat, 0.99), *lat.last().unwrap())
+    (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        *lat.last().unwrap(),
+    )
 }
 
 struct Broadcast {
@@ -620,7 +695,10 @@ struct Broadcast {
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for Broadcast {
-    async fn register(&self, _: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        _: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
 
@@ -645,7 +723,10 @@ impl pb::agent_service_server::AgentService for Broadcast {
         Ok(Response::new(Box::pin(s)))
     }
 
-    async fn report_status(&self, _: Request<pb::ReportStatusRequest>) -> Result<Response<()>, Status> {
+    async fn report_status(
+        &self,
+        _: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<()>, Status> {
         let _ = self.tx.send(self.message.clone());
         Ok(Response::new(()))
     }
@@ -670,7 +751,9 @@ async fn baseline_server(addr: &str, size: usize) {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     println!("baseline ready on {}", listener.local_addr().unwrap());
     Server::builder()
-        .add_service(pb::agent_service_server::AgentServiceServer::new(Broadcast { tx, message }))
+        .add_service(pb::agent_service_server::AgentServiceServer::new(
+            Broadcast { tx, message },
+        ))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
         .await
         .unwrap();

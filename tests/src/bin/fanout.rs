@@ -115,6 +115,8 @@ impl Drop for Spawned {
     }
 }
 
+// The child is owned by the returned Spawned, whose Drop kills and reaps it.
+#[allow(clippy::zombie_processes)]
 fn spawn_ready(mut cmd: Command, marker: &str) -> Spawned {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -352,10 +354,8 @@ async fn main() {
                     Ok(Some(u)) => {
                         let now = Instant::now();
                         let bytes = u.encoded_len();
-                        if keep_config {
-                            if let Err(e) = apply_update(&mut held, &u) {
-                                log.lock().unwrap().error = Some(e.to_string());
-                            }
+                        if keep_config && let Err(e) = apply_update(&mut held, &u) {
+                            log.lock().unwrap().error = Some(e.to_string());
                         }
                         {
                             let mut l = log.lock().unwrap();

@@ -84,6 +84,17 @@ impl Update {
     }
 }
 
+/// What the hub knows of a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsAnswer {
+    /// A name of a network's zone (the zone apex has no addresses).
+    Found(crate::domain::config::DnsRecord),
+    /// Inside a network's zone, but no such name.
+    NoSuchName,
+    /// Outside every zone.
+    NotOurs,
+}
+
 /// Counts an open config stream until dropped.
 pub struct StreamGuard(Arc<AtomicUsize>);
 
@@ -228,6 +239,54 @@ impl Hub {
         let st = self.read();
         let net = st.node_network.get(node_id)?;
         st.networks.get(net)?.snapshot(node_id)
+    }
+
+    /// Looks a name up in the networks' zones (`name` without trailing dot,
+    /// any case). Answers follow the store: the hub applies every change.
+    pub fn dns_lookup(&self, name: &str) -> DnsAnswer {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let zone = name.rsplit('.').next().unwrap_or_default();
+        let st = self.read();
+        let Some(net) = st.networks.get(zone) else {
+            return DnsAnswer::NotOurs;
+        };
+        if name == zone {
+            return DnsAnswer::Found(crate::domain::config::DnsRecord {
+                name,
+                address: None,
+                address6: None,
+            });
+        }
+        match net.dns_record(&name) {
+            Some(r) => DnsAnswer::Found(r.clone()),
+            None => DnsAnswer::NoSuchName,
+        }
+    }
+
+    /// Upstream resolvers for a query from `src`: the nameservers of the
+    /// network whose range holds `src`, else every network's nameservers (in
+    /// network name order, without repeats).
+    pub fn upstreams_for(&self, src: std::net::IpAddr) -> Vec<std::net::IpAddr> {
+        let st = self.read();
+        let mut names: Vec<&String> = st.networks.keys().collect();
+        names.sort();
+        if let Some(n) = names.iter().find(|n| {
+            st.networks[n.as_str()]
+                .network()
+                .ranges()
+                .any(|r| r.contains(&src))
+        }) {
+            return st.networks[n.as_str()].network().nameservers.clone();
+        }
+        let mut out = Vec::new();
+        for n in names {
+            for ns in &st.networks[n.as_str()].network().nameservers {
+                if !out.contains(ns) {
+                    out.push(*ns);
+                }
+            }
+        }
+        out
     }
 
     /// Counts a new config stream; RESOURCE_EXHAUSTED past the limit.

@@ -11,11 +11,12 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 
 pub mod api;
+pub mod dns;
 pub mod domain;
 pub mod hub;
 pub mod store;
 
-use api::{AppState, auth::AuthLayer, pending::*};
+use api::{AppState, auth::AuthLayer};
 use domain::{
     crypto::Sealer,
     token::{NewToken, TokenKind},
@@ -61,6 +62,16 @@ pub enum ServeError {
     /// The transport failed.
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The DNS socket could not be used.
+    #[error("DNS socket: {0}")]
+    Dns(std::io::Error),
+}
+
+/// Optional parts of a running server.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Serve DNS on this pre-bound UDP socket.
+    pub dns: Option<(std::net::UdpSocket, dns::DnsOptions)>,
 }
 
 /// Runs the gRPC server on a pre-bound listener until `shutdown` resolves;
@@ -70,11 +81,34 @@ pub async fn serve(
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with(listener, backend, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with optional parts (the DNS server).
+pub async fn serve_with(
+    listener: TcpListener,
+    backend: Backend,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let (drain_tx, drain) = watch::channel(false);
     let store = backend.store.clone();
     let hub = hub::Hub::load(store.clone(), backend.limits).await?;
     let follower = hub.spawn_follower(Duration::from_secs(1), drain.clone());
     let trimmer = hub.spawn_trimmer(Duration::from_secs(2), drain.clone());
+    let dns = match options.dns {
+        Some((socket, opts)) => {
+            socket.set_nonblocking(true).map_err(ServeError::Dns)?;
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(ServeError::Dns)?;
+            Some(tokio::spawn(dns::serve(
+                socket,
+                hub.clone(),
+                opts,
+                drain.clone(),
+            )))
+        }
+        None => None,
+    };
     let state = AppState {
         store: backend.store,
         sealer: backend.sealer,
@@ -140,7 +174,7 @@ pub async fn serve(
             api::ext_client::ExtClients(state.clone()),
         ))
         .add_service(pb::dns_service_server::DnsServiceServer::new(
-            PendingDnsService,
+            api::dns::Dns(state.clone()),
         ))
         .add_service(pb::agent_service_server::AgentServiceServer::new(
             api::agent::Agents(state.clone()),
@@ -152,6 +186,9 @@ pub async fn serve(
         .await?;
     follower.abort();
     trimmer.abort();
+    if let Some(d) = dns {
+        let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+    }
     Ok(())
 }
 

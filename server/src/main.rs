@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use meshplane_server::{
-    Backend, bootstrap_admin_token, default_database_url,
+    Backend, ServeOptions, bootstrap_admin_token, default_database_url,
     domain::token::{NewToken, TokenKind},
-    ready_line, serve,
+    ready_line, serve_with,
 };
 
 /// meshplane: a control plane for WireGuard overlay networks.
@@ -41,6 +41,13 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "MESHPLANE_LISTEN", default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Also serve DNS (UDP) for the networks' zones on this address
+        /// (e.g. 10.101.0.1:53); off by default.
+        #[arg(long, env = "MESHPLANE_DNS_LISTEN")]
+        dns_listen: Option<SocketAddr>,
+        /// Port of the networks' upstream resolvers.
+        #[arg(long, env = "MESHPLANE_DNS_UPSTREAM_PORT", default_value_t = 53)]
+        dns_upstream_port: u16,
     },
     /// Manages admin tokens.
     Token {
@@ -103,7 +110,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let store = backend.store.clone();
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            dns_listen,
+            dns_upstream_port,
+        } => {
             let fds = meshplane_server::raise_fd_limit();
             tracing::debug!(fds, "open-file limit");
             if let Some(token) = bootstrap_admin_token(&*store, &cli.data_dir)
@@ -119,8 +130,21 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("binding {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let mut options = ServeOptions::default();
+            if let Some(d) = dns_listen {
+                let socket =
+                    std::net::UdpSocket::bind(d).map_err(|e| format!("binding DNS on {d}: {e}"))?;
+                let bound = socket.local_addr().map_err(|e| e.to_string())?;
+                println!("meshplane DNS: serving the networks' zones on {bound} (udp)");
+                options.dns = Some((
+                    socket,
+                    meshplane_server::dns::DnsOptions {
+                        upstream_port: dns_upstream_port,
+                    },
+                ));
+            }
             println!("{}", ready_line(addr));
-            serve(listener, backend, shutdown_signal())
+            serve_with(listener, backend, options, shutdown_signal())
                 .await
                 .map_err(|e| format!("serving: {e}"))?;
             tracing::info!("stopped");

@@ -45,6 +45,8 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 pub struct TestServer {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Where it serves DNS, when it does.
+    pub dns_addr: Option<std::net::SocketAddr>,
     /// The admin token it bootstrapped.
     pub admin_token: String,
     /// Its store, for assertions on what was written.
@@ -72,6 +74,29 @@ impl TestServer {
 
     /// Starts a server on `data_dir` with the given stream limits.
     pub async fn start_with(data_dir: &Path, limits: meshplane_server::hub::Limits) -> Self {
+        Self::start_full(data_dir, limits, None).await
+    }
+
+    /// Starts a server on a fresh data directory that also serves DNS on a
+    /// loopback port, forwarding to upstream resolvers on `upstream_port`.
+    pub async fn start_with_dns(upstream_port: u16) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_full(
+            &dir,
+            meshplane_server::hub::Limits::default(),
+            Some(upstream_port),
+        )
+        .await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    async fn start_full(
+        data_dir: &Path,
+        limits: meshplane_server::hub::Limits,
+        dns_upstream_port: Option<u16>,
+    ) -> Self {
         let url = meshplane_server::default_database_url(data_dir);
         let mut backend = meshplane_server::Backend::open(&url, &data_dir.join("secret.key"))
             .await
@@ -88,10 +113,28 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(meshplane_server::serve(listener, backend, async {
-            let _ = stopped.await;
-        }));
+        let mut options = meshplane_server::ServeOptions::default();
+        let mut dns_addr = None;
+        if let Some(port) = dns_upstream_port {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind dns");
+            dns_addr = Some(sock.local_addr().expect("dns addr"));
+            options.dns = Some((
+                sock,
+                meshplane_server::dns::DnsOptions {
+                    upstream_port: port,
+                },
+            ));
+        }
+        let task = tokio::spawn(meshplane_server::serve_with(
+            listener,
+            backend,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
+            dns_addr,
             addr,
             admin_token,
             store,
@@ -559,5 +602,12 @@ impl Drop for Netns {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+impl TestServer {
+    /// DnsService client with the admin token.
+    pub async fn dns(&self) -> pb::dns_service_client::DnsServiceClient<Authed> {
+        pb::dns_service_client::DnsServiceClient::new(self.admin().await)
     }
 }

@@ -88,17 +88,3 @@ async fn health_and_reflection_need_no_token() {
         );
     }
 }
-
-#[tokio::test]
-async fn unimplemented_rpcs_say_what_is_missing() {
-    let s = TestServer::start().await;
-    let mut dns = pb::dns_service_client::DnsServiceClient::new(s.admin().await);
-    let st = expect_code(
-        dns.get_hosts_file(pb::GetHostsFileRequest {
-            network: "corp".into(),
-        })
-        .await,
-        Code::Unimplemented,
-    );
-    assert!(st.message().contains("DNS"), "{}", st.message());
-}

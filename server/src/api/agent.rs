@@ -7,10 +7,9 @@ use meshplane_proto::v1::{self as pb, agent_service_server::AgentService};
 
 use super::config::Parts;
 use super::{
-    AppState,
+    AppState, BoxStream,
     auth::{Principal, principal},
     error::{IntoStatus, to_status},
-    pending::BoxStream,
 };
 use crate::domain::{
     Error,

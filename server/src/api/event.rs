@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use meshplane_proto::v1::{self as pb, event_service_server::EventService};
 
-use super::{AppState, convert::ts, error::IntoStatus, pending::BoxStream};
+use super::{AppState, BoxStream, convert::ts, error::IntoStatus};
 use crate::domain::event::{Action, Event, Resource};
 
 /// The EventService implementation.
@@ -32,6 +32,7 @@ fn to_pb(e: &Event, state: &AppState) -> pb::Event {
             Resource::Node(n) => R::Node(super::node::to_pb(n, &state.hub)),
             Resource::ExtClient(c) => R::ExtClient(super::ext_client::to_pb(c)),
             Resource::EnrollmentKey(k) => R::EnrollmentKey(super::enrollment_key::to_pb(k)),
+            Resource::DnsEntry(d) => R::DnsEntry(super::dns::to_pb(d)),
         }),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures::Stream;
 use tokio::sync::watch;
 
 use crate::domain::crypto::Sealer;
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod dns;
 pub mod enrollment_key;
 pub mod error;
 pub mod event;
@@ -20,7 +22,10 @@ pub mod ext_client;
 pub mod gateway;
 pub mod network;
 pub mod node;
-pub mod pending;
+
+/// A boxed server stream.
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 /// What every service shares.
 #[derive(Clone)]

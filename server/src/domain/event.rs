@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::dns::DnsEntry;
 use super::enrollment::EnrollmentKey;
 use super::ext_client::ExtClient;
 use super::network::Network;
@@ -52,6 +53,8 @@ pub enum Resource {
     ExtClient(Box<ExtClient>),
     /// An enrollment key.
     EnrollmentKey(EnrollmentKey),
+    /// A custom DNS entry.
+    DnsEntry(DnsEntry),
 }
 
 impl Resource {
@@ -62,6 +65,7 @@ impl Resource {
             Resource::Node(_) => "node",
             Resource::ExtClient(_) => "ext_client",
             Resource::EnrollmentKey(_) => "enrollment_key",
+            Resource::DnsEntry(_) => "dns_entry",
         }
     }
 
@@ -72,6 +76,7 @@ impl Resource {
             Resource::Node(n) => n.id.clone(),
             Resource::ExtClient(c) => c.id.clone(),
             Resource::EnrollmentKey(k) => k.id.clone(),
+            Resource::DnsEntry(e) => format!("{}.{}", e.name, e.network),
         }
     }
 
@@ -83,6 +88,7 @@ impl Resource {
             Resource::Node(n) => Some(n.network.to_string()),
             Resource::ExtClient(c) => Some(c.network.to_string()),
             Resource::EnrollmentKey(_) => None,
+            Resource::DnsEntry(e) => Some(e.network.to_string()),
         }
     }
 }

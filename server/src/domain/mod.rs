@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod dns;
 pub mod enrollment;
 pub mod error;
 pub mod event;

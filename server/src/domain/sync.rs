@@ -383,6 +383,15 @@ impl NetworkState {
             }
             (Resource::ExtClient(c), Action::Deleted) => self.upsert_client(None, &c.id, &mut ch),
             (Resource::EnrollmentKey(_), _) => {}
+            (Resource::DnsEntry(e), action) => {
+                let r = e.record();
+                let old = self.custom_dns.remove(&r.name);
+                let new = (action != Action::Deleted).then_some(r);
+                if let Some(n) = &new {
+                    self.custom_dns.insert(n.name.clone(), n.clone());
+                }
+                self.refresh_dns(old, new, &mut ch);
+            }
         }
         self.revision = ev.revision;
         if ch.is_empty() {
@@ -657,6 +666,17 @@ impl NetworkState {
             remove_dns: remove_dns.into_iter().cloned().collect(),
             nameservers: nameservers.then(|| self.network.nameservers.clone()),
         })
+    }
+
+    /// The record of a fully qualified name (without trailing dot) in this
+    /// zone.
+    pub fn dns_record(&self, fqdn: &str) -> Option<&DnsRecord> {
+        self.dns.get(fqdn)
+    }
+
+    /// Every record of the zone, by name.
+    pub fn dns_records(&self) -> impl Iterator<Item = &DnsRecord> {
+        self.dns.values()
     }
 
     /// The current state as a plain view (for checking against the

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{
     Error, Result,
     config::NetworkView,
+    dns::DnsEntry,
     enrollment::EnrollmentKey,
     event::Event,
     ext_client::{ExtClient, ExtClientPatch},
@@ -34,9 +35,15 @@ pub struct AdminToken {
 /// Everything meshplane keeps: one trait made of one part per resource, each
 /// implemented by every backend. Every method is atomic: it commits all of its
 /// writes or none.
-pub trait Store: NetworkStore + TokenStore + NodeStore + ExtClientStore + EventStore {}
+pub trait Store:
+    NetworkStore + TokenStore + NodeStore + ExtClientStore + DnsStore + EventStore
+{
+}
 
-impl<T: NetworkStore + TokenStore + NodeStore + ExtClientStore + EventStore> Store for T {}
+impl<T: NetworkStore + TokenStore + NodeStore + ExtClientStore + DnsStore + EventStore> Store
+    for T
+{
+}
 
 /// Networks.
 #[async_trait]
@@ -152,6 +159,18 @@ pub trait ExtClientStore: Send + Sync + 'static {
     async fn delete_ext_client(&self, id: &str) -> Result<ExtClient>;
     /// Records that the config at `revision` was downloaded.
     async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()>;
+}
+
+/// Custom DNS entries.
+#[async_trait]
+pub trait DnsStore: Send + Sync + 'static {
+    /// Stores a custom entry: NOT_FOUND for an unknown network,
+    /// ALREADY_EXISTS when the name is a node's, a client's or another
+    /// entry's.
+    async fn create_dns_entry(&self, entry: &DnsEntry) -> Result<DnsEntry>;
+    /// Deletes a custom entry: FAILED_PRECONDITION for a node's or client's
+    /// automatic name, NOT_FOUND when there is no such name.
+    async fn delete_dns_entry(&self, network: &str, name: &str) -> Result<DnsEntry>;
 }
 
 /// The event log.

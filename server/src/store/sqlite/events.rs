@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    SqliteStore, ext_clients::fetch_clients, networks::fetch_network, nodes::network_nodes,
+    SqliteStore, dns::fetch_entries, ext_clients::fetch_clients, networks::fetch_network,
+    nodes::network_nodes,
 };
 use crate::domain::{
     Error, Result,
@@ -107,7 +108,7 @@ impl EventStore for SqliteStore {
                 network,
                 nodes: network_nodes(&mut tx, &name).await?,
                 ext_clients: fetch_clients(&mut tx, &name).await?,
-                dns_entries: Vec::new(),
+                dns_entries: fetch_entries(&mut tx, &name).await?,
                 revision: revision as u64,
             });
         }

@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::db_err;
 use crate::domain::{Error, Result};
 
+mod dns;
 mod events;
 mod ext_clients;
 mod networks;

@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 
 use super::{
-    SqliteStore, events,
+    SqliteStore,
+    dns::fetch_entries,
+    events,
     ext_clients::{bump_clients_of, delete_clients_of, fetch_clients},
     networks::fetch_network,
 };
@@ -172,8 +174,13 @@ pub(super) async fn check_unique(
     const OWNER: &str = "SELECT 'node ' || id FROM nodes WHERE network = ?1 AND {col} = ?2 AND id <> ?3 \
         UNION ALL SELECT 'external client ' || id FROM ext_clients \
         WHERE network = ?1 AND {col} = ?2 AND id <> ?3 LIMIT 1";
+    const NAME_OWNER: &str = "SELECT 'node ' || id FROM nodes WHERE network = ?1 AND name = ?2 AND id <> ?3 \
+        UNION ALL SELECT 'external client ' || id FROM ext_clients \
+        WHERE network = ?1 AND name = ?2 AND id <> ?3 \
+        UNION ALL SELECT 'DNS entry ' || name || '.' || network FROM dns_entries \
+        WHERE network = ?1 AND name = ?2 LIMIT 1";
     if let Some((field, name)) = name {
-        let taken: Option<String> = sqlx::query_scalar(&OWNER.replace("{col}", "name"))
+        let taken: Option<String> = sqlx::query_scalar(NAME_OWNER)
             .bind(network)
             .bind(name.as_str())
             .bind(except)
@@ -738,12 +745,13 @@ impl NodeStore for SqliteStore {
             .map_err(db_err)?;
         let nodes = network_nodes(&mut tx, network).await?;
         let ext_clients = fetch_clients(&mut tx, network).await?;
+        let dns_entries = fetch_entries(&mut tx, network).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(NetworkView {
             network: net,
             nodes,
             ext_clients,
-            dns_entries: Vec::new(),
+            dns_entries,
             revision: revision as u64,
         })
     }

@@ -64,3 +64,7 @@ pub use meshplane_proto::v1 as proto;
 /// How streamed config updates are applied (what
 /// [`agent::AgentClient::watch_config`] does for you).
 pub use meshplane_proto::delta;
+
+/// The encoded `FileDescriptorSet` of the `meshplane.v1` protos (with their
+/// imports), for dynamic use such as rendering messages as proto3 JSON.
+pub const FILE_DESCRIPTOR_SET: &[u8] = meshplane_proto::FILE_DESCRIPTOR_SET;

@@ -142,12 +142,12 @@ fn network_table(items: &[pb::Network]) -> Table {
     let mut t = Table::new(&[
         "=NAME",
         "RANGE",
-        "RANGE6",
-        "PORT",
-        "MTU",
-        "KEEPALIVE",
-        "CLIENT DNS",
-        "CREATED",
+        "?RANGE6",
+        "?PORT",
+        "?MTU",
+        "?KEEPALIVE",
+        "?CLIENT DNS",
+        "?CREATED",
     ]);
     for n in items {
         t.row(vec![
@@ -247,7 +247,7 @@ pub enum KeyCmd {
 }
 
 fn key_table(items: &[pb::EnrollmentKey]) -> Table {
-    let mut t = Table::new(&["=ID", "NETWORKS", "USES LEFT", "EXPIRES", "DESCRIPTION"]);
+    let mut t = Table::new(&["=ID", "NETWORKS", "USES LEFT", "?EXPIRES", "?DESCRIPTION"]);
     for k in items {
         t.row(vec![
             k.id.clone(),
@@ -417,11 +417,11 @@ fn node_table(items: &[pb::Node]) -> Table {
         "NAME",
         "NETWORK",
         "ADDRESS",
-        "ADDRESS6",
-        "ENDPOINT",
         "ROLES",
-        "CONNECTED",
-        "REVISION",
+        "?ADDRESS6",
+        "?ENDPOINT",
+        "?CONNECTED",
+        "?REVISION",
     ]);
     for n in items {
         let mut roles = Vec::new();
@@ -441,13 +441,13 @@ fn node_table(items: &[pb::Node]) -> Table {
             n.name.clone(),
             n.network.clone(),
             or_dash(&n.address),
-            or_dash(&n.address6),
-            or_dash(&n.endpoint),
             if roles.is_empty() {
                 "-".into()
             } else {
                 roles.join("; ")
             },
+            or_dash(&n.address6),
+            or_dash(&n.endpoint),
             if n.connected { "yes" } else { "no" }.into(),
             format!(
                 "{}/{}{}",
@@ -475,13 +475,13 @@ fn print_node_config(c: &pb::NodeConfig) {
         );
     }
     println!("\npeers:");
-    let mut t = Table::new(&["NAME", "=PUBLIC KEY", "ENDPOINT", "ALLOWED IPS", "KEEPALIVE"]);
+    let mut t = Table::new(&["NAME", "=PUBLIC KEY", "ALLOWED IPS", "?ENDPOINT", "?KEEPALIVE"]);
     for p in &c.peers {
         t.row(vec![
             format!("{}{}", p.name, if p.ext_client { " (client)" } else { "" }),
             p.public_key.clone(),
-            or_dash(&p.endpoint),
             list(&p.allowed_ips),
+            or_dash(&p.endpoint),
             p.persistent_keepalive.to_string(),
         ]);
     }
@@ -820,7 +820,7 @@ pub enum ExtClientCmd {
 
 fn client_table(items: &[pb::ExtClient]) -> Table {
     let mut t = Table::new(&[
-        "=ID", "NAME", "NETWORK", "ADDRESS", "ADDRESS6", "DNS", "ENABLED", "STALE", "INGRESS",
+        "=ID", "NAME", "NETWORK", "ADDRESS", "ENABLED", "?ADDRESS6", "?DNS", "?STALE", "?INGRESS",
     ]);
     for c in items {
         t.row(vec![
@@ -828,9 +828,9 @@ fn client_table(items: &[pb::ExtClient]) -> Table {
             c.name.clone(),
             c.network.clone(),
             or_dash(&c.address),
+            if c.enabled { "yes" } else { "no" }.into(),
             or_dash(&c.address6),
             list(&c.dns),
-            if c.enabled { "yes" } else { "no" }.into(),
             if c.config_stale { "yes" } else { "no" }.into(),
             c.ingress_node_id.clone(),
         ]);
@@ -1000,7 +1000,7 @@ pub enum DnsCmd {
 }
 
 fn dns_table(items: &[pb::DnsEntry]) -> Table {
-    let mut t = Table::new(&["NAME", "NETWORK", "ADDRESS", "ADDRESS6", "KIND"]);
+    let mut t = Table::new(&["NAME", "NETWORK", "ADDRESS", "?ADDRESS6", "?KIND"]);
     for e in items {
         let kind = pb::DnsEntryKind::try_from(e.kind)
             .map(|k| {

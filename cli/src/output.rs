@@ -181,6 +181,9 @@ fn yaml_seq(out: &mut String, a: &[Value], indent: usize) {
     }
 }
 
+/// Spaces between columns.
+const GAP: usize = 2;
+
 /// Columns of the terminal stdout is, when it is one.
 fn term_width() -> Option<usize> {
     if let Some(c) = std::env::var("COLUMNS")
@@ -203,20 +206,28 @@ fn term_width() -> Option<usize> {
     None
 }
 
-/// A table: headers, rows, and the columns never shortened (ids).
+/// A table: headers, rows, the columns never shortened (ids) and those left
+/// out first when the terminal is too narrow.
 pub struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
     keep: Vec<bool>,
+    optional: Vec<bool>,
 }
 
 impl Table {
-    /// A table with these headers; a header starting with `=` marks a column
-    /// that is never shortened (the `=` is not printed).
+    /// A table with these headers. A header starting with `=` marks a column
+    /// that is never shortened, one starting with `?` a column left out
+    /// (rightmost first) when shortening is not enough; the marks are not
+    /// printed.
     pub fn new(headers: &[&'static str]) -> Self {
         Table {
             keep: headers.iter().map(|h| h.starts_with('=')).collect(),
-            headers: headers.iter().map(|h| h.trim_start_matches('=')).collect(),
+            optional: headers.iter().map(|h| h.starts_with('?')).collect(),
+            headers: headers
+                .iter()
+                .map(|h| h.trim_start_matches(['=', '?']))
+                .collect(),
             rows: Vec::new(),
         }
     }
@@ -227,14 +238,14 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// The table as text fitting `width` columns when given: the widest
-    /// shortenable columns are cut (with `…`) until it fits.
-    pub fn render(&self, width: Option<usize>) -> String {
-        const GAP: usize = 2;
-        let n = self.headers.len();
+    /// Column widths for the columns `cols` within `max`: the widest
+    /// shortenable columns are cut until they fit or reach their header's
+    /// width (at least 6).
+    fn widths(&self, cols: &[usize], max: Option<usize>) -> (Vec<usize>, bool) {
         let len = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = (0..n)
-            .map(|i| {
+        let mut widths: Vec<usize> = cols
+            .iter()
+            .map(|&i| {
                 self.rows
                     .iter()
                     .map(|r| len(&r[i]))
@@ -243,18 +254,38 @@ impl Table {
                     .unwrap_or(0)
             })
             .collect();
-        if let Some(max) = width {
-            let total = |w: &[usize]| w.iter().sum::<usize>() + GAP * n.saturating_sub(1);
-            while total(&widths) > max {
-                let cut = (0..n)
-                    .filter(|&i| !self.keep[i] && widths[i] > len(self.headers[i]).max(6))
-                    .max_by_key(|&i| widths[i]);
-                match cut {
-                    Some(i) => widths[i] -= 1,
-                    None => break,
-                }
+        let Some(max) = max else {
+            return (widths, true);
+        };
+        let total = |w: &[usize]| w.iter().sum::<usize>() + GAP * w.len().saturating_sub(1);
+        while total(&widths) > max {
+            let cut = (0..cols.len())
+                .filter(|&j| {
+                    let i = cols[j];
+                    !self.keep[i] && widths[j] > len(self.headers[i]).max(6)
+                })
+                .max_by_key(|&j| widths[j]);
+            match cut {
+                Some(j) => widths[j] -= 1,
+                None => return (widths, false),
             }
         }
+        (widths, true)
+    }
+
+    /// The table as text fitting `width` columns when given.
+    pub fn render(&self, width: Option<usize>) -> String {
+        let mut cols: Vec<usize> = (0..self.headers.len()).collect();
+        let widths = loop {
+            let (w, fits) = self.widths(&cols, width);
+            match cols.iter().rposition(|&i| self.optional[i]) {
+                Some(j) if !fits => {
+                    cols.remove(j);
+                }
+                _ => break w,
+            }
+        };
+        let len = |s: &str| s.chars().count();
         let fit = |s: &str, w: usize| -> String {
             if len(s) <= w {
                 format!("{s:<w$}")
@@ -265,14 +296,12 @@ impl Table {
             }
         };
         let mut out = String::new();
-        let lines = std::iter::once(self.headers.iter().map(|h| h.to_string()).collect())
-            .chain(self.rows.iter().cloned());
-        for cells in lines {
-            let cells: Vec<String> = cells;
-            let line: Vec<String> = cells
+        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        for cells in std::iter::once(&header).chain(self.rows.iter()) {
+            let line: Vec<String> = cols
                 .iter()
-                .enumerate()
-                .map(|(i, c)| fit(c, widths[i]))
+                .zip(&widths)
+                .map(|(&i, &w)| fit(&cells[i], w))
                 .collect();
             out.push_str(line.join(&" ".repeat(GAP)).trim_end());
             out.push('\n');
@@ -379,5 +408,13 @@ mod tests {
         assert!(narrow.contains("0123456789abcdef"));
         assert!(narrow.contains('…'));
         assert!(narrow.starts_with("ID "));
+
+        // Optional columns go when cutting is not enough.
+        let mut t = Table::new(&["=ID", "NAME", "?EXTRA", "?MORE"]);
+        t.row(vec!["x".repeat(30), "name".into(), "e".repeat(20), "m".repeat(20)]);
+        let out = t.render(Some(45));
+        assert!(out.lines().all(|l| l.chars().count() <= 45), "{out}");
+        assert!(out.contains("EXTRA") && !out.contains("MORE"), "{out}");
+        assert!(t.render(Some(200)).contains("MORE"));
     }
 }

@@ -240,7 +240,7 @@ impl Table {
 
     /// Column widths for the columns `cols` within `max`: the widest
     /// shortenable columns are cut until they fit or reach their header's
-    /// width (at least 6).
+    /// width (at least 6). Also says whether they fit.
     fn widths(&self, cols: &[usize], max: Option<usize>) -> (Vec<usize>, bool) {
         let len = |s: &str| s.chars().count();
         let mut widths: Vec<usize> = cols
@@ -275,16 +275,21 @@ impl Table {
 
     /// The table as text fitting `width` columns when given.
     pub fn render(&self, width: Option<usize>) -> String {
+        // Leave out optional columns (rightmost first) until the rest fit
+        // uncut or none is left; then cut the widest.
         let mut cols: Vec<usize> = (0..self.headers.len()).collect();
-        let widths = loop {
-            let (w, fits) = self.widths(&cols, width);
+        while width.is_some_and(|max| {
+            let (w, _) = self.widths(&cols, None);
+            w.iter().sum::<usize>() + GAP * w.len().saturating_sub(1) > max
+        }) {
             match cols.iter().rposition(|&i| self.optional[i]) {
-                Some(j) if !fits => {
+                Some(j) => {
                     cols.remove(j);
                 }
-                _ => break w,
+                None => break,
             }
-        };
+        }
+        let (widths, _) = self.widths(&cols, width);
         let len = |s: &str| s.chars().count();
         let fit = |s: &str, w: usize| -> String {
             if len(s) <= w {
@@ -409,12 +414,15 @@ mod tests {
         assert!(narrow.contains('…'));
         assert!(narrow.starts_with("ID "));
 
-        // Optional columns go when cutting is not enough.
+        // Optional columns go (rightmost first) before others are cut.
         let mut t = Table::new(&["=ID", "NAME", "?EXTRA", "?MORE"]);
         t.row(vec!["x".repeat(30), "name".into(), "e".repeat(20), "m".repeat(20)]);
-        let out = t.render(Some(45));
-        assert!(out.lines().all(|l| l.chars().count() <= 45), "{out}");
+        let out = t.render(Some(60));
         assert!(out.contains("EXTRA") && !out.contains("MORE"), "{out}");
+        assert!(!out.contains('…'), "{out}");
+        let out = t.render(Some(38));
+        assert!(out.lines().all(|l| l.chars().count() <= 38), "{out}");
+        assert!(!out.contains("EXTRA") && out.contains("name"), "{out}");
         assert!(t.render(Some(200)).contains("MORE"));
     }
 }

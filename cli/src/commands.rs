@@ -220,7 +220,11 @@ pub enum KeyCmd {
         #[arg(long = "network", required = true, value_name = "NET")]
         networks: Vec<String>,
         /// Registrations it allows.
-        #[arg(long, conflicts_with = "unlimited", required_unless_present = "unlimited")]
+        #[arg(
+            long,
+            conflicts_with = "unlimited",
+            required_unless_present = "unlimited"
+        )]
         uses: Option<u32>,
         /// Any number of registrations.
         #[arg(long)]
@@ -475,7 +479,13 @@ fn print_node_config(c: &pb::NodeConfig) {
         );
     }
     println!("\npeers:");
-    let mut t = Table::new(&["NAME", "=PUBLIC KEY", "ALLOWED IPS", "?ENDPOINT", "?KEEPALIVE"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "=PUBLIC KEY",
+        "ALLOWED IPS",
+        "?ENDPOINT",
+        "?KEEPALIVE",
+    ]);
     for p in &c.peers {
         t.row(vec![
             format!("{}{}", p.name, if p.ext_client { " (client)" } else { "" }),
@@ -490,7 +500,11 @@ fn print_node_config(c: &pb::NodeConfig) {
         println!("\nroutes:");
         let mut t = Table::new(&["DESTINATION", "DEV", "=VIA PEER"]);
         for r in &c.routes {
-            t.row(vec![r.destination.clone(), r.dev.clone(), r.via_peer.clone()]);
+            t.row(vec![
+                r.destination.clone(),
+                r.dev.clone(),
+                r.via_peer.clone(),
+            ]);
         }
         t.print();
     }
@@ -502,14 +516,24 @@ fn print_node_config(c: &pb::NodeConfig) {
             f.ipv4_forwarding, f.ipv6_forwarding
         );
         for r in f.rules.iter().filter(|r| r.hook) {
-            let bin = if r.family == 6 { "ip6tables" } else { "iptables" };
+            let bin = if r.family == 6 {
+                "ip6tables"
+            } else {
+                "iptables"
+            };
             println!("  hook: {bin} -t {} -I {} {}", r.table, r.chain, r.rule);
         }
         if !f.iptables_restore.is_empty() {
-            print!("# iptables-restore --noflush (IPv4)\n{}", f.iptables_restore);
+            print!(
+                "# iptables-restore --noflush (IPv4)\n{}",
+                f.iptables_restore
+            );
         }
         if !f.ip6tables_restore.is_empty() {
-            print!("# ip6tables-restore --noflush (IPv6)\n{}", f.ip6tables_restore);
+            print!(
+                "# ip6tables-restore --noflush (IPv6)\n{}",
+                f.ip6tables_restore
+            );
         }
     }
     if let Some(d) = &c.dns {
@@ -565,7 +589,10 @@ impl NodeCmd {
                     node_token: reg.node_token.expose().to_owned(),
                 }
                 .save(&path, &ctx.server, &network, &name)?;
-                eprintln!("identity (key pair, node token) in {} (mode 0600)", path.display());
+                eprintln!(
+                    "identity (key pair, node token) in {} (mode 0600)",
+                    path.display()
+                );
                 show_one(ctx, &reg.node, node_table);
             }
             NodeCmd::List { network } => {
@@ -820,7 +847,15 @@ pub enum ExtClientCmd {
 
 fn client_table(items: &[pb::ExtClient]) -> Table {
     let mut t = Table::new(&[
-        "=ID", "NAME", "NETWORK", "ADDRESS", "ENABLED", "?ADDRESS6", "?DNS", "?STALE", "?INGRESS",
+        "=ID",
+        "NAME",
+        "NETWORK",
+        "ADDRESS",
+        "ENABLED",
+        "?ADDRESS6",
+        "?DNS",
+        "?STALE",
+        "?INGRESS",
     ]);
     for c in items {
         t.row(vec![
@@ -938,7 +973,11 @@ impl ExtClientCmd {
                 clients.delete(&id).await?;
                 done(ctx, format!("deleted external client {id}"));
             }
-            ExtClientCmd::Config { client, qr: as_qr, out } => {
+            ExtClientCmd::Config {
+                client,
+                qr: as_qr,
+                out,
+            } => {
                 let id = client.get(ctx).await?.id;
                 let r = clients.config(&id).await?;
                 if as_qr {
@@ -1084,16 +1123,16 @@ impl RouteCmd {
     pub async fn run(self, ctx: &Ctx) -> Outcome {
         let RouteCmd::Get { ip, from, network } = self;
         let (id, net) = resolve::node_or_client(ctx, &from, network.as_deref()).await?;
-        let r = ctx
-            .client
-            .gateways()
-            .explain_route(&net, &id, &ip)
-            .await?;
+        let r = ctx.client.gateways().explain_route(&net, &id, &ip).await?;
         match ctx.format {
             Format::Table => {
                 println!(
                     "{ip} from {from}: {}",
-                    if r.routable { "routable" } else { "not routable" }
+                    if r.routable {
+                        "routable"
+                    } else {
+                        "not routable"
+                    }
                 );
                 for (i, h) in r.hops.iter().enumerate() {
                     let via = if h.matched_prefix.is_empty() {
@@ -1108,7 +1147,11 @@ impl RouteCmd {
                         "  out of {} on node {}{}",
                         r.egress_interface,
                         r.egress_node_id,
-                        if r.nat { ", masqueraded" } else { ", source kept" }
+                        if r.nat {
+                            ", masqueraded"
+                        } else {
+                            ", source kept"
+                        }
                     );
                 }
                 if !r.reason.is_empty() {

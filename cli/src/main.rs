@@ -42,7 +42,12 @@ pub struct Global {
     token: Option<String>,
     /// File holding the admin token [default: ./meshplane-data/admin.token,
     /// when present].
-    #[arg(long, env = "MESHCTL_TOKEN_FILE", global = true, conflicts_with = "token")]
+    #[arg(
+        long,
+        env = "MESHCTL_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
     token_file: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]

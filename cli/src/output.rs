@@ -416,7 +416,12 @@ mod tests {
 
         // Optional columns go (rightmost first) before others are cut.
         let mut t = Table::new(&["=ID", "NAME", "?EXTRA", "?MORE"]);
-        t.row(vec!["x".repeat(30), "name".into(), "e".repeat(20), "m".repeat(20)]);
+        t.row(vec![
+            "x".repeat(30),
+            "name".into(),
+            "e".repeat(20),
+            "m".repeat(20),
+        ]);
         let out = t.render(Some(60));
         assert!(out.contains("EXTRA") && !out.contains("MORE"), "{out}");
         assert!(!out.contains('…'), "{out}");

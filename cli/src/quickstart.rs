@@ -125,7 +125,13 @@ impl State {
     }
 
     /// Writes the state to `path` with mode 0600.
-    pub fn save(&self, path: &Path, server: &str, network: &str, name: &str) -> Result<(), Failure> {
+    pub fn save(
+        &self,
+        path: &Path,
+        server: &str,
+        network: &str,
+        name: &str,
+    ) -> Result<(), Failure> {
         let v = json!({
             "server": server,
             "network": network,
@@ -165,7 +171,11 @@ fn label(s: &str) -> String {
     }
     let out: String = out.trim_matches('-').chars().take(32).collect();
     let out = out.trim_end_matches('-').to_owned();
-    if out.is_empty() { "gateway".into() } else { out }
+    if out.is_empty() {
+        "gateway".into()
+    } else {
+        out
+    }
 }
 
 /// The source address this host uses towards the internet. Connecting a UDP
@@ -475,7 +485,11 @@ impl VpnArgs {
                 write_private(&state_dir.join(format!("{ifname}.{ext}")), t)?;
             }
         }
-        step(format!("wrote {} (revision {})", gw_conf.display(), cfg.revision));
+        step(format!(
+            "wrote {} (revision {})",
+            gw_conf.display(),
+            cfg.revision
+        ));
 
         let summary = Summary {
             net: &net,

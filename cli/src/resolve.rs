@@ -27,7 +27,9 @@ fn pick<T>(
 }
 
 fn not_found(kind: &str, arg: &str, network: Option<&str>) -> Failure {
-    let where_ = network.map(|n| format!(" in network {n:?}")).unwrap_or_default();
+    let where_ = network
+        .map(|n| format!(" in network {n:?}"))
+        .unwrap_or_default();
     Failure::NotFound(format!("no {kind} with id or name {arg:?}{where_}"))
 }
 
@@ -82,7 +84,11 @@ pub async fn ext_client(
     }
     let clients = ctx.client.ext_clients().list_all(network, None).await?;
     let found = clients.into_iter().filter(|c| c.name == arg).collect();
-    pick("external client", arg, network, found, |c: &pb::ExtClient| {
-        &c.network
-    })
+    pick(
+        "external client",
+        arg,
+        network,
+        found,
+        |c: &pb::ExtClient| &c.network,
+    )
 }

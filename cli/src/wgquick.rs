@@ -74,7 +74,11 @@ pub fn render(cfg: &pb::NodeConfig, private_key: &str, dir: &Path) -> Files {
         ));
     }
     for r in fw.rules.iter().filter(|r| r.hook) {
-        let bin = if r.family == 6 { "ip6tables" } else { "iptables" };
+        let bin = if r.family == 6 {
+            "ip6tables"
+        } else {
+            "iptables"
+        };
         let rule = format!("-t {} {{}} {} {}", r.table, r.chain, r.rule);
         c.push_str(&format!(
             "PostUp = {bin} {} || {bin} {}\n",
@@ -87,7 +91,10 @@ pub fn render(cfg: &pb::NodeConfig, private_key: &str, dir: &Path) -> Files {
         ));
     }
     for p in &cfg.peers {
-        c.push_str(&format!("\n# {}\n[Peer]\nPublicKey = {}\n", p.name, p.public_key));
+        c.push_str(&format!(
+            "\n# {}\n[Peer]\nPublicKey = {}\n",
+            p.name, p.public_key
+        ));
         if !p.allowed_ips.is_empty() {
             c.push_str(&format!("AllowedIPs = {}\n", p.allowed_ips.join(", ")));
         }

@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(t) => t,
         Err(_) => std::fs::read_to_string("meshplane-data/admin.token")?,
     };
-    let client = Client::builder(server).token(token.trim()).connect().await?;
+    let client = Client::builder(server)
+        .token(token.trim())
+        .connect()
+        .await?;
 
     // The network (kept when it exists already).
     let wanted = pb::Network {
@@ -65,7 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         })
         .await?;
-    println!("registered {name} as {} at {}", reg.node.id, reg.node.address);
+    println!(
+        "registered {name} as {} at {}",
+        reg.node.id, reg.node.address
+    );
 
     // The egress gateway: the office LAN through eth2, masqueraded.
     let node = client
@@ -95,7 +101,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cfg = client.nodes().config(&reg.node.id).await?;
     if let Some(fw) = cfg.firewall {
-        println!("iptables-restore input for {name}:\n{}", fw.iptables_restore);
+        println!(
+            "iptables-restore input for {name}:\n{}",
+            fw.iptables_restore
+        );
     }
     Ok(())
 }

@@ -177,12 +177,21 @@ impl AgentClient {
         ));
         let r = self
             .opts
-            .unary(&stub, false, req, |mut c, r| async move { c.register(r).await })
+            .unary(
+                &stub,
+                false,
+                req,
+                |mut c, r| async move { c.register(r).await },
+            )
             .await?;
         Ok(Registration {
-            node: r
-                .node
-                .ok_or_else(|| Error::client(crate::ErrorKind::Status, Code::Internal, "no node in the answer"))?,
+            node: r.node.ok_or_else(|| {
+                Error::client(
+                    crate::ErrorKind::Status,
+                    Code::Internal,
+                    "no node in the answer",
+                )
+            })?,
             node_token: Secret::new(r.node_token),
         })
     }
@@ -310,8 +319,9 @@ impl Stream for ConfigStream {
 enum Step {
     /// A part of a revision; more follow.
     Partial,
-    /// The revision is complete and differs from the last good config.
-    Changed(pb::NodeConfig),
+    /// The revision is complete and differs from the last good config,
+    /// which it now is.
+    Changed,
     /// The revision is complete and equal to the last good config.
     Unchanged,
 }
@@ -350,8 +360,8 @@ impl Materializer {
         if self.good.as_ref() == Some(&cfg) {
             return Ok(Step::Unchanged);
         }
-        self.good = Some(cfg.clone());
-        Ok(Step::Changed(cfg))
+        self.good = Some(cfg);
+        Ok(Step::Changed)
     }
 
     /// Starts a new connection: drops the parts of an unfinished revision
@@ -434,7 +444,10 @@ impl Watcher {
                         .backoff
                         .delay(self.failures - 1)
                         .max(self.hint.take().unwrap_or_default());
-                    tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting before reconnecting");
+                    tracing::debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "waiting before reconnecting"
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 match self.open().await {
@@ -485,7 +498,8 @@ impl Watcher {
             self.failures = 0;
             match self.state.apply(&msg) {
                 Ok(Step::Partial | Step::Unchanged) => {}
-                Ok(Step::Changed(cfg)) => {
+                Ok(Step::Changed) => {
+                    let cfg = self.state.good.clone().expect("a changed config is held");
                     let mut sh = self.shared.lock().expect("lock");
                     sh.last = Some(cfg.clone());
                     sh.stats.configs += 1;
@@ -555,14 +569,20 @@ mod tests {
         assert_eq!(m.reconnect(), 0);
         assert_eq!(m.apply(&snapshot(3, &["a"], true)), Ok(Step::Partial));
         assert_eq!(m.apply(&delta(3, 3, &["b"], true)), Ok(Step::Partial));
-        let Ok(Step::Changed(c)) = m.apply(&delta(3, 3, &["c"], false)) else {
-            panic!("complete")
-        };
+        assert_eq!(
+            m.apply(&delta(3, 3, &["c"], false)),
+            Ok(Step::Changed),
+            "complete"
+        );
+        let c = m.good.clone().unwrap();
         assert_eq!((c.revision, keys(&c)), (3, vec!["a", "b", "c"]));
         // A plain delta on top; then an empty delta changes nothing.
-        let Ok(Step::Changed(c)) = m.apply(&delta(3, 4, &["d"], false)) else {
-            panic!("delta")
-        };
+        assert_eq!(
+            m.apply(&delta(3, 4, &["d"], false)),
+            Ok(Step::Changed),
+            "delta"
+        );
+        let c = m.good.clone().unwrap();
         assert_eq!((c.revision, keys(&c).len()), (4, 4));
         assert_eq!(m.reconnect(), 4);
         assert_eq!(m.apply(&delta(4, 4, &[], false)), Ok(Step::Unchanged));
@@ -577,9 +597,12 @@ mod tests {
         // without the half-applied part.
         assert_eq!(m.reconnect(), 2);
         assert_eq!(keys(m.held.as_ref().unwrap()), vec!["a"]);
-        let Ok(Step::Changed(c)) = m.apply(&delta(2, 5, &["b", "c"], false)) else {
-            panic!("resumed")
-        };
+        assert_eq!(
+            m.apply(&delta(2, 5, &["b", "c"], false)),
+            Ok(Step::Changed),
+            "resumed"
+        );
+        let c = m.good.clone().unwrap();
         assert_eq!(keys(&c), vec!["a", "b", "c"]);
     }
 
@@ -593,9 +616,12 @@ mod tests {
         );
         assert_eq!(m.good.as_ref().unwrap().revision, 2);
         assert_eq!(m.reconnect(), 0, "fresh snapshot");
-        let Ok(Step::Changed(c)) = m.apply(&snapshot(9, &["z"], false)) else {
-            panic!("snapshot")
-        };
+        assert_eq!(
+            m.apply(&snapshot(9, &["z"], false)),
+            Ok(Step::Changed),
+            "snapshot"
+        );
+        let c = m.good.clone().unwrap();
         assert_eq!((c.revision, keys(&c)), (9, vec!["z"]));
     }
 
@@ -612,16 +638,31 @@ mod tests {
         assert_ne!(KeyPair::generate().public_key(), k.public_key());
         assert!(!format!("{k:?}").contains(k.private_key().expose()));
         // RFC 7748 test vector (Alice).
-        let alice = KeyPair::from_private_key("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").unwrap();
-        assert_eq!(alice.public_key(), "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=");
+        let alice =
+            KeyPair::from_private_key("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").unwrap();
+        assert_eq!(
+            alice.public_key(),
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+        );
     }
 
     #[test]
     fn only_hopeless_codes_end_the_stream() {
-        for c in [Code::Unavailable, Code::ResourceExhausted, Code::Unknown, Code::Internal, Code::Cancelled, Code::DeadlineExceeded] {
+        for c in [
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::Unknown,
+            Code::Internal,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+        ] {
             assert!(!permanent(c), "{c:?}");
         }
-        for c in [Code::Unauthenticated, Code::PermissionDenied, Code::NotFound] {
+        for c in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::NotFound,
+        ] {
             assert!(permanent(c), "{c:?}");
         }
     }

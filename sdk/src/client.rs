@@ -203,13 +203,10 @@ impl ClientBuilder {
             .run(true, |_| {
                 let ep = ep.clone();
                 async move {
-                    ep.connect()
-                        .await
-                        .map(tonic::Response::new)
-                        .map_err(|e| {
-                            let e = Error::from(e);
-                            Status::unavailable(e.message().to_owned())
-                        })
+                    ep.connect().await.map(tonic::Response::new).map_err(|e| {
+                        let e = Error::from(e);
+                        Status::unavailable(e.message().to_owned())
+                    })
                 }
             })
             .await?;
@@ -264,7 +261,9 @@ impl Auth {
             .map(|t| {
                 let mut v: MetadataValue<Ascii> = format!("Bearer {}", t.expose().trim())
                     .parse()
-                    .map_err(|_| Error::config("the token has characters not allowed in metadata"))?;
+                    .map_err(|_| {
+                    Error::config("the token has characters not allowed in metadata")
+                })?;
                 v.set_sensitive(true);
                 Ok(v)
             })
@@ -368,8 +367,10 @@ impl CallOptions {
         F: Fn(C, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.run(true, |_| rpc(client.clone(), tonic::Request::new(msg.clone())))
-            .await
+        self.run(true, |_| {
+            rpc(client.clone(), tonic::Request::new(msg.clone()))
+        })
+        .await
     }
 }
 

@@ -140,12 +140,19 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..500 {
             let d = b.delay(1);
-            assert!(d >= Duration::from_millis(680) && d <= Duration::from_millis(2040), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(680) && d <= Duration::from_millis(2040),
+                "{d:?}"
+            );
             seen.insert(d.as_millis());
             assert!(b.delay(20) <= b.max);
             assert!(b.delay(20) >= b.max / 2);
         }
-        assert!(seen.len() > 50, "delays are spread: {} distinct", seen.len());
+        assert!(
+            seen.len() > 50,
+            "delays are spread: {} distinct",
+            seen.len()
+        );
         let exact = Backoff { jitter: 0.0, ..b };
         assert_eq!(exact.delay(1), Duration::from_millis(1360));
     }

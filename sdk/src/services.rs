@@ -13,7 +13,8 @@ use crate::{
     proto::{
         self as pb, dns_service_client::DnsServiceClient,
         enrollment_key_service_client::EnrollmentKeyServiceClient,
-        event_service_client::EventServiceClient, ext_client_service_client::ExtClientServiceClient,
+        event_service_client::EventServiceClient,
+        ext_client_service_client::ExtClientServiceClient,
         gateway_service_client::GatewayServiceClient, network_service_client::NetworkServiceClient,
         node_service_client::NodeServiceClient,
     },
@@ -258,9 +259,12 @@ impl Nodes {
     pub async fn get(&self, id: &str) -> Result<pb::Node> {
         let msg = pb::GetNodeRequest { id: id.into() };
         self.opts
-            .unary(&self.c, true, msg, |mut c, r| async move {
-                c.get_node(r).await
-            })
+            .unary(
+                &self.c,
+                true,
+                msg,
+                |mut c, r| async move { c.get_node(r).await },
+            )
             .await
     }
 
@@ -608,9 +612,11 @@ impl Events {
     pub async fn watch(&self, req: pb::WatchEventsRequest) -> Result<EventStream> {
         let s = self
             .opts
-            .open_stream(&self.c, req, |mut c, r| async move {
-                c.watch_events(r).await
-            })
+            .open_stream(
+                &self.c,
+                req,
+                |mut c, r| async move { c.watch_events(r).await },
+            )
             .await?;
         Ok(Box::pin(s.map(|r| r.map_err(Error::from))))
     }

@@ -15,7 +15,10 @@ fn script() -> String {
     let start = doc
         .find("## Remote access walkthrough")
         .expect("walkthrough section");
-    let end = doc[start..].find("## Reference").expect("reference section") + start;
+    let end = doc[start..]
+        .find("## Reference")
+        .expect("reference section")
+        + start;
     let mut script = String::from("set -euo pipefail\n");
     let mut inside = false;
     for line in doc[start..end].lines() {
@@ -79,9 +82,9 @@ fn docs_cli_walkthrough_and_quickstart_work_as_written() {
         "{stderr}"
     );
     // The second quickstart created nothing.
-    let second = stderr
-        .rfind("network vpn: ")
-        .map(|i| &stderr[i..])
-        .unwrap();
-    assert!(second.contains("reusing") && !second.contains("created"), "{second}");
+    let second = stderr.rfind("network vpn: ").map(|i| &stderr[i..]).unwrap();
+    assert!(
+        second.contains("reusing") && !second.contains("created"),
+        "{second}"
+    );
 }

@@ -203,7 +203,10 @@ fn every_subcommand_against_a_real_server() {
         server["id"].as_str().unwrap().to_owned(),
         office["id"].as_str().unwrap().to_owned(),
     );
-    assert_eq!(names(&e.json(&["node", "list", "--network", "corp"])), ["office", "server"]);
+    assert_eq!(
+        names(&e.json(&["node", "list", "--network", "corp"])),
+        ["office", "server"]
+    );
     // By name or by id.
     assert_eq!(e.json(&["node", "get", "office"])["id"], office_id.as_str());
     assert_eq!(e.json(&["node", "get", &office_id])["name"], "office");
@@ -249,9 +252,15 @@ fn every_subcommand_against_a_real_server() {
     ]);
     let phone_id = phone["id"].as_str().unwrap().to_owned();
     assert_eq!(phone["ingressNodeId"], server_id.as_str());
-    assert_eq!(e.json(&["extclient", "get", "phone"])["id"], phone_id.as_str());
+    assert_eq!(
+        e.json(&["extclient", "get", "phone"])["id"],
+        phone_id.as_str()
+    );
     let conf = e.text(&["extclient", "config", &phone_id]);
-    assert!(conf.contains("[Interface]") && conf.contains("PrivateKey = "), "{conf}");
+    assert!(
+        conf.contains("[Interface]") && conf.contains("PrivateKey = "),
+        "{conf}"
+    );
     assert!(
         conf.contains("AllowedIPs = 10.10.10.0/24, 10.101.0.0/16, fd00:101::/64"),
         "{conf}"
@@ -260,16 +269,39 @@ fn every_subcommand_against_a_real_server() {
     let j = e.json(&["extclient", "config", "phone"]);
     assert_eq!(j["config"].as_str().unwrap(), conf);
     e.text(&["extclient", "config", "phone", "--out", "phone.conf"]);
-    assert_eq!(std::fs::read_to_string(e.path().join("phone.conf")).unwrap(), conf);
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("phone.conf")).unwrap(),
+        conf
+    );
     assert_eq!(mode(&e.path().join("phone.conf")), 0o600);
     let qr = e.text(&["extclient", "config", "phone", "--qr"]);
     let rows: Vec<&str> = qr.lines().collect();
     assert!(rows.len() > 20, "{qr}");
-    assert!(rows.iter().all(|r| r.chars().count() == rows[0].chars().count()));
+    assert!(
+        rows.iter()
+            .all(|r| r.chars().count() == rows[0].chars().count())
+    );
     assert!(qr.contains('▀') && qr.contains('█') && !qr.contains("PrivateKey"));
-    let c = e.json(&["extclient", "update", "phone", "--disable", "--dns", "10.101.0.1"]);
-    assert_eq!((c["enabled"].as_bool(), c["dns"][0].as_str()), (Some(false), Some("10.101.0.1")));
-    let listed = e.json(&["extclient", "list", "--network", "corp", "--ingress", "server"]);
+    let c = e.json(&[
+        "extclient",
+        "update",
+        "phone",
+        "--disable",
+        "--dns",
+        "10.101.0.1",
+    ]);
+    assert_eq!(
+        (c["enabled"].as_bool(), c["dns"][0].as_str()),
+        (Some(false), Some("10.101.0.1"))
+    );
+    let listed = e.json(&[
+        "extclient",
+        "list",
+        "--network",
+        "corp",
+        "--ingress",
+        "server",
+    ]);
     assert_eq!(names(&listed), ["phone"]);
     e.json(&["extclient", "update", "phone", "--enable"]);
 
@@ -286,8 +318,19 @@ fn every_subcommand_against_a_real_server() {
         .map(|h| h["at"].as_str().unwrap())
         .collect();
     assert_eq!(hops, ["phone", "server", "office"]);
-    let text = e.text(&["route", "get", "10.10.10.2", "--from", "phone", "--network", "corp"]);
-    assert!(text.contains("routable") && text.contains("out of eth2"), "{text}");
+    let text = e.text(&[
+        "route",
+        "get",
+        "10.10.10.2",
+        "--from",
+        "phone",
+        "--network",
+        "corp",
+    ]);
+    assert!(
+        text.contains("routable") && text.contains("out of eth2"),
+        "{text}"
+    );
 
     // node config: exactly what the office agent gets.
     let cfg = e.json(&["node", "config", "office"]);
@@ -300,10 +343,17 @@ fn every_subcommand_against_a_real_server() {
         "{cfg}"
     );
     let text = e.text(&["node", "config", "office"]);
-    assert!(text.contains("peers:") && text.contains("MESHPLANE-FWD"), "{text}");
+    assert!(
+        text.contains("peers:") && text.contains("MESHPLANE-FWD"),
+        "{text}"
+    );
 
     // Tables fit a narrow terminal.
-    for list in [&["node", "list"][..], &["extclient", "list"], &["network", "list"]] {
+    for list in [
+        &["node", "list"][..],
+        &["extclient", "list"],
+        &["network", "list"],
+    ] {
         let narrow = e.cmd(list).env("COLUMNS", "80").output().unwrap();
         let narrow = String::from_utf8(narrow.stdout).unwrap();
         assert!(narrow.lines().count() >= 2, "{narrow}");
@@ -313,8 +363,17 @@ fn every_subcommand_against_a_real_server() {
         let wide = e.text(list);
         assert!(wide.lines().any(|l| l.chars().count() > 80) || wide == narrow);
     }
-    let narrow = e.cmd(&["node", "list"]).env("COLUMNS", "80").output().unwrap();
-    assert!(String::from_utf8(narrow.stdout).unwrap().contains(&office_id), "ids are never cut");
+    let narrow = e
+        .cmd(&["node", "list"])
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(narrow.stdout)
+            .unwrap()
+            .contains(&office_id),
+        "ids are never cut"
+    );
 
     // dns: whatever the server answers, surfaced properly.
     let out = e
@@ -330,7 +389,15 @@ fn every_subcommand_against_a_real_server() {
         assert!(err.contains("Error: UNIMPLEMENTED: "), "{err}");
     }
     for args in [
-        &["dns", "create", "db", "--network", "corp", "--address", "10.101.0.9"][..],
+        &[
+            "dns",
+            "create",
+            "db",
+            "--network",
+            "corp",
+            "--address",
+            "10.101.0.9",
+        ][..],
         &["dns", "hosts", "--network", "corp"],
         &["dns", "delete", "db", "--network", "corp"],
     ] {
@@ -344,7 +411,9 @@ fn every_subcommand_against_a_real_server() {
 
     // events watch: replays from a revision, one JSON object per line.
     let out = e
-        .cmd(&["events", "watch", "--after", "1", "--limit", "4", "-o", "json"])
+        .cmd(&[
+            "events", "watch", "--after", "1", "--limit", "4", "-o", "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -354,7 +423,11 @@ fn every_subcommand_against_a_real_server() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(events.len(), 4);
-    assert!(events.windows(2).all(|w| w[0]["revision"].as_u64() < w[1]["revision"].as_u64()));
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["revision"].as_u64() < w[1]["revision"].as_u64())
+    );
     assert!(events[0]["revision"].as_u64().unwrap() > 1);
     let kinds: Vec<&str> = events.iter().map(|v| v["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"network"), "{kinds:?}");
@@ -364,7 +437,14 @@ fn every_subcommand_against_a_real_server() {
     assert_eq!(e.json(&["extclient", "list"]), serde_json::json!([]));
     e.json(&["egress", "delete", "office"]);
     assert!(e.json(&["node", "get", "office"])["egress"].is_null());
-    e.json(&["extclient", "create", "--network", "corp", "--ingress", "server"]);
+    e.json(&[
+        "extclient",
+        "create",
+        "--network",
+        "corp",
+        "--ingress",
+        "server",
+    ]);
     let err = e.fails(&["ingress", "delete", "server"], 1);
     assert!(err.contains("FAILED_PRECONDITION"), "{err}");
     e.json(&["ingress", "delete", "server", "--force"]);
@@ -377,7 +457,10 @@ fn every_subcommand_against_a_real_server() {
 
     // completion
     let bash = e.text(&["completion", "bash"]);
-    assert!(bash.contains("_meshctl") && bash.contains("quickstart"), "completion");
+    assert!(
+        bash.contains("_meshctl") && bash.contains("quickstart"),
+        "completion"
+    );
 }
 
 #[test]
@@ -393,7 +476,10 @@ fn refusals_show_code_and_field_violations_with_exit_codes() {
     );
     e.json(&["network", "create", "lab", "--range", "10.0.0.0/24"]);
     let err = e.fails(&["network", "create", "lab", "--range", "10.9.0.0/24"], 1);
-    assert!(err.contains("ALREADY_EXISTS") && err.contains("field network.name"), "{err}");
+    assert!(
+        err.contains("ALREADY_EXISTS") && err.contains("field network.name"),
+        "{err}"
+    );
     let err = e.fails(&["node", "get", "nobody"], 1);
     assert!(err.contains("NOT_FOUND"), "{err}");
 
@@ -413,7 +499,10 @@ fn refusals_show_code_and_field_violations_with_exit_codes() {
         .unwrap();
     assert_eq!(err.status.code(), Some(1));
     let err = String::from_utf8_lossy(&err.stderr);
-    assert!(err.contains("UNAUTHENTICATED") && err.contains("--token"), "{err}");
+    assert!(
+        err.contains("UNAUTHENTICATED") && err.contains("--token"),
+        "{err}"
+    );
     e.fails(&["--token", "mpa_wrong", "network", "list"], 1);
     let token = e.server.admin_token();
     let ok = e
@@ -425,22 +514,37 @@ fn refusals_show_code_and_field_violations_with_exit_codes() {
     assert!(ok.status.success());
     let file = e.path().join("meshplane-data/admin.token");
     let ok = e
-        .cmd(&["--token-file", file.to_str().unwrap(), "network", "get", "lab"])
+        .cmd(&[
+            "--token-file",
+            file.to_str().unwrap(),
+            "network",
+            "get",
+            "lab",
+        ])
         .current_dir(elsewhere.path())
         .output()
         .unwrap();
     assert!(ok.status.success());
-    e.fails(&["--token-file", "/nonexistent/token", "network", "list"], 1);
+    e.fails(
+        &["--token-file", "/nonexistent/token", "network", "list"],
+        1,
+    );
 
     // The server is away: UNAVAILABLE, exit 1.
     let err = e
         .cmd(&["--timeout", "2", "network", "list"])
-        .env("MESHCTL_SERVER", format!("http://127.0.0.1:{}", free_port()))
+        .env(
+            "MESHCTL_SERVER",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
         .output()
         .unwrap();
     assert_eq!(err.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&err.stderr);
-    assert!(msg.contains("UNAVAILABLE") || msg.contains("DEADLINE_EXCEEDED"), "{msg}");
+    assert!(
+        msg.contains("UNAVAILABLE") || msg.contains("DEADLINE_EXCEEDED"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -465,17 +569,31 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
         "gw",
     ];
     let first = e.cmd(&args).output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let out = String::from_utf8(first.stdout).unwrap();
     assert!(out.contains("sudo wg-quick up "), "{out}");
     let progress = String::from_utf8(first.stderr).unwrap();
-    assert!(progress.contains("[5/5] external client client-5: created"), "{progress}");
+    assert!(
+        progress.contains("[5/5] external client client-5: created"),
+        "{progress}"
+    );
 
     let second = e.cmd(&args).args(["-o", "json"]).output().unwrap();
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let summary: Value = serde_json::from_slice(&second.stdout).unwrap();
     let progress = String::from_utf8(second.stderr).unwrap();
-    assert!(!progress.contains("created"), "nothing new the second time: {progress}");
+    assert!(
+        !progress.contains("created"),
+        "nothing new the second time: {progress}"
+    );
     assert!(progress.contains("reusing"), "{progress}");
 
     // Exactly one network, one node, one enrollment key, five clients.
@@ -519,7 +637,13 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     files.sort();
     assert_eq!(
         files,
-        ["client-1.conf", "client-2.conf", "client-3.conf", "client-4.conf", "client-5.conf"]
+        [
+            "client-1.conf",
+            "client-2.conf",
+            "client-3.conf",
+            "client-4.conf",
+            "client-5.conf"
+        ]
     );
     for f in &files {
         let p = dir.join(f);
@@ -542,7 +666,10 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     let kp = meshplane_sdk::agent::KeyPair::from_private_key(private).unwrap();
     assert_eq!(kp.public_key(), gw["publicKey"].as_str().unwrap());
     let gw_conf_path = summary["gatewayConfigFile"].as_str().unwrap();
-    assert!(gw_conf_path.ends_with("state/mp-vpn.conf"), "{gw_conf_path}");
+    assert!(
+        gw_conf_path.ends_with("state/mp-vpn.conf"),
+        "{gw_conf_path}"
+    );
     assert_eq!(mode(Path::new(gw_conf_path)), 0o600);
     let gw_conf = std::fs::read_to_string(gw_conf_path).unwrap();
     assert!(gw_conf.contains(&format!("PrivateKey = {private}\n")));
@@ -550,14 +677,20 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     assert!(gw_conf.contains("ListenPort = 51821"));
     assert!(gw_conf.contains("PostUp = sysctl -q -w net.ipv4.ip_forward=1"));
     let v4 = std::fs::read_to_string(e.path().join("state/mp-vpn.iptables")).unwrap();
-    assert!(v4.contains("-o eth0 -j MASQUERADE") || v4.contains("-o eth0") && v4.contains("MASQUERADE"), "{v4}");
+    assert!(
+        v4.contains("-o eth0 -j MASQUERADE") || v4.contains("-o eth0") && v4.contains("MASQUERADE"),
+        "{v4}"
+    );
 
     // Fewer clients asked for later: nothing is deleted.
     let mut fewer = args.to_vec();
     fewer[7] = "3";
     e.cmd(&fewer).assert().success();
     assert_eq!(
-        e.json(&["extclient", "list", "--network", "vpn"]).as_array().unwrap().len(),
+        e.json(&["extclient", "list", "--network", "vpn"])
+            .as_array()
+            .unwrap()
+            .len(),
         5
     );
 }

@@ -122,7 +122,10 @@ async fn watch_config_survives_a_killed_server_and_resumes_by_revision() {
     // The server dies: the stream yields nothing and keeps the config.
     server.kill();
     let quiet = tokio::time::timeout(Duration::from_secs(2), st.next()).await;
-    assert!(quiet.is_err(), "nothing while the server is away: {quiet:?}");
+    assert!(
+        quiet.is_err(),
+        "nothing while the server is away: {quiet:?}"
+    );
     assert_eq!(st.last_config().as_ref(), Some(&second));
     assert!(!st.stats().connected);
 

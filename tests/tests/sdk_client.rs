@@ -247,7 +247,10 @@ async fn every_handle_reaches_its_service() {
         .expect("an event within 10 s")
         .expect("stream open")
         .expect("event");
-    assert_eq!((e.kind.as_str(), e.id.as_str()), ("ext_client", phone.id.as_str()));
+    assert_eq!(
+        (e.kind.as_str(), e.id.as_str()),
+        ("ext_client", phone.id.as_str())
+    );
     assert_eq!(e.action, pb::EventAction::Deleted as i32);
 
     c.gateways().delete_ingress(&server, false).await.unwrap();
@@ -363,8 +366,16 @@ async fn a_per_call_deadline_bounds_retries() {
         matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
         "{e}"
     );
-    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
-    assert!(t.elapsed() >= Duration::from_millis(50), "it retried: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(50),
+        "it retried: {:?}",
+        t.elapsed()
+    );
 
     // connect() retries too, and gives up with UNAVAILABLE.
     let e = Client::builder(format!("http://127.0.0.1:{port}"))

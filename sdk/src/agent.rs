@@ -43,7 +43,7 @@ use meshplane_proto::delta::{ApplyError, apply_update};
 use tonic::{Code, Streaming, service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
-    Backoff,
+    Backoff, RetryPolicy,
     client::{Auth, AuthChannel, CallOptions, Secret},
     error::{Error, Result},
     proto::{self as pb, agent_service_client::AgentServiceClient, config_update::Update},
@@ -419,17 +419,18 @@ impl Watcher {
     async fn open(&mut self) -> Result<Streaming<pb::ConfigUpdate>> {
         let last_revision = self.state.reconnect();
         let stub = self.agent.stub()?;
-        let open = self.agent.opts.open_stream(
+        // One attempt, bounded by the call deadline (30 s when there is
+        // none): the agent's own backoff schedules the next.
+        let opts = CallOptions {
+            timeout: Some(self.agent.opts.timeout.unwrap_or(Duration::from_secs(30))),
+            retry: RetryPolicy::none(),
+        };
+        opts.open_stream(
             &stub,
             pb::WatchConfigRequest { last_revision },
             |mut c, r| async move { c.watch_config(r).await },
-        );
-        // Open with the agent's own schedule, not the call retries.
-        let deadline = self.agent.opts.timeout.unwrap_or(Duration::from_secs(30));
-        match tokio::time::timeout(deadline, open).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::deadline(deadline)),
-        }
+        )
+        .await
     }
 
     async fn next(&mut self) -> Option<Result<pb::NodeConfig>> {

@@ -209,7 +209,14 @@ impl ClientBuilder {
                     })
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| match e.kind() {
+                // Every attempt failed to connect.
+                crate::ErrorKind::Status => {
+                    Error::client(crate::ErrorKind::Transport, Code::Unavailable, e.message())
+                }
+                _ => e,
+            })?;
         self.build(channel)
     }
 

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// The server (or the transport on its behalf) answered with a gRPC
     /// status.
     Status,
+    /// The server could not be reached (the connection failed); the code
+    /// is UNAVAILABLE.
+    Transport,
     /// The client could not be set up (bad endpoint, TLS not compiled in,
     /// a token that is not valid metadata).
     Config,
@@ -189,7 +192,7 @@ impl From<tonic::transport::Error> for Error {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        Self::client(ErrorKind::Status, Code::Unavailable, message)
+        Self::client(ErrorKind::Transport, Code::Unavailable, message)
     }
 }
 

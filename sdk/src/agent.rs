@@ -1,5 +1,5 @@
 //! What an agent needs: a WireGuard key pair, registration with an enrollment
-//! key, and its config as a stream of whole [`NodeConfig`]s that survives
+//! key, and its config as a stream of whole [`NodeConfig`](crate::proto::NodeConfig)s that survives
 //! server restarts.
 //!
 //! ```no_run

@@ -40,9 +40,13 @@ impl std::error::Error for ApplyError {}
 /// moved between peers ends up right), then the replaced sections. Peers stay
 /// ordered by public key and DNS records by name.
 pub fn apply_delta(config: &mut NodeConfig, delta: &ConfigDelta, revision: u64) {
-    config
-        .peers
-        .retain(|p| !delta.remove_peers.contains(&p.public_key));
+    if !delta.remove_peers.is_empty() {
+        let gone: std::collections::HashSet<&str> =
+            delta.remove_peers.iter().map(String::as_str).collect();
+        config
+            .peers
+            .retain(|p| !gone.contains(p.public_key.as_str()));
+    }
     for p in &delta.upsert_peers {
         match config
             .peers
@@ -62,8 +66,14 @@ pub fn apply_delta(config: &mut NodeConfig, delta: &ConfigDelta, revision: u64) 
         config.firewall = Some(f.clone());
     }
     let dns = config.dns.get_or_insert_with(Default::default);
-    dns.records
-        .retain(|r| !delta.remove_dns_records.contains(&r.name));
+    if !delta.remove_dns_records.is_empty() {
+        let gone: std::collections::HashSet<&str> = delta
+            .remove_dns_records
+            .iter()
+            .map(String::as_str)
+            .collect();
+        dns.records.retain(|r| !gone.contains(r.name.as_str()));
+    }
     for r in &delta.upsert_dns_records {
         match dns
             .records

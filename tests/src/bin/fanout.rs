@@ -348,20 +348,16 @@ async fn main() {
                 }
             };
             let mut permit = Some(permit);
-            let mut held: Option<pb::NodeConfig> = None;
             loop {
                 match stream.message().await {
                     Ok(Some(u)) => {
                         let now = Instant::now();
                         let bytes = u.encoded_len();
-                        if keep_config && let Err(e) = apply_update(&mut held, &u) {
-                            log.lock().unwrap().error = Some(e.to_string());
-                        }
                         {
                             let mut l = log.lock().unwrap();
                             l.updates.push((now, u.revision, bytes));
-                            if keep_config {
-                                l.config = held.clone();
+                            if keep_config && let Err(e) = apply_update(&mut l.config, &u) {
+                                l.error = Some(e.to_string());
                             }
                         }
                         if u.partial {

@@ -541,24 +541,47 @@ async fn main() {
                 last = last.max(node.config_revision);
             }
             let write_secs = t.elapsed().as_secs_f64();
-            // Every agent's final revision is its node's current one.
+            // Every agent's final revision is its node's current one; the
+            // agents that keep a config also get a fresh snapshot to compare.
             let mut finals = Vec::with_capacity(agents.len());
-            for a in &agents {
-                let cfg = nodes_api
-                    .get_node_config(authed(
-                        &token,
-                        pb::GetNodeConfigRequest {
-                            id: a.node_id.clone(),
-                        },
-                    ))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                finals.push(cfg);
+            for (i, a) in agents.iter().enumerate() {
+                let cfg = if i < keep {
+                    Some(
+                        nodes_api
+                            .get_node_config(authed(
+                                &token,
+                                pb::GetNodeConfigRequest {
+                                    id: a.node_id.clone(),
+                                },
+                            ))
+                            .await
+                            .unwrap()
+                            .into_inner(),
+                    )
+                } else {
+                    None
+                };
+                let rev = match &cfg {
+                    Some(c) => c.revision,
+                    None => {
+                        nodes_api
+                            .get_node(authed(
+                                &token,
+                                pb::GetNodeRequest {
+                                    id: a.node_id.clone(),
+                                },
+                            ))
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .config_revision
+                    }
+                };
+                finals.push((rev, cfg));
             }
             let deadline = Instant::now() + Duration::from_secs(300);
-            for (a, f) in agents.iter().zip(&finals) {
-                while a.revision.load(Ordering::Acquire) < f.revision {
+            for (a, (rev, _)) in agents.iter().zip(&finals) {
+                while a.revision.load(Ordering::Acquire) < *rev {
                     assert!(Instant::now() < deadline, "agent {} stuck", a.node_id);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -568,12 +591,12 @@ async fn main() {
             let mut checked = 0;
             let mut messages = 0;
             let mut bytes = 0usize;
-            for (a, f) in agents.iter().zip(&finals) {
+            for (a, (rev, fresh)) in agents.iter().zip(&finals) {
                 let l = a.log.lock().unwrap();
                 assert!(l.error.is_none(), "agent {}: {:?}", a.node_id, l.error);
                 assert_eq!(
                     l.updates.last().unwrap().1,
-                    f.revision,
+                    *rev,
                     "agent {} final revision",
                     a.node_id
                 );
@@ -585,7 +608,7 @@ async fn main() {
                     .unwrap_or(l.updates.len());
                 messages += l.updates.len() - snapshot_end;
                 bytes += l.updates[snapshot_end..].iter().map(|u| u.2).sum::<usize>();
-                if let Some(c) = &l.config {
+                if let (Some(c), Some(f)) = (&l.config, fresh) {
                     checked += 1;
                     if c == f {
                         equal += 1;

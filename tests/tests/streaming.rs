@@ -460,3 +460,46 @@ async fn event_stream_follows_and_resumes() {
         .unwrap();
     assert_eq!((e.kind.as_str(), e.id.as_str()), ("network", "lab"));
 }
+
+#[tokio::test]
+async fn config_revision_is_the_revision_the_agent_ends_on() {
+    // Regression: a node's own endpoint is not in its own config, so an
+    // endpoint change moves every other node's revision but not its own.
+    let n = Net::new().await;
+    let a = n.register("a").await;
+    let b = n.register("b").await;
+    let a_id = a.node.as_ref().unwrap().id.clone();
+    let b_id = b.node.as_ref().unwrap().id.clone();
+    let mut st_a = watch(&n.s, &a.node_token, 0).await;
+    let mut st_b = watch(&n.s, &b.node_token, 0).await;
+    let (mut held_a, mut held_b) = (None, None);
+    apply_update(&mut held_a, &next(&mut st_a).await).unwrap();
+    apply_update(&mut held_b, &next(&mut st_b).await).unwrap();
+    let before_a = held_a.as_ref().unwrap().revision;
+    let updated =
+        n.s.nodes()
+            .await
+            .update_node(pb::UpdateNodeRequest {
+                node: Some(pb::Node {
+                    id: a_id.clone(),
+                    endpoint: "198.51.100.77:51821".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["endpoint".into()],
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        updated.config_revision, before_a,
+        "a's own config did not change"
+    );
+    let b_rev = get(&n.s, b_id.clone()).await.config_revision;
+    until(&mut st_b, &mut held_b, b_rev).await;
+    assert!(b_rev > before_a);
+    assert_eq!(held_b.as_ref(), Some(&n.s.node_config(&b_id).await));
+    quiet(&mut st_a).await;
+    assert_eq!(get(&n.s, a_id).await.config_revision, before_a);
+}

@@ -86,7 +86,7 @@ impl AgentService for Agents {
             })
             .await
             .status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %node.id, address = ?node.address, address6 = ?node.address6, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             node: Some(super::node::to_pb(&node, &self.0.hub)),

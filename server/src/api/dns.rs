@@ -60,7 +60,7 @@ impl DnsService for Dns {
         .validate(crate::domain::now())
         .status()?;
         let entry = self.0.store.create_dns_entry(&entry).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(name = %entry.name, network = %entry.network, "DNS entry created");
         Ok(Response::new(to_pb(&entry)))
     }
@@ -126,7 +126,7 @@ impl DnsService for Dns {
             .delete_dns_entry(network.as_str(), &name)
             .await
             .status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(%name, %network, "DNS entry deleted");
         Ok(Response::new(()))
     }

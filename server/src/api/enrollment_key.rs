@@ -67,7 +67,7 @@ impl EnrollmentKeyService for EnrollmentKeys {
             .create_enrollment_key(&key, &token.hash)
             .await
             .status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(key = %key.id, networks = ?key.networks, "enrollment key created");
         let mut out = to_pb(&key);
         out.token = token.secret;
@@ -104,7 +104,7 @@ impl EnrollmentKeyService for EnrollmentKeys {
             return Err(required("id"));
         }
         self.0.store.delete_enrollment_key(&id).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(key = %id, "enrollment key revoked");
         Ok(Response::new(()))
     }

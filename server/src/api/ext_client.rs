@@ -85,7 +85,7 @@ impl ExtClientService for ExtClients {
             update_time: now,
         };
         let client = self.0.store.create_ext_client(&client).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(client = %client.id, name = %client.name, "external client created");
         Ok(Response::new(to_pb(&client)))
     }
@@ -158,7 +158,7 @@ impl ExtClientService for ExtClients {
             return Err(required("id"));
         }
         self.0.store.delete_ext_client(&id).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(client = %id, "external client deleted");
         Ok(Response::new(()))
     }

@@ -43,7 +43,7 @@ impl GatewayService for Gateways {
         .validate(&net)
         .status()?;
         let node = store.set_egress(&r.node_id, Some(&egress)).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %node.id, ranges = ?egress.ranges, interface = %egress.interface, nat = egress.nat, "egress gateway set");
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -58,7 +58,7 @@ impl GatewayService for Gateways {
             return Err(required("node_id"));
         }
         self.0.store.set_egress(&id, None).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %id, "egress gateway removed");
         Ok(Response::new(()))
     }
@@ -86,7 +86,7 @@ impl GatewayService for Gateways {
             .set_ingress(&r.node_id, Some(&ingress), false)
             .await
             .status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %node.id, "ingress gateway set");
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -105,7 +105,7 @@ impl GatewayService for Gateways {
             .set_ingress(&r.node_id, None, r.force)
             .await
             .status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %r.node_id, force = r.force, "ingress gateway removed");
         Ok(Response::new(()))
     }

@@ -42,9 +42,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Tells the hub a write committed, so streams get it now rather than at
-    /// the next poll.
-    pub fn changed(&self) {
-        self.hub.nudge();
+    /// After a write committed: brings the hub up to date, so the response
+    /// and every read after it see the write (config revisions included) and
+    /// the affected agents' streams are woken. If that fails, the follower
+    /// catches up on its next round; the write itself stands.
+    pub async fn changed(&self) {
+        if let Err(e) = self.hub.catch_up().await {
+            tracing::warn!(error = %e, "catching up after a write failed; the follower retries");
+            self.hub.nudge();
+        }
     }
 }

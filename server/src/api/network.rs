@@ -60,7 +60,7 @@ impl NetworkService for Networks {
         tracing::Span::current().record("network", n.name.as_str());
         let net = input(n).validate(crate::domain::now()).status()?;
         let net = self.0.store.create_network(&net).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(network = %net.name, "network created");
         Ok(Response::new(to_pb(&net)))
     }
@@ -106,7 +106,7 @@ impl NetworkService for Networks {
         let name = n.name.clone();
         let patch = NetworkPatch::from_request(&input(n), &mask).status()?;
         let net = self.0.store.update_network(&name, &patch).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(network = %net.name, "network updated");
         Ok(Response::new(to_pb(&net)))
     }

@@ -22,12 +22,9 @@ pub struct Nodes(pub AppState);
 /// A domain node as its proto message, with what the hub knows of it: its
 /// current config revision and whether its agent holds a stream open.
 pub fn to_pb(n: &Node, hub: &Hub) -> pb::Node {
-    // A write's response may be built before the hub applied it; the store's
-    // revision of a node just written is then the newer one.
-    let config_revision = hub
-        .node_revision(&n.id)
-        .unwrap_or_default()
-        .max(n.config_revision);
+    // Writes bring the hub up to date before they answer, and reads catch
+    // up first: the hub's revision is the node's.
+    let config_revision = hub.node_revision(&n.id).unwrap_or(n.config_revision);
     pb::Node {
         id: n.id.clone(),
         network: n.network.to_string(),
@@ -114,7 +111,7 @@ impl NodeService for Nodes {
         };
         let patch = NodePatch::from_request(&input, &mask).status()?;
         let node = self.0.store.update_node(&n.id, &patch).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %node.id, "node updated");
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -130,7 +127,7 @@ impl NodeService for Nodes {
         }
         tracing::Span::current().record("node", id.as_str());
         let node = self.0.store.delete_node(&id).await.status()?;
-        self.0.changed();
+        self.0.changed().await;
         tracing::info!(node = %node.id, network = %node.network, "node deleted");
         Ok(Response::new(()))
     }

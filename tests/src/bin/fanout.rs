@@ -167,6 +167,8 @@ struct AgentLog {
     updates: Vec<(Instant, u64, usize)>,
     config: Option<pb::NodeConfig>,
     error: Option<String>,
+    /// Why the stream broke, each time it did.
+    reconnects: Vec<String>,
 }
 
 struct Agent {
@@ -330,51 +332,72 @@ async fn main() {
         let connected = connected.clone();
         let keep_config = i < keep;
         handles.push(tokio::spawn(async move {
-            let ch = channel(&addr).await;
-            let mut client = pb::agent_service_client::AgentServiceClient::new(ch)
-                .max_decoding_message_size(usize::MAX);
-            let mut stream = match client
-                .watch_config(authed(
-                    &node_token,
-                    pb::WatchConfigRequest { last_revision: 0 },
-                ))
-                .await
-            {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    log.lock().unwrap().error = Some(e.to_string());
-                    drop(permit);
-                    return;
-                }
-            };
             let mut permit = Some(permit);
+            // The last complete revision held: a real agent resumes from it
+            // after its stream breaks (e.g. when this overloaded benchmark
+            // process misses HTTP/2 keepalives).
+            let mut last = 0;
             loop {
-                match stream.message().await {
-                    Ok(Some(u)) => {
-                        let now = Instant::now();
-                        let bytes = u.encoded_len();
-                        {
-                            let mut l = log.lock().unwrap();
-                            l.updates.push((now, u.revision, bytes));
-                            if keep_config && let Err(e) = apply_update(&mut l.config, &u) {
-                                l.error = Some(e.to_string());
+                if keep_config {
+                    // A revision received only in part is not held: start over.
+                    let mut l = log.lock().unwrap();
+                    if l.config.as_ref().is_some_and(|c| c.revision != last) {
+                        l.config = None;
+                        last = 0;
+                    }
+                }
+                let ch = channel(&addr).await;
+                let mut client = pb::agent_service_client::AgentServiceClient::new(ch)
+                    .max_decoding_message_size(usize::MAX);
+                let opened = client
+                    .watch_config(authed(
+                        &node_token,
+                        pb::WatchConfigRequest {
+                            last_revision: last,
+                        },
+                    ))
+                    .await;
+                let mut stream = match opened {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        log.lock().unwrap().reconnects.push(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(
+                            200 + rand::random::<u64>() % 800,
+                        ))
+                        .await;
+                        continue;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(u)) => {
+                            let now = Instant::now();
+                            let bytes = u.encoded_len();
+                            {
+                                let mut l = log.lock().unwrap();
+                                l.updates.push((now, u.revision, bytes));
+                                if keep_config && let Err(e) = apply_update(&mut l.config, &u) {
+                                    l.error = Some(e.to_string());
+                                }
+                            }
+                            if u.partial {
+                                continue;
+                            }
+                            last = u.revision;
+                            revision.store(u.revision, Ordering::Release);
+                            if let Some(p) = permit.take() {
+                                connected.fetch_add(1, Ordering::Relaxed);
+                                drop(p);
                             }
                         }
-                        if u.partial {
-                            continue;
+                        Ok(None) => return,
+                        Err(e) => {
+                            log.lock().unwrap().reconnects.push(e.to_string());
+                            break;
                         }
-                        revision.store(u.revision, Ordering::Release);
-                        if let Some(p) = permit.take() {
-                            connected.fetch_add(1, Ordering::Relaxed);
-                            drop(p);
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        log.lock().unwrap().error = Some(e.to_string());
-                        return;
                     }
                 }
+                tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 800)).await;
             }
         }));
     }
@@ -582,7 +605,16 @@ async fn main() {
             let deadline = Instant::now() + Duration::from_secs(300);
             for (a, (rev, _)) in agents.iter().zip(&finals) {
                 while a.revision.load(Ordering::Acquire) < *rev {
-                    assert!(Instant::now() < deadline, "agent {} stuck", a.node_id);
+                    if Instant::now() > deadline {
+                        let l = a.log.lock().unwrap();
+                        panic!(
+                            "agent {} stuck at revision {} (want {rev}); error {:?}; reconnects {:?}",
+                            a.node_id,
+                            a.revision.load(Ordering::Acquire),
+                            l.error,
+                            l.reconnects
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -615,6 +647,11 @@ async fn main() {
                     }
                 }
             }
+            let reconnects: usize = agents
+                .iter()
+                .map(|a| a.log.lock().unwrap().reconnects.len())
+                .sum();
+            println!("streams that broke and resumed during the run: {reconnects}");
             println!(
                 "burst: {} changes written in {write_secs:.1} s; all {} agents on their final revision after {settle:.1} s (last write revision {last}); {equal}/{checked} materialized configs equal a fresh snapshot; {:.1} messages and {:.0} bytes per agent for the burst",
                 args.changes,

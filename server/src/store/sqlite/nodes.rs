@@ -215,6 +215,12 @@ pub(super) async fn check_unique(
     Ok(())
 }
 
+/// Logs a change of `node` (which changes configs in its network) and
+/// returns the event's revision.
+async fn node_event(conn: &mut SqliteConnection, action: Action, node: &Node) -> Result<u64> {
+    events::append(conn, action, &Resource::Node(Box::new(node.clone())), true).await
+}
+
 /// All nodes of a network, ordered by name.
 pub(super) async fn network_nodes(conn: &mut SqliteConnection, network: &str) -> Result<Vec<Node>> {
     let rows = sqlx::query(&format!(
@@ -499,13 +505,7 @@ impl NodeStore for SqliteStore {
             ));
         }
         let mut node = node;
-        node.config_revision = events::append(
-            &mut tx,
-            Action::Created,
-            &Resource::Node(Box::new(node.clone())),
-            true,
-        )
-        .await?;
+        node.config_revision = node_event(&mut tx, Action::Created, &node).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -563,13 +563,7 @@ impl NodeStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(unique_backstop)?;
-        node.config_revision = events::append(
-            &mut tx,
-            Action::Updated,
-            &Resource::Node(Box::new(node.clone())),
-            true,
-        )
-        .await?;
+        node.config_revision = node_event(&mut tx, Action::Updated, &node).await?;
         // The ingress gateway's key and endpoint are in its clients' files.
         if node.ingress.is_some()
             && (before.public_key != node.public_key
@@ -593,13 +587,7 @@ impl NodeStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(
-            &mut tx,
-            Action::Deleted,
-            &Resource::Node(Box::new(node.clone())),
-            true,
-        )
-        .await?;
+        node_event(&mut tx, Action::Deleted, &node).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(node)
     }
@@ -657,13 +645,7 @@ impl NodeStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        node.config_revision = events::append(
-            &mut tx,
-            Action::Updated,
-            &Resource::Node(Box::new(node.clone())),
-            true,
-        )
-        .await?;
+        node.config_revision = node_event(&mut tx, Action::Updated, &node).await?;
         // Egress ranges are in every client's AllowedIPs.
         sqlx::query("UPDATE ext_clients SET config_revision = ? WHERE network = ?")
             .bind(node.config_revision as i64)
@@ -719,13 +701,7 @@ impl NodeStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        node.config_revision = events::append(
-            &mut tx,
-            Action::Updated,
-            &Resource::Node(Box::new(node.clone())),
-            true,
-        )
-        .await?;
+        node.config_revision = node_event(&mut tx, Action::Updated, &node).await?;
         // The gateway's DNS is in its clients' files.
         bump_clients_of(&mut tx, node_id, node.config_revision).await?;
         tx.commit().await.map_err(db_err)?;

@@ -171,46 +171,42 @@ pub(super) async fn check_unique(
     name: Option<(&str, &DnsLabel)>,
     public_key: Option<(&str, &WgKey)>,
 ) -> Result<()> {
-    const OWNER: &str = "SELECT 'node ' || id FROM nodes WHERE network = ?1 AND {col} = ?2 AND id <> ?3 \
+    const KEY_OWNER: &str = "SELECT 'node ' || id FROM nodes \
+        WHERE network = ?1 AND public_key = ?2 AND id <> ?3 \
         UNION ALL SELECT 'external client ' || id FROM ext_clients \
-        WHERE network = ?1 AND {col} = ?2 AND id <> ?3 LIMIT 1";
+        WHERE network = ?1 AND public_key = ?2 AND id <> ?3 LIMIT 1";
     const NAME_OWNER: &str = "SELECT 'node ' || id FROM nodes WHERE network = ?1 AND name = ?2 AND id <> ?3 \
         UNION ALL SELECT 'external client ' || id FROM ext_clients \
         WHERE network = ?1 AND name = ?2 AND id <> ?3 \
         UNION ALL SELECT 'DNS entry ' || name || '.' || network FROM dns_entries \
         WHERE network = ?1 AND name = ?2 LIMIT 1";
-    if let Some((field, name)) = name {
-        let taken: Option<String> = sqlx::query_scalar(NAME_OWNER)
+    let mut owner = async |sql: &str, value: String| -> Result<Option<String>> {
+        sqlx::query_scalar(sql)
             .bind(network)
-            .bind(name.as_str())
+            .bind(value)
             .bind(except)
             .fetch_optional(&mut *conn)
             .await
-            .map_err(db_err)?;
-        if let Some(other) = taken {
-            return Err(Error::already_exists(
-                field,
-                format!(
-                    "{other} in network {network:?} is already named {:?}",
-                    name.as_str()
-                ),
-            ));
-        }
+            .map_err(db_err)
+    };
+    if let Some((field, name)) = name
+        && let Some(other) = owner(NAME_OWNER, name.to_string()).await?
+    {
+        return Err(Error::already_exists(
+            field,
+            format!(
+                "{other} in network {network:?} is already named {:?}",
+                name.as_str()
+            ),
+        ));
     }
-    if let Some((field, key)) = public_key {
-        let taken: Option<String> = sqlx::query_scalar(&OWNER.replace("{col}", "public_key"))
-            .bind(network)
-            .bind(key.to_string())
-            .bind(except)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        if let Some(other) = taken {
-            return Err(Error::already_exists(
-                field,
-                format!("{other} in network {network:?} already has public key {key}"),
-            ));
-        }
+    if let Some((field, key)) = public_key
+        && let Some(other) = owner(KEY_OWNER, key.to_string()).await?
+    {
+        return Err(Error::already_exists(
+            field,
+            format!("{other} in network {network:?} already has public key {key}"),
+        ));
     }
     Ok(())
 }

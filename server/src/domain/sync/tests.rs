@@ -14,7 +14,7 @@ use crate::domain::{
     ext_client::ExtClient,
     names::DnsLabel,
     network::NetworkInput,
-    node::{Egress, Endpoint, Ingress, Node, WgKey},
+    node::{Egress, Endpoint, Ingress, WgKey},
 };
 
 /// The "database": the truth the events describe.
@@ -123,29 +123,16 @@ impl World {
                 };
                 let (a4, a6) = self.addr();
                 self.next_id += 1;
-                let node = Node {
-                    id: format!("n{}", self.next_id),
-                    network: self.view.network.name.clone(),
-                    name,
-                    public_key: self.key(),
-                    endpoint: self
-                        .rng
-                        .random_bool(0.5)
-                        .then(|| Endpoint::parse("e", "198.51.100.1:51821").unwrap()),
-                    listen_port: 51821,
-                    address: Some(a4),
-                    address6: Some(a6),
-                    os: String::new(),
-                    keepalive: 0,
-                    egress: None,
-                    ingress: None,
-                    connected: false,
-                    last_seen: None,
-                    applied_revision: 0,
-                    config_revision: 0,
-                    create_time: now,
-                    update_time: now,
-                };
+                let mut node = crate::domain::config::tests::node(name.as_str(), 1);
+                node.id = format!("n{}", self.next_id);
+                node.network = self.view.network.name.clone();
+                node.public_key = self.key();
+                node.endpoint = self
+                    .rng
+                    .random_bool(0.5)
+                    .then(|| Endpoint::parse("e", "198.51.100.1:51821").unwrap());
+                node.address = Some(a4);
+                node.address6 = Some(a6);
                 self.view.nodes.push(node);
                 vec![self.node_event(nodes, Action::Created)]
             }

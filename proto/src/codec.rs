@@ -1,18 +1,26 @@
-//! The gRPC codec every meshplane service uses: prost encoding with a small
-//! initial encode buffer. A server holds one encode buffer per open stream
-//! (tens of thousands of agents), and configs are sent in parts of a few
-//! KiB, so tonic's default of 8 KiB per stream would mostly be idle memory.
+//! The gRPC codec every meshplane service uses: prost encoding tuned for a
+//! server that holds tens of thousands of mostly idle streams. tonic keeps
+//! one encode buffer per open stream, and an idle stream keeps the last
+//! allocation it encoded into; configs are sent in parts of a few KiB, so
+//! each message is encoded into a right-sized buffer ([`ExactEncoder`]) and
+//! handed to the transport on its own ([`YIELD_THRESHOLD`]), instead of
+//! being batched into 32 KiB buffers (tonic's default) that every idle
+//! stream would then keep.
 
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic::{
+    Status,
+    codec::{BufferSettings, Codec, EncodeBuf, Encoder},
+};
+use tonic_prost::{ProstCodec, ProstDecoder};
 
 /// Initial encode buffer per call (it grows for larger messages).
 pub const ENCODE_BUFFER: usize = 2 * 1024;
-/// Encoded bytes after which a buffer is handed to the transport.
-pub const YIELD_THRESHOLD: usize = 32 * 1024;
+/// Encoded bytes after which a buffer is handed to the transport: every
+/// message goes on its own.
+pub const YIELD_THRESHOLD: usize = 1;
 
 /// prost codec with [`ENCODE_BUFFER`]-sized encode buffers.
 #[derive(Debug, Clone)]
@@ -31,14 +39,38 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = ExactEncoder<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
+        ExactEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstCodec::<T, U>::raw_decoder(BufferSettings::default())
+    }
+}
+
+/// prost encoder that reserves a message's encoded length before writing it.
+///
+/// tonic's prost encoder lets the buffer grow while a message is written, so
+/// one large message leaves a chain of ever larger buffers behind, and an
+/// idle stream keeps the last of them. Reserving the exact length first
+/// makes one right-sized allocation per message.
+#[derive(Debug)]
+pub struct ExactEncoder<T>(PhantomData<T>);
+
+impl<T: Message> Encoder for ExactEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        item.encode_raw(buf);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD)
     }
 }

@@ -113,8 +113,6 @@ pub struct Hub {
     latest: watch::Sender<u64>,
     streams: Arc<AtomicUsize>,
     snapshots: Arc<Semaphore>,
-    /// Snapshots built since memory was last handed back to the system.
-    built: AtomicUsize,
     limits: Limits,
 }
 
@@ -147,7 +145,6 @@ impl Hub {
             latest: watch::Sender::new(cursor),
             streams: Arc::new(AtomicUsize::new(0)),
             snapshots: Arc::new(Semaphore::new(limits.snapshot_concurrency)),
-            built: AtomicUsize::new(0),
             limits,
         }))
     }
@@ -331,44 +328,9 @@ impl Hub {
             )
         })?
         .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-        self.built.fetch_add(1, Ordering::Relaxed);
         Ok(self.snapshot(node_id).map(Update::Snapshot))
     }
-
-    /// Hands memory freed after snapshot bursts back to the system, every
-    /// `every`, when snapshots were built since the last time. Snapshots of
-    /// large networks are megabytes each and short-lived; without this the
-    /// allocator keeps the peak of a reconnect storm for good.
-    pub fn spawn_trimmer(
-        self: &Arc<Self>,
-        every: Duration,
-        mut stop: watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        let hub = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                if hub.built.swap(0, Ordering::Relaxed) > 0 {
-                    trim_heap();
-                }
-            }
-        })
-    }
 }
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 impl State {
     fn apply(&mut self, ev: &Event) {

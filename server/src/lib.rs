@@ -95,7 +95,6 @@ pub async fn serve_with(
     let store = backend.store.clone();
     let hub = hub::Hub::load(store.clone(), backend.limits).await?;
     let follower = hub.spawn_follower(Duration::from_secs(1), drain.clone());
-    let trimmer = hub.spawn_trimmer(Duration::from_secs(2), drain.clone());
     let dns = match options.dns {
         Some((socket, opts)) => {
             socket.set_nonblocking(true).map_err(ServeError::Dns)?;
@@ -185,7 +184,6 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     follower.abort();
-    trimmer.abort();
     if let Some(d) = dns {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
     }

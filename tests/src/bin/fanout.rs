@@ -68,6 +68,10 @@ struct Args {
     /// Agents connecting at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Seconds to keep the idle agents connected after measuring memory
+    /// (to inspect the server, e.g. with a heap profiler).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
     /// The meshplane binary (default: next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -428,6 +432,13 @@ async fn main() {
         rss_after / 1024,
         per_stream / 1024.0
     );
+    if args.hold > 0 {
+        println!(
+            "holding the idle streams for {} s (server pid {pid})",
+            args.hold
+        );
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    }
 
     let mut gateways = pb::gateway_service_client::GatewayServiceClient::new(admin.clone());
     match args.mode {

@@ -18,7 +18,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -40,6 +40,11 @@ enum Mode {
     /// A burst of changes; every agent must end on the final revision with a
     /// config equal to a fresh snapshot.
     Burst,
+    /// One change, then the server is killed (SIGKILL) with every agent
+    /// connected and restarted on the same address and database: how long
+    /// until every agent holds its node's current config again, what the
+    /// reconnect storm costs, and how many attempts were refused.
+    Restart,
 }
 
 #[derive(Parser, Debug)]
@@ -68,6 +73,10 @@ struct Args {
     /// Agents connecting at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// In restart mode, agents forget what they held (they reconnect with
+    /// revision 0, so every one needs a full snapshot at once).
+    #[arg(long)]
+    cold: bool,
     /// Seconds to keep the idle agents connected after measuring memory
     /// (to inspect the server, e.g. with a heap profiler).
     #[arg(long, default_value_t = 0)]
@@ -148,14 +157,19 @@ fn spawn_ready(mut cmd: Command, marker: &str) -> Spawned {
 }
 
 async fn channel(addr: &str) -> Channel {
+    try_channel(addr).await.expect("connect")
+}
+
+async fn try_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .initial_stream_window_size(Some(64 * 1024))
         .connect_timeout(Duration::from_secs(30))
         .connect()
         .await
-        .expect("connect")
 }
+
+const READY: &str = "meshplane ready: serving gRPC on ";
 
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
@@ -173,12 +187,16 @@ struct AgentLog {
     error: Option<String>,
     /// Why the stream broke, each time it did.
     reconnects: Vec<String>,
+    /// Snapshots received (the first message of each full config).
+    snapshots: usize,
 }
 
 struct Agent {
     node_id: String,
     log: Arc<Mutex<AgentLog>>,
     revision: Arc<AtomicU64>,
+    /// Complete updates received (every part of a revision).
+    completes: Arc<AtomicU64>,
 }
 
 #[tokio::main]
@@ -209,11 +227,14 @@ async fn main() {
         bin.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(&bin);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env("MESHPLANE_DATA_DIR", dir.path())
-        .env("RUST_LOG", "warn");
-    let server = spawn_ready(cmd, "meshplane ready: serving gRPC on ");
+    let server_cmd = |listen: &str| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["serve", "--listen", listen])
+            .env("MESHPLANE_DATA_DIR", dir.path())
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    let mut server = spawn_ready(server_cmd("127.0.0.1:0"), READY);
     let pid = server.child.id();
     let token = std::fs::read_to_string(dir.path().join("admin.token"))
         .unwrap()
@@ -315,7 +336,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid);
     let keep = match args.mode {
-        Mode::One => 0,
+        Mode::One | Mode::Restart => 0,
         Mode::Burst => args.verify.unwrap_or(args.agents),
     };
     let t = Instant::now();
@@ -323,14 +344,19 @@ async fn main() {
     let sem = Arc::new(Semaphore::new(args.connect_concurrency));
     let mut agents = Vec::with_capacity(args.agents);
     let mut handles = Vec::with_capacity(args.agents);
+    // Set in restart mode with --cold: agents drop what they hold.
+    let forget = Arc::new(AtomicBool::new(false));
     for (i, (node_id, node_token)) in nodes.into_iter().enumerate() {
         let log = Arc::new(Mutex::new(AgentLog::default()));
         let revision = Arc::new(AtomicU64::new(0));
+        let completes = Arc::new(AtomicU64::new(0));
         agents.push(Agent {
             node_id,
             log: log.clone(),
             revision: revision.clone(),
+            completes: completes.clone(),
         });
+        let forget = forget.clone();
         let addr = server.addr.clone();
         let permit = sem.clone().acquire_owned().await.unwrap();
         let connected = connected.clone();
@@ -341,7 +367,24 @@ async fn main() {
             // after its stream breaks (e.g. when this overloaded benchmark
             // process misses HTTP/2 keepalives).
             let mut last = 0;
+            // Failed attempts in a row: the next wait is 0.8 s x 1.7^n up
+            // to 10 s, jittered, or the server's retry hint when longer (what
+            // the SDK's agent does).
+            let mut failures = 0i32;
+            let backoff = |failures: i32, hint: Option<Duration>| {
+                let base = (0.8 * 1.7f64.powi(failures)).min(10.0);
+                let jittered = base * (0.5 + rand::random::<f64>() * 0.5);
+                Duration::from_secs_f64(jittered).max(hint.unwrap_or_default())
+            };
+            let hint = |e: &Status| {
+                use tonic_types::StatusExt;
+                e.get_details_retry_info().and_then(|r| r.retry_delay)
+            };
             loop {
+                if forget.load(Ordering::Acquire) && last != 0 {
+                    last = 0;
+                    log.lock().unwrap().config = None;
+                }
                 if keep_config {
                     // A revision received only in part is not held: start over.
                     let mut l = log.lock().unwrap();
@@ -350,7 +393,15 @@ async fn main() {
                         last = 0;
                     }
                 }
-                let ch = channel(&addr).await;
+                let ch = match try_channel(&addr).await {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        log.lock().unwrap().reconnects.push(format!("connect: {e}"));
+                        tokio::time::sleep(backoff(failures, None)).await;
+                        failures += 1;
+                        continue;
+                    }
+                };
                 let mut client = pb::agent_service_client::AgentServiceClient::new(ch)
                     .max_decoding_message_size(usize::MAX);
                 let opened = client
@@ -365,10 +416,8 @@ async fn main() {
                     Ok(s) => s.into_inner(),
                     Err(e) => {
                         log.lock().unwrap().reconnects.push(e.to_string());
-                        tokio::time::sleep(Duration::from_millis(
-                            200 + rand::random::<u64>() % 800,
-                        ))
-                        .await;
+                        tokio::time::sleep(backoff(failures, hint(&e))).await;
+                        failures += 1;
                         continue;
                     }
                 };
@@ -380,6 +429,10 @@ async fn main() {
                             {
                                 let mut l = log.lock().unwrap();
                                 l.updates.push((now, u.revision, bytes));
+                                if matches!(u.update, Some(pb::config_update::Update::Snapshot(_)))
+                                {
+                                    l.snapshots += 1;
+                                }
                                 if keep_config && let Err(e) = apply_update(&mut l.config, &u) {
                                     l.error = Some(e.to_string());
                                 }
@@ -388,7 +441,9 @@ async fn main() {
                                 continue;
                             }
                             last = u.revision;
+                            failures = 0;
                             revision.store(u.revision, Ordering::Release);
+                            completes.fetch_add(1, Ordering::Release);
                             if let Some(p) = permit.take() {
                                 connected.fetch_add(1, Ordering::Relaxed);
                                 drop(p);
@@ -397,11 +452,12 @@ async fn main() {
                         Ok(None) => return,
                         Err(e) => {
                             log.lock().unwrap().reconnects.push(e.to_string());
+                            tokio::time::sleep(backoff(failures, hint(&e))).await;
+                            failures += 1;
                             break;
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 800)).await;
             }
         }));
     }
@@ -671,6 +727,102 @@ async fn main() {
                 bytes as f64 / agents.len() as f64
             );
             assert_eq!(equal, checked, "configs differ from fresh snapshots");
+        }
+        Mode::Restart => {
+            let held: Vec<(u64, u64, usize, usize, usize)> = agents
+                .iter()
+                .map(|a| {
+                    let l = a.log.lock().unwrap();
+                    (
+                        a.completes.load(Ordering::Acquire),
+                        a.revision.load(Ordering::Acquire),
+                        l.snapshots,
+                        l.reconnects.len(),
+                        l.updates.len(),
+                    )
+                })
+                .collect();
+            forget.store(args.cold, Ordering::Release);
+            let addr = server.addr.clone();
+            let killed = Instant::now();
+            // SIGKILL: no graceful shutdown, every stream breaks at once.
+            server.child.kill().expect("kill the server");
+            let _ = server.child.wait();
+            server = spawn_ready(server_cmd(&addr), READY);
+            let down = killed.elapsed().as_secs_f64();
+            let up = Instant::now();
+            let pid = server.child.id();
+            let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+            let sampling = Arc::new(AtomicBool::new(true));
+            let sampler = {
+                let (peak, sampling) = (peak.clone(), sampling.clone());
+                tokio::spawn(async move {
+                    while sampling.load(Ordering::Acquire) {
+                        peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
+            let deadline = up + Duration::from_secs(900);
+            loop {
+                let behind = agents
+                    .iter()
+                    .zip(&held)
+                    .filter(|(a, h)| {
+                        a.completes.load(Ordering::Acquire) <= h.0
+                            || a.revision.load(Ordering::Acquire) < h.1
+                    })
+                    .count();
+                if behind == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{behind} agents did not get their config back after the restart"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let storm = up.elapsed().as_secs_f64();
+            sampling.store(false, Ordering::Release);
+            let _ = sampler.await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let rss_idle = rss_kib(pid);
+            let (mut snapshots, mut refused, mut unreachable, mut broken, mut bytes) =
+                (0, 0, 0, 0, 0usize);
+            for (a, h) in agents.iter().zip(&held) {
+                let l = a.log.lock().unwrap();
+                assert!(l.error.is_none(), "agent {}: {:?}", a.node_id, l.error);
+                snapshots += l.snapshots - h.2;
+                for r in &l.reconnects[h.3..] {
+                    if r.contains("ResourceExhausted") {
+                        refused += 1;
+                    } else if r.starts_with("connect:") {
+                        unreachable += 1;
+                    } else {
+                        broken += 1;
+                    }
+                }
+                bytes += l.updates[h.4..].iter().map(|u| u.2).sum::<usize>();
+            }
+            let n = agents.len();
+            println!(
+                "restart ({}): server back {down:.1} s after SIGKILL; all {n} agents hold their current config {storm:.1} s after it was back",
+                if args.cold {
+                    "cold: agents reconnect from revision 0"
+                } else {
+                    "warm: agents resume from their revision"
+                }
+            );
+            println!(
+                "  snapshots sent {snapshots}; {:.0} bytes per agent; attempts refused with RESOURCE_EXHAUSTED {refused}; connection attempts while down {unreachable}; streams broken {broken}",
+                bytes as f64 / n as f64
+            );
+            println!(
+                "  server RSS peak during the storm {} MiB; {} MiB 5 s later: {:.1} KiB per stream",
+                peak.load(Ordering::Relaxed) / 1024,
+                rss_idle / 1024,
+                rss_idle.saturating_sub(rss_before) as f64 / n as f64
+            );
         }
     }
     drop(server);

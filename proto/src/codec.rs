@@ -53,10 +53,10 @@ where
 
 /// prost encoder that reserves a message's encoded length before writing it.
 ///
-/// tonic's prost encoder lets the buffer grow while a message is written, so
-/// one large message leaves a chain of ever larger buffers behind, and an
-/// idle stream keeps the last of them. Reserving the exact length first
-/// makes one right-sized allocation per message.
+/// tonic's prost encoder lets the buffer grow while a message is written, in
+/// steps, so a large message can leave a buffer of up to twice its size
+/// behind for the idle stream to keep. Reserving the length first sizes the
+/// buffer for the message at once.
 #[derive(Debug)]
 pub struct ExactEncoder<T>(PhantomData<T>);
 
@@ -66,8 +66,8 @@ impl<T: Message> Encoder for ExactEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
-        item.encode_raw(buf);
-        Ok(())
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("encoding a message: {e}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

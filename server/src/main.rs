@@ -19,10 +19,24 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Unused pages go back to the system within a second (a background thread
 /// purges them), so memory after a reconnect storm follows what is live; two
 /// arenas (instead of four per core) leave fewer partly used pages behind.
+/// `_RJEM_MALLOC_CONF` overrides these. Linux only: jemalloc has no
+/// background thread on macOS.
+#[cfg(target_os = "linux")]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8] =
-    b"background_thread:true,narenas:2,dirty_decay_ms:500,muzzy_decay_ms:0\0";
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: a pointer to the first byte of a static NUL-terminated string.
+    unsafe { &*c"background_thread:true,narenas:2,dirty_decay_ms:500,muzzy_decay_ms:0".as_ptr() },
+);
+
+/// Warns when the allocator settings above did not take effect.
+fn check_allocator() {
+    if cfg!(target_os = "linux") && !tikv_jemalloc_ctl::background_thread::read().unwrap_or(false) {
+        tracing::warn!(
+            "jemalloc runs without its background purge thread; memory freed after snapshot bursts is returned more slowly"
+        );
+    }
+}
 
 /// With `RUST_LOG=meshplane::heap=debug`, logs the allocator's figures every
 /// 10 s: bytes the program holds (`allocated`) and bytes of memory the
@@ -122,6 +136,7 @@ fn main() -> ExitCode {
         // Colour only on a terminal: not in files, journald or CI logs.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    check_allocator();
     spawn_heap_log();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

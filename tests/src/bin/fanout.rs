@@ -25,6 +25,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use meshplane_proto::{delta::apply_update, v1 as pb};
+use meshplane_sdk::Backoff;
 use prost::Message;
 use tokio::sync::{Semaphore, broadcast};
 use tonic::{
@@ -40,8 +41,8 @@ enum Mode {
     /// A burst of changes; every agent must end on the final revision with a
     /// config equal to a fresh snapshot.
     Burst,
-    /// One change, then the server is killed (SIGKILL) with every agent
-    /// connected and restarted on the same address and database: how long
+    /// The server is killed (SIGKILL) with every agent connected and
+    /// restarted on the same address and database: how long
     /// until every agent holds its node's current config again, what the
     /// reconnect storm costs, and how many attempts were refused.
     Restart,
@@ -170,6 +171,11 @@ async fn try_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 const READY: &str = "meshplane ready: serving gRPC on ";
+
+/// Why a call failed, starting with the gRPC code's name.
+fn reason(e: &Status) -> String {
+    format!("{:?}: {}", e.code(), e.message())
+}
 
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
@@ -344,8 +350,9 @@ async fn main() {
     let sem = Arc::new(Semaphore::new(args.connect_concurrency));
     let mut agents = Vec::with_capacity(args.agents);
     let mut handles = Vec::with_capacity(args.agents);
-    // Set in restart mode with --cold: agents drop what they hold.
-    let forget = Arc::new(AtomicBool::new(false));
+    // Bumped in restart mode with --cold: agents drop what they hold once,
+    // at their next reconnection.
+    let forget = Arc::new(AtomicU64::new(0));
     for (i, (node_id, node_token)) in nodes.into_iter().enumerate() {
         let log = Arc::new(Mutex::new(AgentLog::default()));
         let revision = Arc::new(AtomicU64::new(0));
@@ -367,21 +374,25 @@ async fn main() {
             // after its stream breaks (e.g. when this overloaded benchmark
             // process misses HTTP/2 keepalives).
             let mut last = 0;
-            // Failed attempts in a row: the next wait is 0.8 s x 1.7^n up
-            // to 10 s, jittered, or the server's retry hint when longer (what
-            // the SDK's agent does).
-            let mut failures = 0i32;
-            let backoff = |failures: i32, hint: Option<Duration>| {
-                let base = (0.8 * 1.7f64.powi(failures)).min(10.0);
-                let jittered = base * (0.5 + rand::random::<f64>() * 0.5);
-                Duration::from_secs_f64(jittered).max(hint.unwrap_or_default())
+            // Failed attempts in a row: the next wait is the SDK agent's
+            // schedule, or the server's retry hint when longer (what the
+            // SDK's agent does); any message received resets it.
+            let mut failures = 0u32;
+            let backoff = |failures: u32, hint: Option<Duration>| {
+                Backoff::agent()
+                    .delay(failures)
+                    .max(hint.unwrap_or_default())
             };
+            // The restart generation this agent last forgot its state for.
+            let mut forgot = 0;
             let hint = |e: &Status| {
                 use tonic_types::StatusExt;
                 e.get_details_retry_info().and_then(|r| r.retry_delay)
             };
             loop {
-                if forget.load(Ordering::Acquire) && last != 0 {
+                let generation = forget.load(Ordering::Acquire);
+                if generation > forgot {
+                    forgot = generation;
                     last = 0;
                     log.lock().unwrap().config = None;
                 }
@@ -415,7 +426,7 @@ async fn main() {
                 let mut stream = match opened {
                     Ok(s) => s.into_inner(),
                     Err(e) => {
-                        log.lock().unwrap().reconnects.push(e.to_string());
+                        log.lock().unwrap().reconnects.push(reason(&e));
                         tokio::time::sleep(backoff(failures, hint(&e))).await;
                         failures += 1;
                         continue;
@@ -424,6 +435,7 @@ async fn main() {
                 loop {
                     match stream.message().await {
                         Ok(Some(u)) => {
+                            failures = 0;
                             let now = Instant::now();
                             let bytes = u.encoded_len();
                             {
@@ -441,7 +453,6 @@ async fn main() {
                                 continue;
                             }
                             last = u.revision;
-                            failures = 0;
                             revision.store(u.revision, Ordering::Release);
                             completes.fetch_add(1, Ordering::Release);
                             if let Some(p) = permit.take() {
@@ -451,7 +462,7 @@ async fn main() {
                         }
                         Ok(None) => return,
                         Err(e) => {
-                            log.lock().unwrap().reconnects.push(e.to_string());
+                            log.lock().unwrap().reconnects.push(reason(&e));
                             tokio::time::sleep(backoff(failures, hint(&e))).await;
                             failures += 1;
                             break;
@@ -462,6 +473,9 @@ async fn main() {
         }));
     }
     while connected.load(Ordering::Relaxed) < args.agents {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("the server exited while agents were connecting: {status}");
+        }
         let failed = agents
             .iter()
             .filter(|a| a.log.lock().unwrap().error.is_some())
@@ -742,7 +756,9 @@ async fn main() {
                     )
                 })
                 .collect();
-            forget.store(args.cold, Ordering::Release);
+            if args.cold {
+                forget.fetch_add(1, Ordering::AcqRel);
+            }
             let addr = server.addr.clone();
             let killed = Instant::now();
             // SIGKILL: no graceful shutdown, every stream breaks at once.
@@ -752,7 +768,10 @@ async fn main() {
             let down = killed.elapsed().as_secs_f64();
             let up = Instant::now();
             let pid = server.child.id();
-            let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+            // The new process's own starting point (it has loaded the state,
+            // no agent is back yet).
+            let rss_start = rss_kib(pid);
+            let peak = Arc::new(AtomicU64::new(rss_start));
             let sampling = Arc::new(AtomicBool::new(true));
             let sampler = {
                 let (peak, sampling) = (peak.clone(), sampling.clone());
@@ -763,30 +782,23 @@ async fn main() {
                     }
                 })
             };
-            let deadline = up + Duration::from_secs(900);
-            loop {
-                let behind = agents
-                    .iter()
-                    .zip(&held)
-                    .filter(|(a, h)| {
-                        a.completes.load(Ordering::Acquire) <= h.0
-                            || a.revision.load(Ordering::Acquire) < h.1
-                    })
-                    .count();
-                if behind == 0 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{behind} agents did not get their config back after the restart"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_agents(
+                &agents,
+                Duration::from_secs(900),
+                Duration::from_millis(50),
+                "did not get their config back after the restart",
+                |i, a| {
+                    a.completes.load(Ordering::Acquire) > held[i].0
+                        && a.revision.load(Ordering::Acquire) >= held[i].1
+                },
+            )
+            .await;
             let storm = up.elapsed().as_secs_f64();
+            tokio::time::sleep(Duration::from_secs(5)).await;
             sampling.store(false, Ordering::Release);
             let _ = sampler.await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
             let rss_idle = rss_kib(pid);
+            peak.fetch_max(rss_idle, Ordering::Relaxed);
             let (mut snapshots, mut refused, mut unreachable, mut broken, mut bytes) =
                 (0, 0, 0, 0, 0usize);
             for (a, h) in agents.iter().zip(&held) {
@@ -794,7 +806,7 @@ async fn main() {
                 assert!(l.error.is_none(), "agent {}: {:?}", a.node_id, l.error);
                 snapshots += l.snapshots - h.2;
                 for r in &l.reconnects[h.3..] {
-                    if r.contains("ResourceExhausted") {
+                    if r.starts_with("ResourceExhausted") {
                         refused += 1;
                     } else if r.starts_with("connect:") {
                         unreachable += 1;
@@ -814,14 +826,15 @@ async fn main() {
                 }
             );
             println!(
-                "  snapshots sent {snapshots}; {:.0} bytes per agent; attempts refused with RESOURCE_EXHAUSTED {refused}; connection attempts while down {unreachable}; streams broken {broken}",
+                "  snapshots sent {snapshots}; {:.0} bytes per agent; attempts refused with RESOURCE_EXHAUSTED {refused}; connection attempts while down {unreachable}; other stream ends {broken} (the kill ends every stream once)",
                 bytes as f64 / n as f64
             );
             println!(
-                "  server RSS peak during the storm {} MiB; {} MiB 5 s later: {:.1} KiB per stream",
+                "  server RSS {} MiB when back, at most {} MiB (sampled every 100 ms), {} MiB 5 s after the last agent: {:.1} KiB per stream",
+                rss_start / 1024,
                 peak.load(Ordering::Relaxed) / 1024,
                 rss_idle / 1024,
-                rss_idle.saturating_sub(rss_before) as f64 / n as f64
+                rss_idle.saturating_sub(rss_start) as f64 / n as f64
             );
         }
     }
@@ -829,20 +842,37 @@ async fn main() {
 }
 
 async fn wait_all(agents: &[Agent], target: u64, limit: Duration) {
+    wait_agents(
+        agents,
+        limit,
+        Duration::from_millis(1),
+        &format!("never got revision {target}"),
+        |_, a| a.revision.load(Ordering::Acquire) >= target,
+    )
+    .await;
+}
+
+/// Polls every `poll` until `done` holds for every agent (by index);
+/// panics after `limit`, saying how many agents `what`.
+async fn wait_agents(
+    agents: &[Agent],
+    limit: Duration,
+    poll: Duration,
+    what: &str,
+    done: impl Fn(usize, &Agent) -> bool,
+) {
     let deadline = Instant::now() + limit;
     loop {
         let behind = agents
             .iter()
-            .filter(|a| a.revision.load(Ordering::Acquire) < target)
+            .enumerate()
+            .filter(|(i, a)| !done(*i, a))
             .count();
         if behind == 0 {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{behind} agents never got revision {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(Instant::now() < deadline, "{behind} agents {what}");
+        tokio::time::sleep(poll).await;
     }
 }
 

@@ -1,5 +1,7 @@
 //! Domain configs as proto messages.
 
+use std::sync::Arc;
+
 use meshplane_proto::v1 as pb;
 
 use crate::domain::{
@@ -75,7 +77,7 @@ pub fn dns_record(r: &DnsRecord) -> pb::DnsRecord {
 /// The DNS section.
 pub fn dns(d: &DnsConfig) -> pb::DnsConfig {
     pb::DnsConfig {
-        records: d.records.iter().map(dns_record).collect(),
+        records: d.records.iter().map(|r| dns_record(r)).collect(),
         nameservers: ips(&d.nameservers),
         domain: d.domain.clone(),
     }
@@ -88,7 +90,7 @@ pub fn node_config(c: &NodeConfig) -> pb::NodeConfig {
         node_id: c.node_id.clone(),
         network: c.network.clone(),
         interface: Some(interface(&c.interface)),
-        peers: sorted_peers(c.peers.values().map(peer).collect()),
+        peers: sorted_peers(c.peers.values().map(|p| peer(p)).collect()),
         routes: c.routes.iter().map(route).collect(),
         firewall: Some(firewall(&c.firewall)),
         dns: Some(dns(&c.dns)),
@@ -105,14 +107,14 @@ fn sorted_peers(mut v: Vec<pb::Peer>) -> Vec<pb::Peer> {
 pub fn delta(d: &Delta) -> pb::ConfigDelta {
     pb::ConfigDelta {
         from_revision: d.from_revision,
-        upsert_peers: sorted_peers(d.upsert_peers.iter().map(peer).collect()),
+        upsert_peers: sorted_peers(d.upsert_peers.iter().map(|p| peer(p)).collect()),
         remove_peers: d.remove_peers.iter().map(ToString::to_string).collect(),
         interface: d.interface.as_ref().map(interface),
         routes: d.routes.as_ref().map(|r| pb::RouteSet {
             routes: r.iter().map(route).collect(),
         }),
         firewall: d.firewall.as_ref().map(firewall),
-        upsert_dns_records: d.upsert_dns.iter().map(dns_record).collect(),
+        upsert_dns_records: d.upsert_dns.iter().map(|r| dns_record(r)).collect(),
         remove_dns_records: d.remove_dns.clone(),
         nameservers: d.nameservers.as_ref().map(|n| pb::NameserverSet {
             nameservers: ips(n),
@@ -148,8 +150,8 @@ const RECORDS_PER_PART: usize = 96;
 pub struct Parts {
     revision: u64,
     head: Option<pb::ConfigUpdate>,
-    peers: std::vec::IntoIter<Peer>,
-    records: std::vec::IntoIter<DnsRecord>,
+    peers: std::vec::IntoIter<Arc<Peer>>,
+    records: std::vec::IntoIter<Arc<DnsRecord>>,
 }
 
 impl Parts {
@@ -158,7 +160,7 @@ impl Parts {
         let revision = u.revision();
         let (head, peers, records) = match u {
             Update::Snapshot(mut s) => {
-                let peers: Vec<Peer> = std::mem::take(&mut s.peers).into_values().collect();
+                let peers: Vec<Arc<Peer>> = std::mem::take(&mut s.peers).into_values().collect();
                 let records = std::mem::take(&mut s.dns.records);
                 (
                     pb::config_update::Update::Snapshot(node_config(&s)),
@@ -293,9 +295,9 @@ mod tests {
         let mut snap = state.snapshot(&id).unwrap();
         let template = snap.peers.values().next().cloned().unwrap();
         for i in 0..500u32 {
-            let mut p = template.clone();
+            let mut p = Peer::clone(&template);
             p.public_key.0[..4].copy_from_slice(&i.to_be_bytes());
-            snap.peers.insert(p.public_key, p);
+            snap.peers.insert(p.public_key, Arc::new(p));
         }
         let parts: Vec<_> = Parts::new(Update::Snapshot(snap)).collect();
         assert!(parts.len() > 500 / PEERS_PER_PART);

@@ -139,7 +139,7 @@ impl DnsService for Dns {
         let view = self.0.store.network_view(network.as_str()).await.status()?;
         let dns = dns_for(&view);
         Ok(Response::new(pb::GetHostsFileResponse {
-            content: hosts_file(network.as_str(), &dns.records),
+            content: hosts_file(network.as_str(), dns.records.iter().map(|r| &**r)),
         }))
     }
 }

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -84,8 +85,8 @@ pub struct DnsRecord {
 /// The zone's names and upstream resolvers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DnsConfig {
-    /// Every record, sorted by name.
-    pub records: Vec<DnsRecord>,
+    /// Every record, sorted by name (shared like peers).
+    pub records: Vec<Arc<DnsRecord>>,
     /// Upstream resolvers.
     pub nameservers: Vec<IpAddr>,
     /// The zone.
@@ -103,8 +104,10 @@ pub struct NodeConfig {
     pub network: String,
     /// Its interface.
     pub interface: Interface,
-    /// Its peers by public key.
-    pub peers: BTreeMap<WgKey, Peer>,
+    /// Its peers by public key. Entries are shared with the hub's state
+    /// and with every other node's config: a snapshot of a large network
+    /// holds pointers, not copies.
+    pub peers: BTreeMap<WgKey, Arc<Peer>>,
     /// Its routes, sorted.
     pub routes: Vec<Route>,
     /// Its firewall.
@@ -242,7 +245,7 @@ pub fn dns_for(view: &NetworkView) -> DnsConfig {
     }));
     records.sort();
     DnsConfig {
-        records,
+        records: records.into_iter().map(Arc::new).collect(),
         nameservers: view.network.nameservers.clone(),
         domain: zone.to_owned(),
     }
@@ -252,11 +255,11 @@ pub fn dns_for(view: &NetworkView) -> DnsConfig {
 pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
     let node = view.nodes.iter().find(|n| n.id == node_id)?;
     let net = &view.network;
-    let mut peers: BTreeMap<WgKey, Peer> = view
+    let mut peers: BTreeMap<WgKey, Arc<Peer>> = view
         .nodes
         .iter()
         .filter(|m| m.id != node.id)
-        .map(|m| (m.public_key, node_peer(net, m, &view.ext_clients)))
+        .map(|m| (m.public_key, Arc::new(node_peer(net, m, &view.ext_clients))))
         .collect();
     if node.ingress.is_some() {
         for c in view
@@ -264,7 +267,7 @@ pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
             .iter()
             .filter(|c| c.enabled && c.ingress_node_id == node.id)
         {
-            peers.insert(c.public_key, ext_client_peer(c));
+            peers.insert(c.public_key, Arc::new(ext_client_peer(c)));
         }
     }
     Some(NodeConfig {

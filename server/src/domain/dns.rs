@@ -165,7 +165,7 @@ impl DnsEntry {
 }
 
 /// `/etc/hosts` text for records (one line per address).
-pub fn hosts_file(zone: &str, records: &[DnsRecord]) -> String {
+pub fn hosts_file<'a>(zone: &str, records: impl IntoIterator<Item = &'a DnsRecord>) -> String {
     let mut out = format!("# meshplane network {zone}\n");
     for r in records {
         if let Some(a) = r.address {

@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
 
 use super::config::{
@@ -117,8 +118,8 @@ pub struct Delta {
     pub from_revision: u64,
     /// Revision after it.
     pub revision: u64,
-    /// Peers added or changed.
-    pub upsert_peers: Vec<Peer>,
+    /// Peers added or changed (shared with the network's state).
+    pub upsert_peers: Vec<Arc<Peer>>,
     /// Keys of peers removed (applied before the upserts).
     pub remove_peers: Vec<WgKey>,
     /// New interface.
@@ -128,7 +129,7 @@ pub struct Delta {
     /// New firewall.
     pub firewall: Option<Firewall>,
     /// DNS records added or changed.
-    pub upsert_dns: Vec<DnsRecord>,
+    pub upsert_dns: Vec<Arc<DnsRecord>>,
     /// DNS names removed.
     pub remove_dns: Vec<String>,
     /// New upstream resolvers.
@@ -185,9 +186,9 @@ pub struct NetworkState {
     network: Network,
     nodes: BTreeMap<String, Node>,
     clients: BTreeMap<String, ExtClient>,
-    peers: HashMap<String, Peer>,
+    peers: HashMap<String, Arc<Peer>>,
     gateways: BTreeSet<String>,
-    dns: BTreeMap<String, DnsRecord>,
+    dns: BTreeMap<String, Arc<DnsRecord>>,
     custom_dns: BTreeMap<String, DnsRecord>,
     revision: u64,
     node_rev: HashMap<String, u64>,
@@ -254,7 +255,11 @@ impl NetworkState {
                 s.gateways.insert(id);
             }
         }
-        s.dns = s.all_records();
+        s.dns = s
+            .all_records()
+            .into_iter()
+            .map(|(k, r)| (k, Arc::new(r)))
+            .collect();
         s
     }
 
@@ -293,9 +298,9 @@ impl NetworkState {
         self.node_rev.get(id).copied()
     }
 
-    fn peer_of(&self, id: &str) -> Option<Peer> {
+    fn peer_of(&self, id: &str) -> Option<Arc<Peer>> {
         let n = self.nodes.get(id)?;
-        Some(node_peer(&self.network, n, self.clients.values()))
+        Some(Arc::new(node_peer(&self.network, n, self.clients.values())))
     }
 
     fn all_records(&self) -> BTreeMap<String, DnsRecord> {
@@ -341,7 +346,7 @@ impl NetworkState {
         }
         if let Some(n) = new {
             ch.dns.push(n.name.clone());
-            self.dns.insert(n.name.clone(), n);
+            self.dns.insert(n.name.clone(), Arc::new(n));
         }
         ch.affected.add(Affected::All);
     }
@@ -544,7 +549,7 @@ impl NetworkState {
     /// A node's whole config now.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let node = self.nodes.get(node_id)?;
-        let mut peers: BTreeMap<WgKey, Peer> = self
+        let mut peers: BTreeMap<WgKey, Arc<Peer>> = self
             .peers
             .iter()
             .filter(|(id, _)| id.as_str() != node_id)
@@ -556,7 +561,7 @@ impl NetworkState {
                 .values()
                 .filter(|c| c.enabled && c.ingress_node_id == node_id)
             {
-                peers.insert(c.public_key, ext_client_peer(c));
+                peers.insert(c.public_key, Arc::new(ext_client_peer(c)));
             }
         }
         Some(NodeConfig {
@@ -636,7 +641,7 @@ impl NetworkState {
             interface |= ch.interface_all || ch.interface_of.iter().any(|n| n == node_id);
             firewall |= ch.firewall_of.iter().any(|n| n == node_id);
         }
-        let mut upsert: Vec<Peer> = peers
+        let mut upsert: Vec<Arc<Peer>> = peers
             .iter()
             .filter_map(|id| self.peers.get(id.as_str()).cloned())
             .collect();
@@ -645,7 +650,7 @@ impl NetworkState {
                 .iter()
                 .filter_map(|cid| self.clients.get(cid.as_str()))
                 .filter(|c| c.enabled && c.ingress_node_id == node_id && node.ingress.is_some())
-                .map(ext_client_peer),
+                .map(|c| Arc::new(ext_client_peer(c))),
         );
         upsert.sort_by_key(|p| p.public_key);
         let (upsert_dns, remove_dns): (Vec<_>, Vec<_>) = dns
@@ -671,12 +676,12 @@ impl NetworkState {
     /// The record of a fully qualified name (without trailing dot) in this
     /// zone.
     pub fn dns_record(&self, fqdn: &str) -> Option<&DnsRecord> {
-        self.dns.get(fqdn)
+        self.dns.get(fqdn).map(|r| &**r)
     }
 
     /// Every record of the zone, by name.
     pub fn dns_records(&self) -> impl Iterator<Item = &DnsRecord> {
-        self.dns.values()
+        self.dns.values().map(|r| &**r)
     }
 
     /// The current state as a plain view (for checking against the

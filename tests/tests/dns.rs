@@ -19,6 +19,22 @@ fn entry(network: &str, name: &str, a: &str, a6: &str) -> pb::CreateDnsEntryRequ
     }
 }
 
+/// Sets a network's upstream resolvers.
+async fn set_nameservers(s: &TestServer, network: &str, nameservers: &[&str]) {
+    let mut net = meshplane_tests::network(network, "", "");
+    net.nameservers = nameservers.iter().map(|n| n.to_string()).collect();
+    s.networks()
+        .await
+        .update_network(pb::UpdateNetworkRequest {
+            network: Some(net),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["nameservers".into()],
+            }),
+        })
+        .await
+        .unwrap();
+}
+
 async fn list(s: &TestServer, network: &str) -> Vec<(String, i32, String)> {
     s.dns()
         .await
@@ -238,18 +254,7 @@ async fn names_and_nameservers_reach_agents() {
     assert_eq!(d.upsert_dns_records.len(), 1);
     assert_eq!(d.upsert_dns_records[0].name, "db.corp");
     meshplane_proto::delta::apply_update(&mut held, &u).unwrap();
-    let mut net = meshplane_tests::network("corp", "", "");
-    net.nameservers = vec!["9.9.9.9".into()];
-    s.networks()
-        .await
-        .update_network(pb::UpdateNetworkRequest {
-            network: Some(net),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["nameservers".into()],
-            }),
-        })
-        .await
-        .unwrap();
+    set_nameservers(&s, "corp", &["9.9.9.9"]).await;
     let u = tokio::time::timeout(Duration::from_secs(10), st.message())
         .await
         .unwrap()
@@ -374,18 +379,7 @@ async fn builtin_resolver_answers_zones_and_forwards_the_rest() {
     assert_eq!(q("example.com", "A").await.unwrap().0, "REFUSED");
     assert_eq!(queries.load(std::sync::atomic::Ordering::Relaxed), 0);
     // With the network's nameserver set, outside names are forwarded.
-    let mut net = meshplane_tests::network("corp", "", "");
-    net.nameservers = vec![up.ip().to_string()];
-    s.networks()
-        .await
-        .update_network(pb::UpdateNetworkRequest {
-            network: Some(net),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["nameservers".into()],
-            }),
-        })
-        .await
-        .unwrap();
+    set_nameservers(&s, "corp", &[&up.ip().to_string()]).await;
     let mut forwarded = None;
     for _ in 0..50 {
         let r = q("example.com", "A").await.unwrap();

@@ -107,14 +107,13 @@ impl DnsStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        events::append(
-            &mut tx,
+        events::commit(
+            tx,
             Action::Created,
             &Resource::DnsEntry(entry.clone()),
             true,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
         Ok(entry.clone())
     }
 
@@ -167,14 +166,13 @@ impl DnsStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(
-            &mut tx,
+        events::commit(
+            tx,
             Action::Deleted,
             &Resource::DnsEntry(entry.clone()),
             true,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
         Ok(entry)
     }
 }

@@ -14,6 +14,17 @@ use crate::domain::{
 };
 use crate::store::{EventStore, db_err, from_micros, to_micros};
 
+/// Appends the event of a write and commits the write with it.
+pub(super) async fn commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    action: Action,
+    resource: &Resource,
+    config: bool,
+) -> Result<()> {
+    append(&mut tx, action, resource, config).await?;
+    tx.commit().await.map_err(db_err)
+}
+
 /// Appends an event and returns its revision. When `config` is set the
 /// event changes node configs in its network, whose revision follows it.
 pub(super) async fn append(

@@ -278,14 +278,13 @@ impl ExtClientStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(
-            &mut tx,
+        events::commit(
+            tx,
             Action::Deleted,
             &Resource::ExtClient(Box::new(c.clone())),
             true,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
         Ok(c)
     }
 

@@ -94,14 +94,7 @@ impl NetworkStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        events::append(
-            &mut tx,
-            Action::Created,
-            &Resource::Network(net.clone()),
-            true,
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)?;
+        events::commit(tx, Action::Created, &Resource::Network(net.clone()), true).await?;
         Ok(net.clone())
     }
 
@@ -183,8 +176,7 @@ impl NetworkStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(&mut tx, Action::Deleted, &Resource::Network(net), false).await?;
-        tx.commit().await.map_err(db_err)?;
+        events::commit(tx, Action::Deleted, &Resource::Network(net), false).await?;
         Ok(())
     }
 }

@@ -363,14 +363,13 @@ impl NodeStore for SqliteStore {
                 .await
                 .map_err(db_err)?;
         }
-        events::append(
-            &mut tx,
+        events::commit(
+            tx,
             Action::Created,
             &Resource::EnrollmentKey(key.clone()),
             false,
         )
-        .await?;
-        tx.commit().await.map_err(db_err)
+        .await
     }
 
     async fn list_enrollment_keys(
@@ -411,14 +410,7 @@ impl NodeStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        events::append(
-            &mut tx,
-            Action::Deleted,
-            &Resource::EnrollmentKey(key),
-            false,
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)
+        events::commit(tx, Action::Deleted, &Resource::EnrollmentKey(key), false).await
     }
 
     async fn enrollment_key(&self, id: &str, presented: &str) -> Result<EnrollmentKey> {

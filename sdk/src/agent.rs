@@ -200,10 +200,18 @@ impl AgentClient {
     /// agent observes for itself. Retried on UNAVAILABLE (reporting twice is
     /// harmless).
     pub async fn report_status(&self, applied_revision: u64, endpoint: Option<&str>) -> Result<()> {
-        let msg = pb::ReportStatusRequest {
+        self.report(pb::ReportStatusRequest {
             applied_revision,
             endpoint: endpoint.unwrap_or_default().into(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// ReportStatus with every field: the revision applied, the WireGuard
+    /// interface the agent manages, its host's interfaces and routes, and
+    /// why an apply failed. Retried on UNAVAILABLE.
+    pub async fn report(&self, msg: pb::ReportStatusRequest) -> Result<()> {
         self.opts
             .unary(&self.stub()?, true, msg, |mut c, r| async move {
                 c.report_status(r).await

@@ -174,6 +174,7 @@ async fn token_scope_matrix() {
             .report_status(pb::ReportStatusRequest {
                 applied_revision: 1,
                 endpoint: String::new(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -205,6 +206,7 @@ async fn token_scope_matrix() {
         .report_status(pb::ReportStatusRequest {
             applied_revision: 7,
             endpoint: "203.0.113.5:51821".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -229,6 +231,7 @@ async fn token_scope_matrix() {
             .report_status(pb::ReportStatusRequest {
                 applied_revision: 8,
                 endpoint: "nope".into(),
+                ..Default::default()
             })
             .await,
         "endpoint",

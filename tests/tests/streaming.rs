@@ -320,6 +320,7 @@ async fn connected_drift_and_revisions_across_a_restart() {
         .report_status(pb::ReportStatusRequest {
             applied_revision: r - 1,
             endpoint: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -331,6 +332,7 @@ async fn connected_drift_and_revisions_across_a_restart() {
         .report_status(pb::ReportStatusRequest {
             applied_revision: r,
             endpoint: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -56,6 +56,11 @@ pub fn to_pb(n: &Node, hub: &Hub) -> pb::Node {
         persistent_keepalive: n.keepalive,
         create_time: ts(n.create_time),
         update_time: ts(n.update_time),
+        // Filled in by the host-report work (issue #11).
+        wireguard_interface: String::new(),
+        host: None,
+        apply_error: String::new(),
+        failed_revision: 0,
     }
 }
 

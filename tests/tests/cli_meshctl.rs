@@ -127,7 +127,7 @@ fn every_subcommand_against_a_real_server() {
         serde_json::json!({})
     );
     let yaml = e.text(&["network", "get", "corp", "-o", "yaml"]);
-    assert!(yaml.contains("name: \"corp\"\n"), "{yaml}");
+    assert!(yaml.contains("name: corp\n"), "{yaml}");
     assert!(yaml.contains("defaultMtu: 1380\n"), "{yaml}");
     let table = e.text(&["network", "list"]);
     assert!(table.starts_with("NAME "), "{table}");

@@ -223,6 +223,58 @@ impl Table {
     }
 }
 
+/// One item as `name  value` lines (e.g. `node get`): values wrap, never cut,
+/// to fit the terminal.
+#[derive(Default)]
+pub struct Fields {
+    rows: Vec<(&'static str, String)>,
+}
+
+impl Fields {
+    /// No fields yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a line.
+    pub fn add(&mut self, name: &'static str, value: impl Into<String>) -> &mut Self {
+        self.rows.push((name, value.into()));
+        self
+    }
+
+    /// The lines, fitting `width` columns when given.
+    pub fn render(&self, width: Option<u16>) -> String {
+        use comfy_table::{ColumnConstraint, ContentArrangement, presets};
+
+        let mut t = comfy_table::Table::new();
+        t.load_preset(presets::NOTHING).force_no_tty();
+        match width {
+            Some(w) => t
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(w),
+            None => t.set_content_arrangement(ContentArrangement::Disabled),
+        };
+        for (name, value) in &self.rows {
+            t.add_row([*name, value.as_str()]);
+        }
+        if let Some(c) = t.column_mut(0) {
+            c.set_padding((0, GAP))
+                .set_constraint(ColumnConstraint::ContentWidth);
+        }
+        if let Some(c) = t.column_mut(1) {
+            c.set_padding((0, 0));
+        }
+        let mut out = t.trim_fmt();
+        out.push('\n');
+        out
+    }
+
+    /// Prints the lines to fit the terminal.
+    pub fn print(&self) {
+        print!("{}", self.render(term_width()));
+    }
+}
+
 /// A timestamp as RFC 3339 (UTC, seconds), or `-`.
 pub fn time(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
@@ -310,6 +362,25 @@ mod tests {
         assert_eq!(narrow, "ID      NAME\nabc     office\nabcdef  x\n");
         let t = Table::new(&["NAME", "RANGE"]);
         assert_eq!(t.render(None), "NAME  RANGE\n");
+    }
+
+    #[test]
+    fn fields_align_names_and_wrap_long_values() {
+        let mut f = Fields::new();
+        f.add("id", "n1").add(
+            "apply error",
+            "wg: RTNETLINK answers: operation not permitted",
+        );
+        assert_eq!(
+            f.render(None),
+            "id           n1\napply error  wg: RTNETLINK answers: operation not permitted\n"
+        );
+        let narrow = f.render(Some(40));
+        assert!(narrow.lines().all(|l| l.chars().count() <= 40), "{narrow}");
+        assert!(
+            narrow.contains("permitted") && !narrow.contains('…'),
+            "{narrow}"
+        );
     }
 
     #[test]

@@ -213,6 +213,83 @@ fn every_subcommand_against_a_real_server() {
     let n = e.json(&["node", "update", "office", "--keepalive", "25"]);
     assert_eq!(n["persistentKeepalive"], 25);
 
+    // What an agent reports shows in `node get` and `node list`.
+    let office_state: Value = serde_json::from_str(
+        &std::fs::read_to_string(e.path().join("office-state/corp.json")).unwrap(),
+    )
+    .unwrap();
+    let node_token = office_state["node_token"].as_str().unwrap().to_owned();
+    let url = e.server.url();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            use meshplane_sdk::proto as pb;
+            meshplane_sdk::Client::builder(url)
+                .connect_lazy()
+                .unwrap()
+                .agent()
+                .with_node_token(node_token)
+                .report(pb::ReportStatusRequest {
+                    applied_revision: 0,
+                    wireguard_interface: "mp-corp".into(),
+                    host: Some(pb::HostReport {
+                        interfaces: vec![
+                            pb::HostInterface {
+                                name: "eth0".into(),
+                                addresses: vec!["192.0.2.7/24".into()],
+                                up: true,
+                            },
+                            pb::HostInterface {
+                                name: "eth2".into(),
+                                addresses: vec![],
+                                up: false,
+                            },
+                        ],
+                        routes: vec![pb::HostRoute {
+                            destination: "0.0.0.0/0".into(),
+                            interface: "eth0".into(),
+                            gateway: "192.0.2.1".into(),
+                        }],
+                        report_time: None,
+                    }),
+                    apply_error: "iptables-restore: permission denied".into(),
+                    failed_revision: 3,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        });
+    let n = e.json(&["node", "get", "office"]);
+    let text = e.text(&["node", "get", "office"]);
+    assert!(
+        text.starts_with("id  ") && text.contains("wireguard interface  "),
+        "{text}"
+    );
+    // A server that keeps the report (ReportStatus with the host fields)
+    // shows it; one that predates them leaves the fields empty.
+    if n["wireguardInterface"] == "mp-corp" {
+        assert_eq!(n["applyError"], "iptables-restore: permission denied");
+        assert_eq!(n["host"]["interfaces"][1]["name"], "eth2");
+        for want in [
+            "wireguard interface  mp-corp\n",
+            "apply error          revision 3: iptables-restore: permission denied\n",
+            "host interfaces      eth0, eth2 (down)\n",
+            "host routes          1 (0.0.0.0/0 via 192.0.2.1 dev eth0)\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let text = e.text(&["node", "list"]);
+        assert!(
+            text.contains("revision 3: iptables-restore: permission denied"),
+            "{text}"
+        );
+    }
+    let text = e.text(&["node", "list"]);
+    assert!(
+        text.lines().next().unwrap().ends_with("APPLY ERROR"),
+        "{text}"
+    );
+
     // ingress / egress (the seed's remote-access scenario)
     let n = e.json(&["ingress", "create", "server", "--network", "corp"]);
     assert!(n["ingress"].is_object(), "{n}");

@@ -9,7 +9,7 @@ use meshplane_sdk::proto as pb;
 use super::{done, show_list, show_one};
 use crate::{
     Ctx, Failure, Outcome,
-    output::{self, Format, Table, list, or_dash},
+    output::{self, Fields, Format, Table, list, or_dash, time},
     resolve,
 };
 
@@ -90,6 +90,46 @@ impl NodeArg {
     }
 }
 
+/// A node's gateway roles in a few words, or `-`.
+fn roles(n: &pb::Node) -> String {
+    let mut roles = Vec::new();
+    if let Some(e) = &n.egress {
+        roles.push(format!(
+            "egress {} via {}{}",
+            e.ranges.join(","),
+            e.interface,
+            if e.nat_enabled { "" } else { " (no NAT)" }
+        ));
+    }
+    if n.ingress.is_some() {
+        roles.push("ingress".into());
+    }
+    if roles.is_empty() {
+        "-".into()
+    } else {
+        roles.join("; ")
+    }
+}
+
+/// `applied/current`, with ` drifted` when the agent is behind.
+fn revision(n: &pb::Node) -> String {
+    format!(
+        "{}/{}{}",
+        n.applied_revision,
+        n.config_revision,
+        if n.drifted { " drifted" } else { "" }
+    )
+}
+
+/// The agent's last apply error with its revision, or `-`.
+fn apply_error(n: &pb::Node) -> String {
+    match (n.apply_error.as_str(), n.failed_revision) {
+        ("", _) => "-".into(),
+        (e, 0) => e.into(),
+        (e, r) => format!("revision {r}: {e}"),
+    }
+}
+
 pub(super) fn node_table(items: &[pb::Node]) -> Table {
     let mut t = Table::new(&[
         "=ID",
@@ -101,42 +141,98 @@ pub(super) fn node_table(items: &[pb::Node]) -> Table {
         "?ENDPOINT",
         "?CONNECTED",
         "?REVISION",
+        "?APPLY ERROR",
     ]);
     for n in items {
-        let mut roles = Vec::new();
-        if let Some(e) = &n.egress {
-            roles.push(format!(
-                "egress {} via {}{}",
-                e.ranges.join(","),
-                e.interface,
-                if e.nat_enabled { "" } else { " (no NAT)" }
-            ));
-        }
-        if n.ingress.is_some() {
-            roles.push("ingress".into());
-        }
         t.row(vec![
             n.id.clone(),
             n.name.clone(),
             n.network.clone(),
             or_dash(&n.address),
-            if roles.is_empty() {
-                "-".into()
-            } else {
-                roles.join("; ")
-            },
+            roles(n),
             or_dash(&n.address6),
             or_dash(&n.endpoint),
             if n.connected { "yes" } else { "no" }.into(),
-            format!(
-                "{}/{}{}",
-                n.applied_revision,
-                n.config_revision,
-                if n.drifted { " drifted" } else { "" }
-            ),
+            revision(n),
+            apply_error(n),
         ]);
     }
     t
+}
+
+/// One node, a field a line (`node get`): what the list shows, and what its
+/// agent reported about the host.
+fn node_fields(n: &pb::Node) -> Fields {
+    let mut f = Fields::new();
+    f.add("id", &n.id)
+        .add("name", &n.name)
+        .add("network", &n.network)
+        .add("address", or_dash(&n.address))
+        .add("address6", or_dash(&n.address6))
+        .add("endpoint", or_dash(&n.endpoint))
+        .add("listen port", n.listen_port.to_string())
+        .add("public key", &n.public_key)
+        .add("roles", roles(n))
+        .add(
+            "connected",
+            match (n.connected, &n.last_seen) {
+                (true, _) => "yes".to_string(),
+                (false, None) => "no".to_string(),
+                (false, seen) => format!("no (last seen {})", time(seen)),
+            },
+        )
+        .add("revision", format!("{} (applied/current)", revision(n)))
+        .add(
+            "wireguard interface",
+            if n.wireguard_interface.is_empty() {
+                format!("- (not reported; configs name mp-{})", n.network)
+            } else {
+                n.wireguard_interface.clone()
+            },
+        );
+    if !n.apply_error.is_empty() {
+        f.add("apply error", apply_error(n));
+    }
+    match &n.host {
+        Some(h) => {
+            let ifaces: Vec<String> = h
+                .interfaces
+                .iter()
+                .map(|i| format!("{}{}", i.name, if i.up { "" } else { " (down)" }))
+                .collect();
+            f.add("host interfaces", ifaces.join(", "));
+            let default: Vec<String> = h
+                .routes
+                .iter()
+                .filter(|r| r.destination == "0.0.0.0/0" || r.destination == "::/0")
+                .map(|r| match r.gateway.as_str() {
+                    "" => format!("{} dev {}", r.destination, r.interface),
+                    gw => format!("{} via {gw} dev {}", r.destination, r.interface),
+                })
+                .collect();
+            f.add(
+                "host routes",
+                format!(
+                    "{} ({})",
+                    h.routes.len(),
+                    if default.is_empty() {
+                        "no default route".to_string()
+                    } else {
+                        default.join("; ")
+                    }
+                ),
+            );
+            f.add("host reported", time(&h.report_time));
+        }
+        None => {
+            f.add("host interfaces", "- (not reported)");
+        }
+    }
+    f.add("os", or_dash(&n.os))
+        .add("keepalive", n.persistent_keepalive.to_string())
+        .add("created", time(&n.create_time))
+        .add("updated", time(&n.update_time));
+    f
 }
 
 fn print_node_config(c: &pb::NodeConfig) {
@@ -275,7 +371,10 @@ impl NodeCmd {
             }
             NodeCmd::Get(a) => {
                 let n = resolve::node(ctx, &a.node, a.network.as_deref()).await?;
-                show_one(ctx, &n, node_table);
+                match ctx.format {
+                    Format::Table => node_fields(&n).print(),
+                    f => output::print_value(f, &output::to_json(&n)),
+                }
             }
             NodeCmd::Update {
                 node,
@@ -333,5 +432,82 @@ impl NodeCmd {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported() -> pb::Node {
+        pb::Node {
+            id: "n1".into(),
+            name: "office".into(),
+            network: "corp".into(),
+            address: "10.101.0.2".into(),
+            applied_revision: 2,
+            config_revision: 3,
+            drifted: true,
+            wireguard_interface: "wg0".into(),
+            apply_error: "iptables-restore: permission denied".into(),
+            failed_revision: 3,
+            host: Some(pb::HostReport {
+                interfaces: vec![
+                    pb::HostInterface {
+                        name: "eth0".into(),
+                        addresses: vec!["192.0.2.7/24".into()],
+                        up: true,
+                    },
+                    pb::HostInterface {
+                        name: "eth2".into(),
+                        addresses: vec![],
+                        up: false,
+                    },
+                ],
+                routes: vec![pb::HostRoute {
+                    destination: "0.0.0.0/0".into(),
+                    interface: "eth0".into(),
+                    gateway: "192.0.2.1".into(),
+                }],
+                report_time: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn node_get_shows_what_the_agent_reported() {
+        let text = node_fields(&reported()).render(None);
+        for want in [
+            "id                   n1\n",
+            "revision             2/3 drifted (applied/current)\n",
+            "wireguard interface  wg0\n",
+            "apply error          revision 3: iptables-restore: permission denied\n",
+            "host interfaces      eth0, eth2 (down)\n",
+            "host routes          1 (0.0.0.0/0 via 192.0.2.1 dev eth0)\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let quiet = node_fields(&pb::Node {
+            network: "corp".into(),
+            ..Default::default()
+        })
+        .render(None);
+        assert!(!quiet.contains("apply error"), "{quiet}");
+        assert!(
+            quiet.contains("wireguard interface  - (not reported; configs name mp-corp)\n"),
+            "{quiet}"
+        );
+        assert!(quiet.contains("host interfaces      - (not reported)\n"));
+    }
+
+    #[test]
+    fn node_list_has_an_optional_apply_error_column() {
+        let t = node_table(&[reported()]);
+        let wide = t.render(None);
+        assert!(wide.lines().next().unwrap().ends_with("APPLY ERROR"));
+        assert!(wide.contains("revision 3: iptables-restore: permission denied"));
+        let narrow = t.render(Some(80));
+        assert!(!narrow.contains("APPLY ERROR"), "{narrow}");
     }
 }

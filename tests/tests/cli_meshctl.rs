@@ -653,6 +653,24 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     );
     let out = String::from_utf8(first.stdout).unwrap();
     assert!(out.contains("sudo wg-quick up "), "{out}");
+    // The agent alternative: the node's identity and the enrollment key use
+    // kept for it.
+    let agent_line = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sudo meshctl agent run "))
+        .unwrap_or_else(|| panic!("no agent line in:\n{out}"));
+    let state_dir = e.path().join("state");
+    for want in [
+        format!("--server {} ", e.server.url()),
+        "--network vpn ".into(),
+        "--enrollment-key mpk_".into(),
+        "--name gw ".into(),
+        "--interface mp-vpn ".into(),
+        "--endpoint 203.0.113.10:51821 ".into(),
+        format!("--state-dir {}", state_dir.display()),
+    ] {
+        assert!(agent_line.contains(&want), "{want:?} missing: {agent_line}");
+    }
     let progress = String::from_utf8(first.stderr).unwrap();
     assert!(
         progress.contains("[5/5] external client client-5: created"),
@@ -666,6 +684,11 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
         String::from_utf8_lossy(&second.stderr)
     );
     let summary: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(
+        summary["agentCommand"].as_str().unwrap(),
+        format!("meshctl agent run {agent_line}"),
+        "the second run prints the same agent line"
+    );
     let progress = String::from_utf8(second.stderr).unwrap();
     assert!(
         !progress.contains("created"),
@@ -678,7 +701,10 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     let nodes = e.json(&["node", "list", "--network", "vpn"]);
     assert_eq!(names(&nodes), ["gw"]);
     let gw = &nodes[0];
-    assert_eq!(e.json(&["key", "list"]).as_array().unwrap().len(), 1);
+    let keys = e.json(&["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["usesRemaining"], 1, "one use kept for the agent");
+    assert_eq!(keys[0]["id"], summary["agentEnrollmentKeyId"]);
     let clients = e.json(&["extclient", "list", "--network", "vpn"]);
     assert_eq!(
         names(&clients),

@@ -82,12 +82,11 @@ pub struct State {
     pub keys: KeyPair,
     /// Its node token.
     pub node_token: String,
-    /// The enrollment key `quickstart vpn` keeps for `meshctl agent run`.
-    pub agent_key: Option<AgentKey>,
 }
 
-/// An enrollment key kept for the agent: the use `quickstart vpn` left on
-/// the key it registered the gateway with.
+/// The enrollment key `quickstart vpn` keeps for `meshctl agent run` (the
+/// use left on the key it registered the gateway with), in
+/// `<state dir>/<network>.agent-key.json` (mode 0600) beside the state.
 pub struct AgentKey {
     /// The key's id (for `meshctl key delete`).
     pub id: String,
@@ -133,21 +132,10 @@ impl State {
         };
         let keys =
             KeyPair::from_private_key(&field("private_key")?).map_err(|e| bad(e.message()))?;
-        let agent_key = match (
-            v["agent_enrollment_key_id"].as_str(),
-            v["agent_enrollment_key"].as_str(),
-        ) {
-            (Some(id), Some(token)) => Some(AgentKey {
-                id: id.into(),
-                token: token.into(),
-            }),
-            _ => None,
-        };
         Ok(Some(State {
             node_id: field("node_id")?,
             keys,
             node_token: field("node_token")?,
-            agent_key,
         }))
     }
 
@@ -159,7 +147,7 @@ impl State {
         network: &str,
         name: &str,
     ) -> Result<(), Failure> {
-        let mut v = json!({
+        let v = json!({
             "server": server,
             "network": network,
             "node_id": self.node_id,
@@ -168,10 +156,39 @@ impl State {
             "private_key": self.keys.private_key().expose(),
             "node_token": self.node_token,
         });
-        if let Some(k) = &self.agent_key {
-            v["agent_enrollment_key_id"] = json!(k.id);
-            v["agent_enrollment_key"] = json!(k.token);
-        }
+        write_private(path, &format!("{v:#}\n"))
+    }
+}
+
+impl AgentKey {
+    /// `<dir>/<network>.agent-key.json`.
+    pub fn path(dir: &Path, network: &str) -> PathBuf {
+        dir.join(format!("{network}.agent-key.json"))
+    }
+
+    /// The key kept in `path`, when there is one.
+    pub fn load(path: &Path) -> Result<Option<AgentKey>, Failure> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(local(format!("reading {}: {e}", path.display()))),
+        };
+        let bad = |what: &str| local(format!("{}: {what}", path.display()));
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(String::from)
+                .ok_or_else(|| bad(&format!("{k} is missing")))
+        };
+        Ok(Some(AgentKey {
+            id: field("id")?,
+            token: field("token")?,
+        }))
+    }
+
+    /// Writes the key to `path` with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), Failure> {
+        let v = json!({ "id": self.id, "token": self.token });
         write_private(path, &format!("{v:#}\n"))
     }
 }
@@ -351,11 +368,13 @@ impl VpnArgs {
         p: &Progress,
         net: &pb::Network,
         endpoint: &str,
-    ) -> Result<(pb::Node, State, PathBuf), Failure> {
+    ) -> Result<(pb::Node, State, PathBuf, Option<AgentKey>), Failure> {
         p.doing("gateway node");
         private_dir(&self.state_dir)?;
         let path = State::path(&self.state_dir, &self.network);
         let state = State::load(&path)?;
+        let key_path = AgentKey::path(&self.state_dir, &self.network);
+        let agent_key = AgentKey::load(&key_path)?;
         if let Some(s) = &state {
             match ctx.client.nodes().get(&s.node_id).await {
                 Ok(n) if n.public_key == s.keys.public_key() && n.network == net.name => {
@@ -374,7 +393,7 @@ impl VpnArgs {
                         n
                     };
                     let s = state.expect("checked");
-                    return Ok((n, s, path));
+                    return Ok((n, s, path, agent_key));
                 }
                 Ok(n) => p.step(format!(
                     "node {} no longer matches {}; registering anew",
@@ -391,11 +410,8 @@ impl VpnArgs {
         }
         // Keep the key pair of an earlier run: only this host has it. The
         // agent's use left on the old enrollment key goes with the old node.
-        let (keys, old_key) = match state {
-            Some(s) => (s.keys, s.agent_key),
-            None => (KeyPair::generate(), None),
-        };
-        if let Some(k) = old_key {
+        let keys = state.map(|s| s.keys).unwrap_or_else(KeyPair::generate);
+        if let Some(k) = agent_key {
             match ctx.client.enrollment_keys().delete(&k.id).await {
                 Ok(()) => p.step(format!("enrollment key {}: revoked", k.id)),
                 Err(e) if e.code() == Code::NotFound => {}
@@ -437,19 +453,20 @@ impl VpnArgs {
             node_id: reg.node.id.clone(),
             keys,
             node_token: reg.node_token.expose().to_owned(),
-            agent_key: Some(AgentKey {
-                id: key.id,
-                token: key.token,
-            }),
         };
         state.save(&path, &ctx.server, &net.name, &name)?;
+        let agent_key = AgentKey {
+            id: key.id,
+            token: key.token,
+        };
+        agent_key.save(&key_path)?;
         p.step(format!(
             "node {name}: registered as {} at {} (identity in {}, mode 0600)",
             reg.node.id,
             reg.node.address,
             path.display()
         ));
-        Ok((reg.node, state, path))
+        Ok((reg.node, state, path, Some(agent_key)))
     }
 
     async fn run(&self, ctx: &Ctx) -> Outcome {
@@ -459,7 +476,7 @@ impl VpnArgs {
         let p = Progress::new();
         let net = self.network(ctx, &p).await?;
         let endpoint = self.endpoint(&net)?;
-        let (mut node, state, state_file) = self.node(ctx, &p, &net, &endpoint).await?;
+        let (mut node, state, state_file, agent_key) = self.node(ctx, &p, &net, &endpoint).await?;
         let gw = ctx.client.gateways();
 
         // Clients' DNS: the gateway's overlay address unless told otherwise.
@@ -613,7 +630,7 @@ impl VpnArgs {
         let agent = AgentLine {
             server: &ctx.server,
             network: &net.name,
-            key: state.agent_key.as_ref(),
+            key: agent_key.as_ref(),
             name: &node.name,
             interface: &ifname,
             endpoint: &endpoint,
@@ -823,10 +840,6 @@ mod tests {
             node_id: "n1".into(),
             keys: KeyPair::generate(),
             node_token: "mpn_x".into(),
-            agent_key: Some(AgentKey {
-                id: "k1".into(),
-                token: "mpk_x".into(),
-            }),
         };
         s.save(&path, "http://s", "vpn", "gw").ok().unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -835,7 +848,16 @@ mod tests {
         assert_eq!(back.node_id, "n1");
         assert_eq!(back.keys.public_key(), s.keys.public_key());
         assert_eq!(back.node_token, "mpn_x");
-        let k = back.agent_key.unwrap();
+        let key_path = AgentKey::path(&dir, "vpn");
+        assert!(AgentKey::load(&key_path).ok().unwrap().is_none());
+        let k = AgentKey {
+            id: "k1".into(),
+            token: "mpk_x".into(),
+        };
+        k.save(&key_path).ok().unwrap();
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let k = AgentKey::load(&key_path).ok().unwrap().unwrap();
         assert_eq!((k.id.as_str(), k.token.as_str()), ("k1", "mpk_x"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

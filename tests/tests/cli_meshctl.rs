@@ -761,6 +761,11 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     // file carries that key and a peer per client.
     let state_file = e.path().join("state/vpn.json");
     assert_eq!(mode(&state_file), 0o600);
+    let agent_key = e.path().join("state/vpn.agent-key.json");
+    assert_eq!(mode(&agent_key), 0o600);
+    let agent_key: Value =
+        serde_json::from_str(&std::fs::read_to_string(&agent_key).unwrap()).unwrap();
+    assert_eq!(agent_key["id"], summary["agentEnrollmentKeyId"]);
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     assert_eq!(state["node_id"], gw["id"]);

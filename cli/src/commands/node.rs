@@ -358,7 +358,6 @@ impl NodeCmd {
                     node_id: reg.node.id.clone(),
                     keys,
                     node_token: reg.node_token.expose().to_owned(),
-                    agent_key: None,
                 }
                 .save(&path, &ctx.server, &network, &name)?;
                 eprintln!(

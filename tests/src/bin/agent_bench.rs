@@ -371,7 +371,6 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// An `applied revision=R steps=S elapsed_ms=E` line.
 #[derive(Debug, Clone, Copy)]
 struct Applied {
-    at: Instant,
     revision: u64,
     steps: u64,
     elapsed_ms: u64,
@@ -381,9 +380,8 @@ fn applied_lines(lines: &[(Instant, String)]) -> Vec<Applied> {
     lines
         .iter()
         .filter(|(_, l)| l.contains(" applied ") || l.ends_with(" applied"))
-        .filter_map(|(at, l)| {
+        .filter_map(|(_, l)| {
             Some(Applied {
-                at: *at,
                 revision: field(l, "revision")?.parse().ok()?,
                 steps: field(l, "steps")?.parse().ok()?,
                 elapsed_ms: field(l, "elapsed_ms")?.parse().ok()?,
@@ -559,12 +557,16 @@ struct Report {
     first_agent_ms: u64,
     first_steps: u64,
     first_applies: usize,
+    /// (first revision applied, revision GetNode showed applied)
+    first_revisions: (u64, u64),
     first_breakdown: Vec<(String, usize, f64)>,
     agent_cpu_first_s: f64,
     agent_hwm_first: Option<u64>,
     agent_idle: Option<u64>,
     wg_idle: Option<u64>,
     wg_cpu_idle_s: f64,
+    /// Median time of `wg show IF dump` (a full UAPI read of the device).
+    wg_dump_ms: f64,
     one: Vec<Change>,
     wide: Vec<Change>,
     wide_breakdown: Vec<(String, usize, f64)>,
@@ -747,7 +749,15 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
     let lines = log.since(0);
     let applies = applied_lines(&lines);
     report.first_applies = applies.len();
-    if let Some(a) = applies.iter().find(|a| a.revision == first.applied_revision) {
+    // The first config can be followed by a revision that changes nothing
+    // on the host (e.g. rendered again for the interface the agent
+    // reported): the agent logs no apply for it.
+    report.first_revisions = (applies.first().map_or(0, |a| a.revision), first.applied_revision);
+    if let Some(a) = applies
+        .iter()
+        .rev()
+        .find(|a| a.revision <= first.applied_revision)
+    {
         report.first_agent_ms = a.elapsed_ms;
         report.first_steps = a.steps;
     }
@@ -799,6 +809,16 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
             args.peers
         ));
     }
+    // What one full read of the device costs (the agent reads it through
+    // the same UAPI socket before planning each apply).
+    let mut reads = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        if run_cmd(&["wg", "show", &env.ifname, "dump"]).is_ok() {
+            reads.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    report.wg_dump_ms = percentile(&sorted(reads), 0.5);
     if let Ok(dump) = run_cmd(&["wg", "show", &env.ifname, "peers"]) {
         let n = dump.lines().count();
         if n != args.peers {
@@ -910,8 +930,8 @@ fn print(r: &Report, args: &Args) {
         println!("  {ms:>8.0} ms  {name}");
     }
     println!(
-        "  agent's logged apply: elapsed_ms={} steps={} (applies logged until then: {})",
-        r.first_agent_ms, r.first_steps, r.first_applies
+        "  agent's logged apply: elapsed_ms={} steps={} (applies logged until then: {}; first applied revision {}, GetNode showed {})",
+        r.first_agent_ms, r.first_steps, r.first_applies, r.first_revisions.0, r.first_revisions.1
     );
     println!("  steps of the first apply (from the agent's log):");
     for (k, n, ms) in &r.first_breakdown {
@@ -931,6 +951,10 @@ fn print(r: &Report, args: &Args) {
         mib(r.wg_idle),
         mib(r.wg_rss_end),
         r.wg_cpu_idle_s
+    );
+    println!(
+        "`wg show {{if}} dump` (one full UAPI read of the device): median {:.1} ms",
+        r.wg_dump_ms
     );
     let (p50, p99, max) = stats(&r.one, |c| c.ack_to_applied);
     let (a50, a99, amax) = stats(&r.one, |c| c.agent_ms);

@@ -505,6 +505,16 @@ struct Change {
     /// The agent's own elapsed_ms for that revision (0 when not logged).
     agent_ms: f64,
     steps: u64,
+    /// Sending the write → its acknowledgement, ms.
+    write_ms: f64,
+    /// Acknowledgement → the agent logs its first step (the update
+    /// delivered, the device read, the plan made), ms; 0 when the agent
+    /// started before the acknowledgement arrived.
+    to_first_step: f64,
+    /// The same from sending the write.
+    to_first_step_from_send: f64,
+    /// The agent logs `applied` → GetNode shows it (the report, the poll).
+    logged_to_seen: f64,
 }
 
 async fn measure_change<F, Fut>(
@@ -524,27 +534,43 @@ where
         .await
         .map_err(|e| format!("GetNode: {e}"))?
         .config_revision;
+    let from = log.len();
+    let sent = Instant::now();
     write().await?;
     let acked = Instant::now();
     let n = wait_applied(client, agent_id, before, limit).await?;
-    let ack_to_applied = acked.elapsed().as_secs_f64() * 1000.0;
-    // The applied line is logged before the report; give it a moment.
+    let seen = Instant::now();
+    let ack_to_applied = seen.duration_since(acked).as_secs_f64() * 1000.0;
+    // The applied line is logged before the report; it is there by now,
+    // but the reader thread may lag a little.
+    let mut lines = Vec::new();
     let mut a = None;
     for _ in 0..100 {
-        let all = log.since(0);
-        a = applied_lines(&all)
-            .into_iter()
-            .rev()
-            .find(|x| x.revision == n.applied_revision);
+        lines = log.since(from);
+        a = lines.iter().find_map(|(at, l)| {
+            let x = applied_lines(std::slice::from_ref(&(*at, l.clone())))
+                .pop()
+                .filter(|x| x.revision == n.applied_revision)?;
+            Some((*at, x))
+        });
         if a.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let first_step = lines
+        .iter()
+        .find(|(_, l)| l.contains(" applying "))
+        .map(|(at, _)| *at);
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
     Ok(Change {
         ack_to_applied,
-        agent_ms: a.map_or(f64::NAN, |a| a.elapsed_ms as f64),
-        steps: a.map_or(0, |a| a.steps),
+        write_ms: ms(sent, acked),
+        to_first_step: first_step.map_or(f64::NAN, |f| ms(acked, f)),
+        to_first_step_from_send: first_step.map_or(f64::NAN, |f| ms(sent, f)),
+        logged_to_seen: a.map_or(f64::NAN, |(at, _)| ms(at, seen)),
+        agent_ms: a.map_or(f64::NAN, |(_, a)| a.elapsed_ms as f64),
+        steps: a.map_or(0, |(_, a)| a.steps),
     })
 }
 
@@ -565,6 +591,12 @@ struct Report {
     agent_idle: Option<u64>,
     wg_idle: Option<u64>,
     wg_cpu_idle_s: f64,
+    wg_rss_after_one: Option<u64>,
+    wg_rss_after_wide: Option<u64>,
+    /// The all-peer change as one UAPI transaction, ms.
+    uapi_one_ms: f64,
+    /// The same as one UAPI connection per peer, ms.
+    uapi_each_ms: f64,
     /// Median time of `wg show IF dump` (a full UAPI read of the device).
     wg_dump_ms: f64,
     one: Vec<Change>,
@@ -859,6 +891,8 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    report.wg_rss_after_one = wg_pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
+
     // Network-wide changes: every peer's keepalive.
     let cpu_before = cpu_s(agent_pid);
     let wide_from = log.len();
@@ -895,12 +929,81 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
         .position(|(_, l)| l.contains(" applied "))
         .map_or(wide_lines.len(), |i| i + 1);
     report.wide_breakdown = step_breakdown(&wide_lines[..wide_end]);
+    report.wg_rss_after_wide = wg_pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
+
+    // Baseline: the same all-peer change written straight to the UAPI
+    // socket (each peer's current keepalive again, so the agent sees no
+    // drift): in one transaction, and in one connection per peer.
+    let cfg = client
+        .nodes()
+        .config(&agent_id)
+        .await
+        .map_err(|e| format!("GetNodeConfig: {e}"))?;
+    let entries: Vec<String> = cfg
+        .peers
+        .iter()
+        .map(|p| {
+            Ok(format!(
+                "public_key={}\npersistent_keepalive_interval={}\n",
+                b64_to_hex(&p.public_key)?,
+                p.persistent_keepalive
+            ))
+        })
+        .collect::<Res<_>>()?;
+    let sock = PathBuf::from(format!("/var/run/wireguard/{}.sock", env.ifname));
+    let (one, each) = tokio::task::spawn_blocking(move || -> Res<(f64, f64)> {
+        let t = Instant::now();
+        uapi_set(&sock, &entries.concat())?;
+        let one = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        for e in &entries {
+            uapi_set(&sock, e)?;
+        }
+        Ok((one, t.elapsed().as_secs_f64() * 1000.0))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    report.uapi_one_ms = one;
+    report.uapi_each_ms = each;
     report.agent_hwm_end = proc_status_kib(agent_pid, "VmHWM:");
     report.agent_rss_end = proc_status_kib(agent_pid, "VmRSS:");
     report.wg_rss_end = wg_pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
     report.warnings.extend(log.errors(first_end.min(log.len())));
     report.warnings.sort();
     report.warnings.dedup();
+    Ok(())
+}
+
+fn b64_to_hex(key: &str) -> Res<String> {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|e| format!("key {key:?}: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// One UAPI `set` transaction on `sock`; fails unless it answers errno=0.
+fn uapi_set(sock: &std::path::Path, body: &str) -> Res<()> {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| format!("{}: {e}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("set=1\n{body}\n").as_bytes())
+        .map_err(|e| format!("UAPI write: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\n\n") {
+        let n = s.read(&mut buf).map_err(|e| format!("UAPI read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    if text.trim() != "errno=0" {
+        return Err(format!("UAPI set answered {:?}", text.trim()));
+    }
     Ok(())
 }
 
@@ -947,8 +1050,10 @@ fn print(r: &Report, args: &Args) {
         mib(r.agent_rss_end)
     );
     println!(
-        "        wireguard-go RSS {} idle, {} at the end (CPU {:.2} s when idle)",
+        "        wireguard-go RSS {} idle, {} after the one-peer changes, {} after the wide changes, {} at the end (CPU {:.2} s when idle)",
         mib(r.wg_idle),
+        mib(r.wg_rss_after_one),
+        mib(r.wg_rss_after_wide),
         mib(r.wg_rss_end),
         r.wg_cpu_idle_s
     );
@@ -968,19 +1073,33 @@ fn print(r: &Report, args: &Args) {
             s
         }
     );
+    let (w50, _, _) = stats(&r.one, |c| c.write_ms);
+    let (f50, f99, _) = stats(&r.one, |c| c.to_first_step);
+    let (s50, _, _) = stats(&r.one, |c| c.to_first_step_from_send);
+    let (l50, l99, _) = stats(&r.one, |c| c.logged_to_seen);
+    println!(
+        "  split (p50 / p99): write sent -> ack {w50:.1} ms; ack -> agent's first step {f50:.1} / {f99:.1} ms (from send {s50:.1}); agent's steps {a50:.0} / {a99:.0} ms; agent logs applied -> GetNode shows it {l50:.1} / {l99:.1} ms"
+    );
     for (i, c) in r.wide.iter().enumerate() {
         println!(
-            "{}-peer change #{}: ack -> applied {:.0} ms; agent elapsed_ms {:.0}, steps {}",
+            "{}-peer change #{}: ack -> applied {:.0} ms; agent elapsed_ms {:.0}, steps {}; write {:.0} ms, ack -> first step {:.0} ms, applied logged -> GetNode {:.0} ms",
             r.peers,
             i + 1,
             c.ack_to_applied,
             c.agent_ms,
-            c.steps
+            c.steps,
+            c.write_ms,
+            c.to_first_step,
+            c.logged_to_seen
         );
     }
     println!(
         "  agent CPU for the wide changes: {:.2} s",
         r.agent_cpu_wide_s
+    );
+    println!(
+        "  baseline, the same change written to the UAPI socket directly: {:.0} ms as one transaction, {:.0} ms as one connection per peer",
+        r.uapi_one_ms, r.uapi_each_ms
     );
     println!("  steps of the first wide change (from the agent's log):");
     for (k, n, ms) in &r.wide_breakdown {

@@ -110,10 +110,7 @@ fn cpu_s(pid: u32) -> f64 {
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime 15.
-    let ticks: u64 = f
-        .get(11)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
+    let ticks: u64 = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 }
@@ -190,7 +187,11 @@ fn pids_in_our_netns() -> Vec<u32> {
             if pid == self_pid {
                 continue;
             }
-            if std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().as_ref() == Some(&me) {
+            if std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .as_ref()
+                == Some(&me)
+            {
                 out.push(pid);
             }
         }
@@ -296,7 +297,14 @@ impl Drop for Env {
                 if round == 0 {
                     eprintln!("teardown: killing pid {p} ({}) in {}", comm(*p), self.ns);
                 }
-                kill(*p, if round < 10 { libc::SIGTERM } else { libc::SIGKILL });
+                kill(
+                    *p,
+                    if round < 10 {
+                        libc::SIGTERM
+                    } else {
+                        libc::SIGKILL
+                    },
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -492,8 +500,7 @@ fn wireguard_go_pid(ifname: &str) -> Option<u32> {
         std::fs::read(format!("/proc/{p}/cmdline"))
             .map(|c| {
                 let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                args.iter().any(|a| *a == ifname.as_bytes())
-                    && comm(*p).starts_with("wireguard")
+                args.contains(&ifname.as_bytes()) && comm(*p).starts_with("wireguard")
             })
             .unwrap_or(false)
     })
@@ -648,7 +655,9 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut server = cmd.spawn().map_err(|e| format!("starting the server: {e}"))?;
+    let mut server = cmd
+        .spawn()
+        .map_err(|e| format!("starting the server: {e}"))?;
     let out = server.stdout.take().expect("piped");
     env.server = Some(server);
     let (tx, rx) = mpsc::channel();
@@ -713,7 +722,11 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
     let sem = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::with_capacity(args.peers);
     for i in 0..args.peers {
-        let permit = sem.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
         let agent = client.agent();
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
@@ -784,7 +797,10 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
     // The first config can be followed by a revision that changes nothing
     // on the host (e.g. rendered again for the interface the agent
     // reported): the agent logs no apply for it.
-    report.first_revisions = (applies.first().map_or(0, |a| a.revision), first.applied_revision);
+    report.first_revisions = (
+        applies.first().map_or(0, |a| a.revision),
+        first.applied_revision,
+    );
     if let Some(a) = applies
         .iter()
         .rev()
@@ -854,9 +870,10 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
     if let Ok(dump) = run_cmd(&["wg", "show", &env.ifname, "peers"]) {
         let n = dump.lines().count();
         if n != args.peers {
-            report
-                .warnings
-                .push(format!("`wg show peers` lists {n} peers, not {}", args.peers));
+            report.warnings.push(format!(
+                "`wg show peers` lists {n} peers, not {}",
+                args.peers
+            ));
         }
     }
 
@@ -1144,7 +1161,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

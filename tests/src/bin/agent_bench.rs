@@ -3,9 +3,12 @@
 //! `meshctl agent` and a real `wireguard-go` device.
 //!
 //! Run as root (release build; see BENCHMARKS.md):
-//!   cargo build --release -p meshplane-server --bin meshplane -p meshctl \
-//!       -p meshplane-tests --bin agent_bench
+//!   cargo build --release -p meshplane-server -p meshctl -p meshplane-tests \
+//!       --bin meshplane --bin meshctl --bin agent_bench
 //!   sudo ./target/release/agent_bench --peers 1000 --changes 100 --markdown
+//!
+//! The agent's state directory and the server's data directory are
+//! temporary directories (under $TMPDIR).
 //!
 //! Everything runs inside a network namespace this program creates (only
 //! loopback, no default route: the fake peers' endpoints are unreachable
@@ -633,7 +636,7 @@ async fn bench(args: &Args, env: &mut Env, report: &mut Report) -> Res<()> {
     for b in [&server_bin, &meshctl_bin] {
         if !b.exists() {
             return Err(format!(
-                "{} missing: cargo build --release -p meshplane-server --bin meshplane -p meshctl",
+                "{} missing: cargo build --release -p meshplane-server -p meshctl --bin meshplane --bin meshctl",
                 b.display()
             ));
         }

@@ -293,6 +293,62 @@ impl Wg {
         .map_err(|e| wg_err("configuring the WireGuard device", e))
     }
 
+    /// Peer changes in one go: one UAPI transaction on a userspace device
+    /// (a connection per peer costs ~0.1 ms each); netlink per peer on a
+    /// kernel one.
+    fn apply_peers(
+        &self,
+        ifname: &str,
+        upserts: &[WgPeer],
+        removals: &[Key],
+    ) -> Result<(), String> {
+        match self {
+            Wg::Kernel(_) => {
+                for k in removals {
+                    self.remove(k)?;
+                }
+                for p in upserts {
+                    self.upsert(p)?;
+                }
+                Ok(())
+            }
+            Wg::Userspace(_) => {
+                use std::io::{BufRead, BufReader, Write};
+                let mut text = String::from("set=1\n");
+                for k in removals {
+                    text.push_str(&format!("public_key={}\nremove=true\n", k.to_lower_hex()));
+                }
+                for p in upserts {
+                    text.push_str(&p.as_uapi_update());
+                }
+                text.push('\n');
+                let path = socket_path(ifname);
+                let mut sock = std::os::unix::net::UnixStream::connect(&path)
+                    .map_err(|e| format!("connecting to {}: {e}", path.display()))?;
+                sock.set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(|e| format!("UAPI socket: {e}"))?;
+                sock.write_all(text.as_bytes())
+                    .map_err(|e| format!("writing to {}: {e}", path.display()))?;
+                let mut errno = None;
+                for line in BufReader::new(&sock).lines() {
+                    let line = line.map_err(|e| format!("reading from {}: {e}", path.display()))?;
+                    if let Some(v) = line.strip_prefix("errno=") {
+                        errno = v.trim().parse::<i32>().ok();
+                        break;
+                    }
+                }
+                match errno {
+                    Some(0) => Ok(()),
+                    Some(n) => Err(format!(
+                        "the WireGuard device refused the peer changes: {}",
+                        std::io::Error::from_raw_os_error(n)
+                    )),
+                    None => Err("the WireGuard device did not answer the peer changes".into()),
+                }
+            }
+        }
+    }
+
     fn upsert(&self, peer: &WgPeer) -> Result<(), String> {
         match self {
             Wg::Kernel(a) => a.configure_peer(peer),
@@ -560,6 +616,21 @@ impl Host {
             observed: o,
             report,
         })
+    }
+
+    /// Runs a run of peer steps (upserts and removals) together.
+    pub fn execute_peers(&self, steps: &[&Step]) -> Result<(), String> {
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        for s in steps {
+            match s {
+                Step::UpsertPeer(k, p) => upserts.push(wg_peer(k, p)?),
+                Step::RemovePeer(k) => removals
+                    .push(Key::try_from(k.as_str()).map_err(|e| wg_err("peer public key", e))?),
+                other => return Err(format!("not a peer step: {other}")),
+            }
+        }
+        Wg::open(&self.ifname)?.apply_peers(&self.ifname, &upserts, &removals)
     }
 
     /// Runs one step, recording in `applied` what the host cannot tell

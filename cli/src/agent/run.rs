@@ -15,7 +15,7 @@ use super::{
     DownArgs, RunArgs,
     desired::desired,
     linux::Host,
-    plan::{Create, Plan, plan, teardown},
+    plan::{Create, Plan, Step, plan, teardown},
     resolve, retry_delay, server_addresses,
     state::{Applied, Identity, StateDir},
 };
@@ -206,27 +206,51 @@ impl Agent {
     }
 
     /// Runs `p`; stops at the first failing step (what ran stays recorded).
+    /// Consecutive peer steps go to the device together.
     async fn execute(&mut self, p: &Plan) -> Result<(), String> {
-        for step in &p.steps {
+        let is_peer = |s: &Step| matches!(s, Step::UpsertPeer(..) | Step::RemovePeer(_));
+        let mut i = 0;
+        while i < p.steps.len() {
+            let step = &p.steps[i];
+            if is_peer(step) {
+                let run: Vec<&Step> = p.steps[i..].iter().take_while(|s| is_peer(s)).collect();
+                for s in &run {
+                    tracing::debug!(step = %s, "applying");
+                }
+                tracing::info!(peers = run.len(), "applying peer changes");
+                self.host
+                    .execute_peers(&run)
+                    .map_err(|e| format!("wireguard: {} peer change(s): {e}", run.len()))?;
+                i += run.len();
+                continue;
+            }
             tracing::info!(%step, "applying");
+            let before = self.applied.clone();
             let r = self
                 .host
                 .execute(step, &self.id.private_key, &mut self.applied)
                 .await;
-            let saved = self.dir.save_applied(&self.applied);
+            // Only what the host cannot tell apart is recorded; most steps
+            // change nothing there.
+            let saved = if self.applied != before {
+                self.dir.save_applied(&self.applied)
+            } else {
+                Ok(())
+            };
             r.map_err(|e| format!("{step}: {e}"))?;
             saved?;
             match step {
-                super::plan::Step::CreateInterface(c) => {
+                Step::CreateInterface(c) => {
                     self.id.created = Some(c.clone());
                     self.dir.save_identity(&self.id)?;
                 }
-                super::plan::Step::DeleteInterface => {
+                Step::DeleteInterface => {
                     self.id.created = None;
                     self.dir.save_identity(&self.id)?;
                 }
                 _ => {}
             }
+            i += 1;
         }
         Ok(())
     }
@@ -279,7 +303,7 @@ impl Agent {
             {
                 errors.push(format!("{step}: {e}"));
             }
-            if *step == super::plan::Step::DeleteInterface {
+            if *step == Step::DeleteInterface {
                 self.id.created = None;
             }
         }

@@ -1023,21 +1023,34 @@ impl ServerProc {
     }
 
     /// Stops it with SIGTERM; panics unless it exits cleanly within 10 s.
-    pub fn stop(&mut self) {
+    /// Async so that a current-thread runtime on the calling thread keeps
+    /// running meanwhile: the server drains its connections before it
+    /// exits, and the test's own idle connections close only when their
+    /// tasks run.
+    pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.signal(libc::SIGTERM);
-            let st = p.wait_exit(Duration::from_secs(10));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let st = loop {
+                if let Some(st) = p.try_status() {
+                    break Some(st);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             assert!(
                 st.is_some_and(|s| s.success()),
-                "meshplane did not exit cleanly on SIGTERM ({st:?}):\n{}",
+                "meshplane did not exit cleanly on SIGTERM within 10 s ({st:?}):\n{}",
                 p.output()
             );
         }
     }
 
     /// Starts it again on the same address and data directory.
-    pub fn restart(&mut self, t: &Topology) {
-        self.stop();
+    pub async fn restart(&mut self, t: &Topology) {
+        self.stop().await;
         self.spawn(t);
     }
 

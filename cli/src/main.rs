@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the server refused (the gRPC code, its message
 //! and each field violation are printed) or a local step failed; 2 usage.
 
+mod agent;
 mod commands;
 mod output;
 mod quickstart;
@@ -86,6 +87,9 @@ enum Command {
     /// Resource changes as they happen.
     #[command(subcommand)]
     Events(commands::EventsCmd),
+    /// The host agent: applies a node's config to this host.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
     /// Whole setups in one command.
     #[command(subcommand)]
     Quickstart(quickstart::QuickstartCmd),
@@ -223,6 +227,7 @@ fn main() -> ExitCode {
             Command::Route(c) => c.run(&ctx).await,
             Command::Events(c) => c.run(&ctx).await,
             Command::Quickstart(c) => c.run(&ctx).await,
+            Command::Agent(c) => c.run(&ctx.server).await,
             Command::Completion { .. } => unreachable!("handled above"),
         }
     });

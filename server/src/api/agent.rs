@@ -13,7 +13,8 @@ use super::{
 };
 use crate::domain::{
     Error,
-    node::{Endpoint, RegistrationInput},
+    host::{HostInterfaceInput, HostReportInput, HostRouteInput, StatusReportInput},
+    node::RegistrationInput,
     token::{self, NewToken, TokenKind},
 };
 use crate::hub::{Hub, StreamGuard};
@@ -145,20 +146,49 @@ impl AgentService for Agents {
     ) -> Result<Response<()>, Status> {
         let id = node_id(&req)?;
         let r = req.into_inner();
-        let endpoint = if r.endpoint.is_empty() {
-            None
-        } else {
-            Some(
-                Endpoint::parse("endpoint", &r.endpoint)
-                    .map_err(|v| to_status(Error::InvalidArgument(vec![v])))?,
-            )
-        };
-        self.0
-            .store
-            .report_status(&id, r.applied_revision, endpoint.as_ref())
-            .await
-            .status()?;
+        let report = StatusReportInput {
+            applied_revision: r.applied_revision,
+            endpoint: r.endpoint,
+            wireguard_interface: r.wireguard_interface,
+            host: r.host.map(host_input),
+            apply_error: r.apply_error,
+            failed_revision: r.failed_revision,
+        }
+        .validate(crate::domain::now())
+        .status()?;
+        let done = self.0.store.report_status(&id, &report).await.status()?;
+        if done.config_changed {
+            self.0.changed().await;
+            tracing::info!(node = %id, interface = ?done.node.wireguard_interface, endpoint = ?done.node.endpoint, "agent reported a config change");
+        }
+        if let Some(e) = &done.node.apply_error {
+            tracing::debug!(node = %id, revision = done.node.failed_revision, error = %e, "agent reported a failed apply");
+        }
         Ok(Response::new(()))
+    }
+}
+
+/// A host report's plain fields, for the domain to validate.
+fn host_input(h: pb::HostReport) -> HostReportInput {
+    HostReportInput {
+        interfaces: h
+            .interfaces
+            .into_iter()
+            .map(|i| HostInterfaceInput {
+                name: i.name,
+                addresses: i.addresses,
+                up: i.up,
+            })
+            .collect(),
+        routes: h
+            .routes
+            .into_iter()
+            .map(|r| HostRouteInput {
+                destination: r.destination,
+                interface: r.interface,
+                gateway: r.gateway,
+            })
+            .collect(),
     }
 }
 

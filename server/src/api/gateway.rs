@@ -40,7 +40,7 @@ impl GatewayService for Gateways {
             interface: r.interface,
             nat: r.nat_enabled,
         }
-        .validate(&net)
+        .validate(&net, &node)
         .status()?;
         let node = store.set_egress(&r.node_id, Some(&egress)).await.status()?;
         self.0.changed().await;

@@ -12,6 +12,7 @@ use super::{
     error::{IntoStatus, required},
 };
 use crate::domain::{
+    host::HostReport,
     node::{Node, NodePatch, NodeUpdateInput},
     page::PageRequest,
 };
@@ -56,11 +57,35 @@ pub fn to_pb(n: &Node, hub: &Hub) -> pb::Node {
         persistent_keepalive: n.keepalive,
         create_time: ts(n.create_time),
         update_time: ts(n.update_time),
-        // Filled in by the host-report work (issue #11).
-        wireguard_interface: String::new(),
-        host: None,
-        apply_error: String::new(),
-        failed_revision: 0,
+        wireguard_interface: n.wireguard_interface.clone().unwrap_or_default(),
+        host: n.host.as_ref().map(host_to_pb),
+        apply_error: n.apply_error.clone().unwrap_or_default(),
+        failed_revision: n.failed_revision,
+    }
+}
+
+/// A host report as its proto message.
+fn host_to_pb(h: &HostReport) -> pb::HostReport {
+    pb::HostReport {
+        interfaces: h
+            .interfaces
+            .iter()
+            .map(|i| pb::HostInterface {
+                name: i.name.clone(),
+                addresses: i.addresses.iter().map(ToString::to_string).collect(),
+                up: i.up,
+            })
+            .collect(),
+        routes: h
+            .routes
+            .iter()
+            .map(|r| pb::HostRoute {
+                destination: r.destination.to_string(),
+                interface: r.interface.clone(),
+                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+        report_time: ts(h.report_time),
     }
 }
 

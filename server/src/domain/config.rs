@@ -123,6 +123,14 @@ pub fn interface_name(network: &str) -> String {
     format!("mp-{}", short.trim_end_matches('-'))
 }
 
+/// Name of `node`'s overlay interface: the one its agent reported, else the
+/// default for its network.
+pub fn node_interface(node: &Node) -> String {
+    node.wireguard_interface
+        .clone()
+        .unwrap_or_else(|| interface_name(node.network.as_str()))
+}
+
 /// A node's overlay addresses as host prefixes (/32, /128).
 pub fn host_prefixes(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<IpNet> {
     v4.map(|a| IpNet::V4(Ipv4Net::from(a)))
@@ -145,7 +153,7 @@ pub fn interface_for(network: &Network, node: &Node) -> Interface {
         ));
     }
     Interface {
-        name: interface_name(network.name.as_str()),
+        name: node_interface(node),
         addresses,
         listen_port: node.listen_port,
         mtu: network.mtu,
@@ -202,7 +210,7 @@ pub fn ext_client_peer(client: &ExtClient) -> Peer {
 /// Routes `node` installs: every egress range of every other gateway, via
 /// that gateway.
 pub fn routes_for<'a>(node: &Node, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Route> {
-    let dev = interface_name(node.network.as_str());
+    let dev = node_interface(node);
     let mut routes: Vec<Route> = nodes
         .into_iter()
         .filter(|m| m.id != node.id)
@@ -323,6 +331,10 @@ pub(crate) mod tests {
             config_revision: 0,
             create_time: now,
             update_time: now,
+            wireguard_interface: None,
+            host: None,
+            apply_error: None,
+            failed_revision: 0,
         }
     }
 
@@ -401,6 +413,42 @@ pub(crate) mod tests {
         assert_eq!(l.peers[&server.public_key].allowed_ips.len(), 2);
         assert_eq!(l.dns.records.len(), 4);
         assert_eq!(l.dns.records[0].name, "laptop.corp");
+    }
+
+    #[test]
+    fn the_reported_interface_names_the_nodes_own_config_only() {
+        let mut office = node("office", 2);
+        office.egress = Some(Egress {
+            ranges: vec!["10.10.10.0/24".parse().unwrap()],
+            interface: "eth2".into(),
+            nat: true,
+        });
+        let mut laptop = node("laptop", 3);
+        laptop.wireguard_interface = Some("wg0".into());
+        let view = NetworkView {
+            network: network(),
+            nodes: vec![office.clone(), laptop.clone()],
+            ext_clients: vec![],
+            dns_entries: vec![],
+            revision: 4,
+        };
+        let l = node_config(&view, &laptop.id).unwrap();
+        assert_eq!(l.interface.name, "wg0");
+        assert_eq!(l.routes[0].dev, "wg0");
+        let o = node_config(&view, &office.id).unwrap();
+        assert_eq!(o.interface.name, "mp-corp");
+        assert!(o.firewall.iptables_restore.contains("-i mp-corp -o eth2"));
+        let mut view2 = view.clone();
+        view2.nodes[0].wireguard_interface = Some("wg-office".into());
+        let o2 = node_config(&view2, &office.id).unwrap();
+        assert!(
+            o2.firewall
+                .iptables_restore
+                .contains("-i wg-office -o eth2")
+        );
+        assert!(!o2.firewall.iptables_restore.contains("mp-corp"));
+        // Others' configs do not mention it.
+        assert_eq!(node_config(&view2, &laptop.id).unwrap(), l);
     }
 
     #[test]

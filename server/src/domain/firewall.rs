@@ -4,7 +4,7 @@
 
 use ipnet::IpNet;
 
-use super::config::interface_name;
+use super::config::node_interface;
 use super::network::Network;
 use super::node::Node;
 
@@ -84,7 +84,7 @@ fn rule(table: &'static str, chain: &'static str, family: Family, text: String) 
 /// it is an ingress gateway. A node that is neither gets empty chains, so
 /// applying its config also clears rules it had as a gateway.
 pub fn firewall_for(network: &Network, node: &Node) -> Firewall {
-    let ovl = interface_name(network.name.as_str());
+    let ovl = node_interface(node);
     let mut rules = Vec::new();
     let source = |f: Family| -> Option<IpNet> {
         match f {

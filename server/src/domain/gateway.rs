@@ -2,7 +2,9 @@
 
 use ipnet::IpNet;
 
+use super::config::node_interface;
 use super::error::{Error, FieldViolation, Result, Violations};
+use super::host::{HostReport, parse_ifname};
 use super::names::{parse_cidr, parse_ips};
 use super::network::Network;
 use super::node::{Egress, Ingress, Node};
@@ -18,38 +20,25 @@ pub struct EgressInput {
     pub nat: Option<bool>,
 }
 
-/// Validates a Linux interface name: 1-15 bytes, no '/', ':' or white space,
-/// not "." or "..".
+/// Validates the egress interface's name (see [`parse_ifname`]); required.
 pub fn parse_interface(field: &str, s: &str) -> Result<String, FieldViolation> {
-    let bad = |why: String| Err(FieldViolation::new(field, why));
     if s.is_empty() {
-        return bad("is required: the node's interface that reaches the ranges (e.g. eth0)".into());
-    }
-    if s.len() > 15 {
-        return bad(format!(
-            "{s:?} is {} bytes; Linux allows at most 15",
-            s.len()
+        return Err(FieldViolation::new(
+            field,
+            "is required: the node's interface that reaches the ranges (e.g. eth0)",
         ));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return bad(format!(
-            "{s:?} contains {c:?}, which an interface name cannot"
-        ));
-    }
-    if s == "." || s == ".." {
-        return bad(format!("{s:?} is not an interface name"));
-    }
-    Ok(s.to_owned())
+    parse_ifname(field, s)
 }
 
 impl EgressInput {
-    /// Validates against the gateway's network: ranges parsed, normalized
-    /// (host bits must be clear), de-duplicated and sorted, none inside the
-    /// network's own ranges.
-    pub fn validate(self, network: &Network) -> Result<Egress> {
+    /// Validates against the gateway node and its network: ranges parsed,
+    /// normalized (host bits must be clear), de-duplicated and sorted, none
+    /// inside the network's own ranges. Once the node's agent has reported
+    /// its host, the interface is checked against the host's (or picked from
+    /// its routing table when empty, see [`egress_interface`]); before that
+    /// it is required.
+    pub fn validate(self, network: &Network, node: &Node) -> Result<Egress> {
         let mut v = Violations::default();
         let mut ranges: Vec<IpNet> = Vec::new();
         let mut i = 0;
@@ -81,14 +70,109 @@ impl EgressInput {
                 "at least one range is required (e.g. 10.10.10.0/24 or 0.0.0.0/0)",
             );
         }
-        let interface = v.check(parse_interface("interface", &self.interface));
+        let interface = match (&node.host, self.interface.as_str()) {
+            (Some(_), "") => Some(None),
+            _ => v
+                .check(parse_interface("interface", &self.interface))
+                .map(Some),
+        };
         v.finish()?;
         ranges.sort();
+        let interface = match (&node.host, interface.expect("checked")) {
+            (Some(host), requested) => egress_interface(node, host, &ranges, requested)?,
+            (None, requested) => requested.expect("required without a host report"),
+        };
         Ok(Egress {
             ranges,
-            interface: interface.expect("checked"),
+            interface,
             nat: self.nat.unwrap_or(true),
         })
+    }
+}
+
+/// The interface an egress gateway forwards `ranges` out of, given its
+/// host's report: `requested` when the host has it, else (when None) the
+/// interface the host's routing table uses for the ranges. For each range
+/// the most specific route containing all of it wins (so 0.0.0.0/0 takes the
+/// default route); routes through the node's own WireGuard interface are
+/// ignored, and among equally specific routes the first reported wins.
+/// FAILED_PRECONDITION when the host has no such interface, when a range has
+/// no route, or when the ranges leave through different interfaces.
+pub fn egress_interface(
+    node: &Node,
+    host: &HostReport,
+    ranges: &[IpNet],
+    requested: Option<String>,
+) -> Result<String> {
+    let name = node.name.as_str();
+    let known = || {
+        let names = host.interface_names();
+        if names.is_empty() {
+            "none reported".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    if let Some(r) = requested {
+        if host.has_interface(&r) {
+            return Ok(r);
+        }
+        return Err(Error::FailedPrecondition(format!(
+            "node {name} has no interface {r:?}; its interfaces: {}",
+            known()
+        )));
+    }
+    let own = node_interface(node);
+    let mut picked: Vec<(IpNet, &str)> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let best = host
+            .routes
+            .iter()
+            .filter(|r| r.interface != own && covers(&r.destination, range))
+            .fold(
+                None,
+                |best: Option<&super::host::HostRoute>, r| match best {
+                    Some(b) if b.destination.prefix_len() >= r.destination.prefix_len() => Some(b),
+                    _ => Some(r),
+                },
+            );
+        match best {
+            Some(r) => picked.push((*range, r.interface.as_str())),
+            None => {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {name}'s routing table has no route for {range}, so the interface \
+                     that reaches it cannot be picked; name it (its interfaces: {})",
+                    known()
+                )));
+            }
+        }
+    }
+    let first = picked
+        .first()
+        .map(|(_, i)| *i)
+        .ok_or_else(|| Error::Internal("egress_interface called without ranges".into()))?;
+    if picked.iter().any(|(_, i)| *i != first) {
+        let list: Vec<String> = picked.iter().map(|(r, i)| format!("{r} -> {i}")).collect();
+        return Err(Error::FailedPrecondition(format!(
+            "node {name} reaches the ranges through different interfaces ({}); an egress \
+             gateway forwards out of one: name it, or give only ranges it reaches through one \
+             interface",
+            list.join(", ")
+        )));
+    }
+    Ok(first.to_owned())
+}
+
+/// Whether route destination `route` contains all of `range`.
+fn covers(route: &IpNet, range: &IpNet) -> bool {
+    match (route, range) {
+        (IpNet::V4(a), IpNet::V4(b)) => {
+            a.prefix_len() <= b.prefix_len() && a.contains(&b.network())
+        }
+        (IpNet::V6(a), IpNet::V6(b)) => {
+            a.prefix_len() <= b.prefix_len() && a.contains(&b.network())
+        }
+        _ => false,
     }
 }
 
@@ -132,6 +216,8 @@ pub fn ingress(ext_client_dns: &[String]) -> Result<Ingress> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::config::tests::node;
+    use crate::domain::host::{HostInterface, HostRoute};
     use crate::domain::network::NetworkInput;
 
     fn net() -> Network {
@@ -146,12 +232,149 @@ mod tests {
     }
 
     fn egress(ranges: &[&str], iface: &str) -> Result<Egress> {
+        egress_on(&node("gw", 1), ranges, iface)
+    }
+
+    fn egress_on(n: &Node, ranges: &[&str], iface: &str) -> Result<Egress> {
         EgressInput {
             ranges: ranges.iter().map(|s| s.to_string()).collect(),
             interface: iface.into(),
             nat: None,
         }
-        .validate(&net())
+        .validate(&net(), n)
+    }
+
+    /// A gateway whose host has `eth0` (default route, 192.0.2.0/24), `eth1`
+    /// (10.10.10.0/24, IPv6 default route) and `lo`, and whose agent
+    /// manages `wg0` (with a stray route to 10.0.0.0/8 through it).
+    fn reported() -> Node {
+        let mut n = node("gw", 1);
+        n.wireguard_interface = Some("wg0".into());
+        let iface = |name: &str| HostInterface {
+            name: name.into(),
+            addresses: vec![],
+            up: true,
+        };
+        let route = |d: &str, dev: &str| HostRoute {
+            destination: d.parse().unwrap(),
+            interface: dev.into(),
+            gateway: None,
+        };
+        n.host = Some(HostReport {
+            interfaces: vec![iface("lo"), iface("eth1"), iface("eth0")],
+            routes: vec![
+                route("0.0.0.0/0", "eth0"),
+                route("192.0.2.0/24", "eth0"),
+                route("10.10.10.0/24", "eth1"),
+                route("10.0.0.0/8", "wg0"),
+                route("::/0", "eth1"),
+            ],
+            report_time: chrono::Utc::now(),
+        });
+        n
+    }
+
+    fn precondition(r: Result<Egress>) -> String {
+        match r {
+            Err(Error::FailedPrecondition(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_interface_is_picked_from_the_routing_table() {
+        let gw = reported();
+        // A LAN /24 (and a part of it) leaves through eth1, not the default.
+        assert_eq!(
+            egress_on(&gw, &["10.10.10.0/24"], "").unwrap().interface,
+            "eth1"
+        );
+        assert_eq!(
+            egress_on(&gw, &["10.10.10.128/25"], "").unwrap().interface,
+            "eth1"
+        );
+        // The whole internet takes the default route.
+        assert_eq!(
+            egress_on(&gw, &["0.0.0.0/0"], "").unwrap().interface,
+            "eth0"
+        );
+        // Ranges the default route alone covers, routes through the node's own
+        // WireGuard interface ignored.
+        assert_eq!(
+            egress_on(&gw, &["10.20.0.0/16", "198.51.100.0/24"], "")
+                .unwrap()
+                .interface,
+            "eth0"
+        );
+        assert_eq!(egress_on(&gw, &["::/0"], "").unwrap().interface, "eth1");
+    }
+
+    #[test]
+    fn ranges_through_different_interfaces_are_refused() {
+        let m = precondition(egress_on(&reported(), &["0.0.0.0/0", "::/0"], ""));
+        assert!(m.contains("0.0.0.0/0 -> eth0, ::/0 -> eth1"), "{m}");
+        let m = precondition(egress_on(
+            &reported(),
+            &["10.10.10.0/24", "10.20.0.0/16"],
+            "",
+        ));
+        assert!(
+            m.contains("10.10.10.0/24 -> eth1, 10.20.0.0/16 -> eth0"),
+            "{m}"
+        );
+        // Naming one is fine.
+        assert_eq!(
+            egress_on(&reported(), &["0.0.0.0/0", "::/0"], "eth0")
+                .unwrap()
+                .interface,
+            "eth0"
+        );
+    }
+
+    #[test]
+    fn a_range_without_a_route_asks_for_the_interface() {
+        let mut gw = reported();
+        gw.host
+            .as_mut()
+            .unwrap()
+            .routes
+            .retain(|r| r.destination.prefix_len() > 0);
+        let m = precondition(egress_on(&gw, &["172.16.0.0/12"], ""));
+        assert!(m.contains("no route for 172.16.0.0/12"), "{m}");
+        assert!(m.contains("name it"), "{m}");
+        // A route through the node's own WireGuard interface does not count.
+        let m = precondition(egress_on(&gw, &["10.50.0.0/16"], ""));
+        assert!(m.contains("no route for 10.50.0.0/16"), "{m}");
+    }
+
+    #[test]
+    fn an_interface_the_host_lacks_is_refused_naming_those_it_has() {
+        let m = precondition(egress_on(&reported(), &["10.10.10.0/24"], "eht1"));
+        assert_eq!(
+            m,
+            "node gw has no interface \"eht1\"; its interfaces: eth0, eth1, lo"
+        );
+        assert_eq!(
+            egress_on(&reported(), &["10.10.10.0/24"], "eth0")
+                .unwrap()
+                .interface,
+            "eth0"
+        );
+        // A malformed name is still a bad argument.
+        assert!(matches!(
+            egress_on(&reported(), &["10.10.10.0/24"], "eth 0"),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn without_a_host_report_the_interface_is_required() {
+        let v = match egress(&["10.10.10.0/24"], "") {
+            Err(Error::InvalidArgument(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(v[0].field, "interface");
+        assert!(v[0].description.starts_with("is required"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod event;
 pub mod ext_client;
 pub mod firewall;
 pub mod gateway;
+pub mod host;
 pub mod ipam;
 pub mod names;
 pub mod network;

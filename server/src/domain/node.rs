@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::error::{FieldViolation, Result, Violations};
+use super::host::HostReport;
 use super::names::DnsLabel;
 
 /// A WireGuard key (public or private): 32 bytes, written as base64.
@@ -212,6 +213,21 @@ pub struct Node {
     pub create_time: DateTime<Utc>,
     /// Last change.
     pub update_time: DateTime<Utc>,
+    /// The WireGuard interface the agent reported; None until it does
+    /// (configs then name the default, see `config::interface_name`).
+    #[serde(default)]
+    pub wireguard_interface: Option<String>,
+    /// The host's interfaces and routes as the agent last reported them.
+    /// Not in the event log: reports change without events (they change no
+    /// config) and can be large.
+    #[serde(skip)]
+    pub host: Option<HostReport>,
+    /// Why the agent's last apply failed; None when it succeeded.
+    #[serde(default)]
+    pub apply_error: Option<String>,
+    /// The revision whose apply failed; 0 when none.
+    #[serde(default)]
+    pub failed_revision: u64,
 }
 
 /// A validated registration, before addresses are allocated.

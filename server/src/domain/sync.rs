@@ -16,7 +16,7 @@ use std::{
 
 use super::config::{
     DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, ext_client_peer,
-    interface_for, node_peer, routes_for,
+    interface_for, node_interface, node_peer, routes_for,
 };
 use super::event::{Action, Event, Resource};
 use super::ext_client::ExtClient;
@@ -99,6 +99,9 @@ struct Change {
     /// DNS names changed.
     dns: Vec<String>,
     routes: bool,
+    /// Nodes whose own routes changed (not through others' gateways: the
+    /// name of their overlay interface, which every route of theirs names).
+    routes_of: Vec<String>,
     nameservers: bool,
     interface_all: bool,
     interface_of: Vec<String>,
@@ -235,7 +238,10 @@ impl NetworkState {
         for c in view.ext_clients {
             s.clients.insert(c.id.clone(), c);
         }
-        for n in view.nodes {
+        for mut n in view.nodes {
+            // Configs do not depend on the host report: keep it out of the
+            // hub's memory.
+            n.host = None;
             s.node_rev.insert(n.id.clone(), view.revision);
             s.node_since.insert(n.id.clone(), view.revision);
             s.nodes.insert(n.id.clone(), n);
@@ -419,7 +425,9 @@ impl NetworkState {
 
     fn upsert_node(&mut self, n: &Node, ch: &mut Change) {
         let zone = self.zone().to_owned();
-        let old = self.nodes.insert(n.id.clone(), n.clone());
+        let mut kept = n.clone();
+        kept.host = None;
+        let old = self.nodes.insert(n.id.clone(), kept);
         if old.is_none() {
             // A new node: its own config is new too.
             self.node_rev.insert(n.id.clone(), 0);
@@ -464,6 +472,16 @@ impl NetworkState {
             o.listen_port != n.listen_port || o.address != n.address || o.address6 != n.address6
         }) {
             ch.interface_of.push(n.id.clone());
+            ch.affected.add(Affected::one(&n.id));
+        }
+        // The overlay interface's name is in the node's own interface, routes
+        // and firewall rules, and in nobody else's config.
+        if let Some(o) = &old
+            && node_interface(o) != node_interface(n)
+        {
+            ch.interface_of.push(n.id.clone());
+            ch.routes_of.push(n.id.clone());
+            ch.firewall_of.push(n.id.clone());
             ch.affected.add(Affected::one(&n.id));
         }
     }
@@ -636,7 +654,7 @@ impl NetworkState {
                 }
             }
             dns.extend(ch.dns.iter());
-            routes |= ch.routes;
+            routes |= ch.routes || ch.routes_of.iter().any(|n| n == node_id);
             nameservers |= ch.nameservers;
             interface |= ch.interface_all || ch.interface_of.iter().any(|n| n == node_id);
             firewall |= ch.firewall_of.iter().any(|n| n == node_id);

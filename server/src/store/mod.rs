@@ -13,8 +13,9 @@ use crate::domain::{
     enrollment::EnrollmentKey,
     event::Event,
     ext_client::{ExtClient, ExtClientPatch},
+    host::StatusReport,
     network::{Network, NetworkPatch},
-    node::{Egress, Endpoint, Ingress, Node, NodePatch, Registration},
+    node::{Egress, Ingress, Node, NodePatch, Registration},
     page::PageRequest,
     token::NewToken,
 };
@@ -127,13 +128,11 @@ pub trait NodeStore: Send + Sync + 'static {
     ) -> Result<Node>;
     /// Everything configs in a network are computed from, read consistently.
     async fn network_view(&self, network: &str) -> Result<NetworkView>;
-    /// Records what an agent reported.
-    async fn report_status(
-        &self,
-        node_id: &str,
-        applied_revision: u64,
-        endpoint: Option<&Endpoint>,
-    ) -> Result<Node>;
+    /// Records what an agent reported (and that it was heard from now). When
+    /// the report changes a config (the node's interface name, its endpoint;
+    /// see [`StatusReport::apply`]) the write appends an event like any other;
+    /// otherwise it appends none and no revision moves.
+    async fn report_status(&self, node_id: &str, report: &StatusReport) -> Result<Reported>;
 }
 
 /// External clients.
@@ -186,6 +185,15 @@ pub trait EventStore: Send + Sync + 'static {
     async fn load_all(&self) -> Result<(u64, Vec<NetworkView>)>;
     /// Records that a node's agent was heard from now.
     async fn touch_node(&self, node_id: &str) -> Result<()>;
+}
+
+/// What [`NodeStore::report_status`] did.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    /// The node after the report.
+    pub node: Node,
+    /// The report changed a config: the hub has an event to follow.
+    pub config_changed: bool,
 }
 
 /// What [`NodeStore::register_node`] needs.

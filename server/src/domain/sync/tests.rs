@@ -138,7 +138,7 @@ impl World {
             }
             20..=39 if nodes > 0 => {
                 let i = self.rng.random_range(0..nodes);
-                match self.rng.random_range(0..6) {
+                match self.rng.random_range(0..7) {
                     0 => {
                         if let Some(name) = self.free_name() {
                             self.view.nodes[i].name = name;
@@ -155,6 +155,15 @@ impl World {
                             )
                             .unwrap(),
                         )
+                    }
+                    5 => {
+                        // The agent reports its interface: a new name, the
+                        // default one named explicitly, or none.
+                        self.view.nodes[i].wireguard_interface =
+                            [None, Some("wg0"), Some("wg1"), Some("mp-net")]
+                                .choose(&mut self.rng)
+                                .expect("non-empty")
+                                .map(String::from)
                     }
                     _ => self.view.nodes[i].os = "changed".into(),
                 }

@@ -3,7 +3,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 
@@ -20,6 +19,7 @@ use crate::domain::{
     enrollment::EnrollmentKey,
     event::{Action, Resource},
     gateway::check_egress_unique,
+    host::StatusReport,
     ipam::{self, Family},
     names::DnsLabel,
     network::Network,
@@ -28,8 +28,8 @@ use crate::domain::{
     token,
 };
 use crate::store::{
-    NodeRegistration, NodeStore, db_err, from_micros, is_unique_violation, join_ips, split_ips,
-    to_micros,
+    NodeRegistration, NodeStore, Reported, db_err, from_micros, is_unique_violation, join_ips,
+    split_ips, to_micros,
 };
 
 const KEY_COLS: &str = "k.id, k.hash, k.description, k.uses_remaining, k.unlimited, \
@@ -79,6 +79,15 @@ async fn load_key(conn: &mut SqliteConnection, id: &str, presented: &str) -> Res
 pub(super) const NODE_COLS: &str = "id, network, name, public_key, endpoint, listen_port, \
     address, address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
     ingress_dns, connected, last_seen, applied_revision, create_time, update_time, \
+    wireguard_interface, host_report, apply_error, failed_revision, \
+    (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision";
+
+/// [`NODE_COLS`] without the host report, for the nodes configs are computed
+/// from (which never look at it; it can be large).
+const VIEW_NODE_COLS: &str = "id, network, name, public_key, endpoint, listen_port, \
+    address, address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
+    ingress_dns, connected, last_seen, applied_revision, create_time, update_time, \
+    wireguard_interface, NULL AS host_report, apply_error, failed_revision, \
     (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision";
 
 pub(super) fn node_from_row(r: &SqliteRow) -> Result<Node> {
@@ -145,6 +154,13 @@ pub(super) fn node_from_row(r: &SqliteRow) -> Result<Node> {
             .unwrap_or(0) as u64,
         create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
         update_time: from_micros(r.try_get("update_time").map_err(db_err)?),
+        wireguard_interface: o("wireguard_interface")?,
+        host: o("host_report")?
+            .map(|h| serde_json::from_str(&h))
+            .transpose()
+            .map_err(|_| corrupt("host_report"))?,
+        apply_error: Some(s("apply_error")?).filter(|e| !e.is_empty()),
+        failed_revision: r.try_get::<i64, _>("failed_revision").map_err(db_err)? as u64,
         id,
     })
 }
@@ -217,10 +233,11 @@ async fn node_event(conn: &mut SqliteConnection, action: Action, node: &Node) ->
     events::append(conn, action, &Resource::Node(Box::new(node.clone())), true).await
 }
 
-/// All nodes of a network, ordered by name.
+/// All nodes of a network, ordered by name, without their host reports
+/// (what configs are computed from).
 pub(super) async fn network_nodes(conn: &mut SqliteConnection, network: &str) -> Result<Vec<Node>> {
     let rows = sqlx::query(&format!(
-        "SELECT {NODE_COLS} FROM nodes WHERE network = ? ORDER BY name"
+        "SELECT {VIEW_NODE_COLS} FROM nodes WHERE network = ? ORDER BY name"
     ))
     .bind(network)
     .fetch_all(&mut *conn)
@@ -456,6 +473,10 @@ impl NodeStore for SqliteStore {
             config_revision: 0,
             create_time: now,
             update_time: now,
+            wireguard_interface: None,
+            host: None,
+            apply_error: None,
+            failed_revision: 0,
         };
         sqlx::query(
             "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
@@ -520,8 +541,14 @@ impl NodeStore for SqliteStore {
     }
 
     async fn network_nodes(&self, network: &str) -> Result<Vec<Node>> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        network_nodes(&mut conn, network).await
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE network = ? ORDER BY name"
+        ))
+        .bind(network)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(node_from_row).collect()
     }
 
     async fn update_node(&self, id: &str, patch: &NodePatch) -> Result<Node> {
@@ -720,30 +747,52 @@ impl NodeStore for SqliteStore {
         })
     }
 
-    async fn report_status(
-        &self,
-        node_id: &str,
-        applied_revision: u64,
-        endpoint: Option<&Endpoint>,
-    ) -> Result<Node> {
+    async fn report_status(&self, node_id: &str, report: &StatusReport) -> Result<Reported> {
         let (_w, mut tx) = self.write_tx().await?;
-        let now: DateTime<Utc> = crate::domain::now();
-        let done = sqlx::query(
-            "UPDATE nodes SET applied_revision = ?, last_seen = ?, \
-             endpoint = COALESCE(?, endpoint) WHERE id = ?",
+        let mut node = fetch_node(&mut tx, node_id).await?;
+        let before = node.clone();
+        let config_changed = report.apply(&mut node);
+        let now = crate::domain::now();
+        node.last_seen = Some(now);
+        if config_changed {
+            node.update_time = now;
+        }
+        let host = report
+            .host
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Internal(format!("encoding host report: {e}")))?;
+        sqlx::query(
+            "UPDATE nodes SET applied_revision = ?, last_seen = ?, endpoint = ?, \
+             wireguard_interface = ?, host_report = COALESCE(?, host_report), \
+             apply_error = ?, failed_revision = ?, update_time = ? WHERE id = ?",
         )
-        .bind(applied_revision as i64)
-        .bind(to_micros(now))
-        .bind(endpoint.map(ToString::to_string))
+        .bind(node.applied_revision as i64)
+        .bind(node.last_seen.map(to_micros))
+        .bind(endpoint_text(&node.endpoint))
+        .bind(node.wireguard_interface.as_deref())
+        .bind(host)
+        .bind(node.apply_error.as_deref().unwrap_or_default())
+        .bind(node.failed_revision as i64)
+        .bind(to_micros(node.update_time))
         .bind(node_id)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found("node", node_id));
+        if config_changed {
+            // Its own config (the interface name) or its peers' (the
+            // endpoint) changed: a write like UpdateNode's.
+            node.config_revision = node_event(&mut tx, Action::Updated, &node).await?;
+            // The ingress gateway's endpoint is in its clients' files.
+            if node.ingress.is_some() && before.endpoint != node.endpoint {
+                bump_clients_of(&mut tx, node_id, node.config_revision).await?;
+            }
         }
-        let node = fetch_node(&mut tx, node_id).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(node)
+        Ok(Reported {
+            node,
+            config_changed,
+        })
     }
 }

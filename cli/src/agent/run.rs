@@ -1,0 +1,526 @@
+//! The agent's life: identity, the config stream, applying, reporting,
+//! stopping and tearing down.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use meshplane_sdk::{
+    Client, Code,
+    agent::{AgentClient, KeyPair},
+    proto as pb,
+};
+use tokio::{sync::watch, time::Instant};
+
+use super::{
+    DownArgs, RunArgs,
+    desired::desired,
+    linux::Host,
+    plan::{Create, Plan, plan, teardown},
+    resolve, retry_delay, server_addresses,
+    state::{Applied, Identity, StateDir},
+};
+use crate::{Failure, Outcome};
+
+/// How often the agent looks at the host between configs: repairs what
+/// was changed under it and reports a changed routing table.
+const RECHECK: Duration = Duration::from_secs(30);
+
+fn local(e: String) -> Failure {
+    Failure::Local(e)
+}
+
+/// The host name as a DNS label (the default node name).
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut label: String = raw
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    label = label.trim_matches('-').to_owned();
+    if label.is_empty() {
+        "node".into()
+    } else {
+        label
+    }
+}
+
+async fn register(
+    a: &RunArgs,
+    server: &str,
+    client: &Client,
+    dir: &StateDir,
+) -> Result<Identity, Failure> {
+    let usage = |what: &str| {
+        Failure::Usage(format!(
+            "{what} is required on the first run ({} holds no agent identity yet)",
+            dir.path().display()
+        ))
+    };
+    let network = a.network.clone().ok_or_else(|| usage("--network"))?;
+    let key = a
+        .enrollment_key
+        .clone()
+        .ok_or_else(|| usage("--enrollment-key"))?;
+    let keys = KeyPair::generate();
+    let reg = client
+        .agent()
+        .register(pb::RegisterRequest {
+            enrollment_key: key,
+            network,
+            name: a.name.clone().unwrap_or_else(host_name),
+            public_key: keys.public_key().to_owned(),
+            endpoint: a.endpoint.clone().unwrap_or_default(),
+            listen_port: a.listen_port.map(u32::from),
+            os: std::env::consts::OS.into(),
+        })
+        .await?;
+    let id = Identity {
+        node_id: reg.node.id.clone(),
+        network: reg.node.network.clone(),
+        name: reg.node.name.clone(),
+        server: server.to_owned(),
+        interface: a.interface.clone(),
+        private_key: keys.private_key().expose().to_owned(),
+        public_key: keys.public_key().to_owned(),
+        node_token: reg.node_token.expose().to_owned(),
+        created: None,
+    };
+    dir.save_identity(&id).map_err(local)?;
+    tracing::info!(node = %id.node_id, name = %id.name, network = %id.network,
+        address = %reg.node.address, address6 = %reg.node.address6, "registered");
+    Ok(id)
+}
+
+/// The identity in `dir`, or a new one registered with the server.
+async fn identity(
+    a: &RunArgs,
+    server: &str,
+    client: &Client,
+    dir: &StateDir,
+) -> Result<Identity, Failure> {
+    let Some(id) = dir.identity().map_err(local)? else {
+        return register(a, server, client, dir).await;
+    };
+    if let Some(n) = &a.network
+        && *n != id.network
+    {
+        return Err(Failure::Usage(format!(
+            "{} belongs to node {} of network {}, not {n}",
+            dir.path().display(),
+            id.name,
+            id.network
+        )));
+    }
+    if a.interface != id.interface {
+        return Err(Failure::Usage(format!(
+            "{} manages interface {}; run `meshctl agent down --state-dir {}` before switching to {}",
+            dir.path().display(),
+            id.interface,
+            dir.path().display(),
+            a.interface
+        )));
+    }
+    Ok(id)
+}
+
+/// A status report: sent by a task of its own, newest first, so a server
+/// that is away never holds up applying.
+#[derive(Clone, PartialEq, Default)]
+struct Report {
+    applied: u64,
+    host: Option<pb::HostReport>,
+    error: String,
+    failed: u64,
+}
+
+fn reporter(agent: AgentClient, interface: String) -> watch::Sender<Option<Report>> {
+    let (tx, mut rx) = watch::channel::<Option<Report>>(None);
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let Some(r) = rx.borrow_and_update().clone() else {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let req = pb::ReportStatusRequest {
+                applied_revision: r.applied,
+                endpoint: String::new(),
+                wireguard_interface: interface.clone(),
+                host: r.host,
+                apply_error: r.error,
+                failed_revision: r.failed,
+            };
+            match agent.report(req).await {
+                Ok(()) => {
+                    failures = 0;
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reporting status failed; will retry");
+                    failures += 1;
+                    let wait = retry_delay(failures.min(4));
+                    // A newer report goes out as soon as it is there.
+                    let _ = tokio::time::timeout(wait, rx.changed()).await;
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Everything the running agent holds.
+struct Agent {
+    id: Identity,
+    dir: StateDir,
+    host: Host,
+    applied: Applied,
+    create: Create,
+    control: Vec<std::net::IpAddr>,
+}
+
+impl Agent {
+    /// The plan for `cfg` against the host as it is now, and the host
+    /// report taken on the way.
+    async fn plan(&self, cfg: &pb::NodeConfig) -> Result<(Plan, pb::HostReport), String> {
+        let snap = self.host.observe(&self.applied).await?;
+        let (want, mut notes) = desired(cfg, &self.id.public_key, &self.control, &resolve);
+        let mut p = plan(
+            &snap.observed,
+            &want,
+            &self.id.interface,
+            Some(&self.create),
+        );
+        notes.append(&mut p.notes);
+        p.notes = notes;
+        Ok((p, snap.report))
+    }
+
+    /// Runs `p`; stops at the first failing step (what ran stays recorded).
+    async fn execute(&mut self, p: &Plan) -> Result<(), String> {
+        for step in &p.steps {
+            tracing::info!(%step, "applying");
+            let r = self
+                .host
+                .execute(step, &self.id.private_key, &mut self.applied)
+                .await;
+            let saved = self.dir.save_applied(&self.applied);
+            r.map_err(|e| format!("{step}: {e}"))?;
+            saved?;
+            match step {
+                super::plan::Step::CreateInterface(c) => {
+                    self.id.created = Some(c.clone());
+                    self.dir.save_identity(&self.id)?;
+                }
+                super::plan::Step::DeleteInterface => {
+                    self.id.created = None;
+                    self.dir.save_identity(&self.id)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans and applies `cfg`; on success the config is kept for resuming.
+    async fn apply(
+        &mut self,
+        cfg: &pb::NodeConfig,
+    ) -> (Result<usize, String>, Option<pb::HostReport>) {
+        let (p, report) = match self.plan(cfg).await {
+            Ok(x) => x,
+            Err(e) => return (Err(e), None),
+        };
+        for n in &p.notes {
+            tracing::warn!(note = %n, "left out");
+        }
+        let started = std::time::Instant::now();
+        if let Err(e) = self.execute(&p).await {
+            return (Err(e), Some(report));
+        }
+        if let Err(e) = self.dir.save_config(cfg) {
+            return (Err(e), Some(report));
+        }
+        if !p.is_empty() {
+            tracing::info!(
+                revision = cfg.revision,
+                steps = p.steps.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "applied"
+            );
+        }
+        (Ok(p.steps.len()), Some(report))
+    }
+
+    /// Removes what the agent applied; returns the errors of steps that
+    /// failed (the others still ran).
+    async fn teardown(&mut self) -> Vec<String> {
+        let snap = match self.host.observe(&self.applied).await {
+            Ok(s) => s,
+            Err(e) => return vec![e],
+        };
+        let p = teardown(&snap.observed, self.id.created.is_some());
+        let mut errors = Vec::new();
+        for step in &p.steps {
+            tracing::info!(%step, "removing");
+            if let Err(e) = self
+                .host
+                .execute(step, &self.id.private_key, &mut self.applied)
+                .await
+            {
+                errors.push(format!("{step}: {e}"));
+            }
+            if *step == super::plan::Step::DeleteInterface {
+                self.id.created = None;
+            }
+        }
+        let _ = self.dir.save_applied(&self.applied);
+        errors
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// `meshctl agent run`.
+pub async fn run(a: RunArgs, server: &str) -> Outcome {
+    let dir = StateDir::open(&a.state_dir).map_err(local)?;
+    let client = Client::builder(server.to_owned())
+        .timeout(Duration::from_secs(30))
+        .connect_lazy()?;
+    let id = identity(&a, server, &client, &dir).await?;
+    let host = Host::new(&id.interface).map_err(local)?;
+    let create = match (&a.userspace, &id.created) {
+        (Some(cmd), _) => Create::Userspace(cmd.clone()),
+        (None, Some(c)) => c.clone(),
+        (None, None) => Create::Kernel,
+    };
+    let applied = dir.applied().map_err(local)?;
+    let agent_client = client.agent().with_node_token(id.node_token.clone());
+    let mut agent = Agent {
+        control: server_addresses(server),
+        id,
+        dir,
+        host,
+        applied,
+        create,
+    };
+    let held = agent.dir.config();
+    let mut good = held.as_ref().map_or(0, |c| c.revision);
+
+    // Tell the server which interface to render for, and what the host
+    // looks like, before the first config is computed.
+    let first_report = agent
+        .host
+        .observe(&agent.applied)
+        .await
+        .ok()
+        .map(|s| s.report);
+    let reports = reporter(agent_client.clone(), agent.id.interface.clone());
+    if a.dry_run {
+        let _ = agent_client
+            .report(pb::ReportStatusRequest {
+                applied_revision: good,
+                wireguard_interface: agent.id.interface.clone(),
+                host: first_report,
+                ..Default::default()
+            })
+            .await;
+        return dry_run(&agent, &agent_client).await;
+    }
+    reports.send_replace(Some(Report {
+        applied: good,
+        host: first_report.clone(),
+        ..Report::default()
+    }));
+    let mut last_report = first_report;
+    tracing::info!(node = %agent.id.node_id, name = %agent.id.name, interface = %agent.id.interface,
+        resume_from = good, "agent started");
+
+    // After a reboot the host lacks what it had: put the last config back
+    // before the server is even reachable.
+    let mut current = held.clone();
+    let mut failures = 0u32;
+    let mut retry_at: Option<Instant> = None;
+    if let Some(cfg) = &held
+        && let (Err(e), _) = agent.apply(cfg).await
+    {
+        tracing::warn!(error = %e, "re-applying the last config failed");
+    }
+
+    let mut stream = agent_client.watch_config(held);
+    let mut tick = tokio::time::interval(RECHECK);
+    tick.reset();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let mut apply_now = false;
+        let mut recheck = false;
+        tokio::select! {
+            sig = &mut stop => {
+                tracing::info!(signal = sig, "stopping; the dataplane stays up");
+                return Ok(());
+            }
+            item = stream.next() => match item {
+                Some(Ok(cfg)) => {
+                    current = Some(cfg);
+                    failures = 0;
+                    apply_now = true;
+                }
+                Some(Err(e)) if e.code() == Code::NotFound => {
+                    let errors = agent.teardown().await;
+                    let _ = agent.dir.clear(true);
+                    let mut msg = format!(
+                        "node {} ({}) was deleted on the server; removed what the agent applied on this host",
+                        agent.id.name, agent.id.node_id
+                    );
+                    if !errors.is_empty() {
+                        msg.push_str(&format!(" (failed: {})", errors.join("; ")));
+                    }
+                    return Err(Failure::Local(msg));
+                }
+                Some(Err(e)) => return Err(Failure::Api(e)),
+                None => return Err(Failure::Local("the config stream ended".into())),
+            },
+            _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)).await }, if retry_at.is_some() => {
+                retry_at = None;
+                apply_now = true;
+            }
+            _ = tick.tick() => recheck = true,
+        }
+        let Some(cfg) = current.clone() else { continue };
+        if recheck && retry_at.is_none() {
+            // Between configs: repair quietly, report a changed host.
+            match agent.plan(&cfg).await {
+                Ok((p, report)) => {
+                    if !p.is_empty() {
+                        tracing::warn!(
+                            steps = p.steps.len(),
+                            "the host drifted from revision {}; re-applying",
+                            cfg.revision
+                        );
+                        apply_now = true;
+                    } else if Some(&report) != last_report.as_ref() {
+                        last_report = Some(report.clone());
+                        reports.send_replace(Some(Report {
+                            applied: good,
+                            host: Some(report),
+                            ..Report::default()
+                        }));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the host failed"),
+            }
+        }
+        if !apply_now {
+            continue;
+        }
+        let (result, report) = agent.apply(&cfg).await;
+        if report.is_some() {
+            last_report = report.clone();
+        }
+        match result {
+            Ok(_) => {
+                good = cfg.revision;
+                failures = 0;
+                retry_at = None;
+                reports.send_replace(Some(Report {
+                    applied: good,
+                    host: report,
+                    ..Report::default()
+                }));
+            }
+            Err(e) => {
+                let wait = retry_delay(failures);
+                failures += 1;
+                tracing::error!(revision = cfg.revision, error = %e, retry_in_s = wait.as_secs(), "apply failed; the last good state stays");
+                retry_at = Some(Instant::now() + wait);
+                reports.send_replace(Some(Report {
+                    applied: good,
+                    host: report,
+                    error: e,
+                    failed: cfg.revision,
+                }));
+            }
+        }
+    }
+}
+
+async fn dry_run(agent: &Agent, client: &AgentClient) -> Outcome {
+    let mut stream = client.watch_config(None);
+    let cfg = match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+        Ok(Some(Ok(cfg))) => cfg,
+        Ok(Some(Err(e))) => return Err(Failure::Api(e)),
+        Ok(None) => return Err(Failure::Local("the config stream ended".into())),
+        Err(_) => {
+            return Err(Failure::Local(
+                "no config from the server within 30 s".into(),
+            ));
+        }
+    };
+    let (p, _) = agent.plan(&cfg).await.map_err(local)?;
+    println!(
+        "plan for node {} ({}), revision {}, interface {}: {} step(s)",
+        agent.id.name,
+        agent.id.node_id,
+        cfg.revision,
+        agent.id.interface,
+        p.steps.len()
+    );
+    for s in &p.steps {
+        println!("  {s}");
+    }
+    for n in &p.notes {
+        println!("  note: {n}");
+    }
+    Ok(())
+}
+
+/// `meshctl agent down`.
+pub async fn down(a: DownArgs) -> Outcome {
+    let dir = StateDir::open(&a.state_dir).map_err(local)?;
+    let id = dir.identity().map_err(local)?.ok_or_else(|| {
+        Failure::Local(format!(
+            "{} holds no agent identity: nothing to remove",
+            a.state_dir.display()
+        ))
+    })?;
+    let host = Host::new(&id.interface).map_err(local)?;
+    let mut agent = Agent {
+        applied: dir.applied().map_err(local)?,
+        control: Vec::new(),
+        create: Create::Kernel,
+        host,
+        dir,
+        id,
+    };
+    let errors = agent.teardown().await;
+    agent.dir.save_identity(&agent.id).map_err(local)?;
+    if !errors.is_empty() {
+        return Err(Failure::Local(format!(
+            "some steps failed: {}",
+            errors.join("; ")
+        )));
+    }
+    agent.dir.clear(false).map_err(local)?;
+    println!(
+        "removed what the agent applied for interface {}",
+        agent.id.interface
+    );
+    Ok(())
+}

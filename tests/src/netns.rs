@@ -550,7 +550,7 @@ impl Topology {
             .ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"]);
 
         // The echo services.
-        let echo = echo_binary();
+        let echo = t.binary("echo");
         let echo = echo.to_str().expect("utf-8 path");
         let port = ECHO_PORT.to_string();
         for (ns, label, addrs) in [
@@ -599,6 +599,28 @@ impl Topology {
     /// A path in the test's directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A private copy of the built binary `name` (see `built_binary`),
+    /// made on first use: every start of it in this test runs the same
+    /// build even when the shared target directory is rebuilt meanwhile.
+    /// `MESHPLANE_E2E_BIN_<NAME>` (e.g. `MESHPLANE_E2E_BIN_MESHCTL`) names
+    /// another file to copy, for a target directory several checkouts
+    /// build into.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        let dir = self.path("bin");
+        let copy = dir.join(name);
+        if !copy.exists() {
+            std::fs::create_dir_all(&dir).expect("bin dir");
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let var = format!("MESHPLANE_E2E_BIN_{}", name.to_uppercase());
+            let from = std::env::var_os(&var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::built_binary(name));
+            std::fs::copy(&from, &tmp).unwrap_or_else(|e| panic!("copying {name}: {e}"));
+            std::fs::rename(&tmp, &copy).expect("rename binary");
+        }
+        copy
     }
 
     /// The pids of every process in the namespaces.
@@ -1001,7 +1023,7 @@ impl ServerProc {
     fn spawn(&mut self, t: &Topology) {
         self.starts += 1;
         let log = t.path(&format!("server-{}.log", self.starts));
-        let bin = crate::built_binary("meshplane");
+        let bin = t.binary("meshplane");
         let listen = format!("{SERVER_IP}:{SERVER_PORT}");
         let data = self.data_dir.to_str().unwrap().to_owned();
         let mut p = t.srv.spawn(

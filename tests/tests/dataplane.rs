@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use meshplane_proto::v1 as pb;
 use meshplane_tests::{
-    Authed, Bearer, built_binary,
+    Authed, Bearer,
     netns::{
         self, CLIENT_IP, GW_IP, GW_LAN4, GW_LAN6, GW_WAN, INTERNET, LAN_IF, LAN_RANGE4, LAN_RANGE6,
         LAN4, LAN6, Ns, Proc, RELAY_IP, RELAY_WAN, ServerProc, Topology, WAN_IF, WgQuick, echo_at,
@@ -449,7 +449,7 @@ fn explained(
 /// `meshctl agent run` for `name` in `ns`, with its state in the test's
 /// directory and wireguard-go for the device.
 fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &str) -> Proc {
-    let meshctl = built_binary("meshctl");
+    let meshctl = t.binary("meshctl");
     let state = t.path(&format!("agent-{name}"));
     let url = format!("http://{}:{}", netns::SERVER_IP, netns::SERVER_PORT);
     ns.spawn(
@@ -482,17 +482,18 @@ fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &
     )
 }
 
-/// Panics with what is missing when the built meshctl has no agent yet.
-fn require_agent() {
-    let meshctl = built_binary("meshctl");
+/// Panics with what is missing when the meshctl the test runs has no
+/// agent.
+fn require_agent(t: &Topology) {
+    let meshctl = t.binary("meshctl");
     let out = std::process::Command::new(&meshctl)
         .args(["agent", "run", "--help"])
         .output()
         .expect("run meshctl");
     assert!(
         out.status.success(),
-        "{} has no `agent run` subcommand yet (issue #11's agent): build a meshctl that has \
-         it with `cargo build -p meshctl -p meshplane-server --bins`.\n{}",
+        "{} has no `agent run` subcommand (issue #11's agent): build one that has it with \
+         `cargo build -p meshctl -p meshplane-server --bins`.\n{}",
         meshctl.display(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -505,6 +506,22 @@ fn saved_rules(ns: &Ns) -> String {
         ns.must(&["iptables-save"]),
         ns.must(&["ip6tables-save"])
     )
+}
+
+/// Asserts `ns` has only the kernel's default policy rules (the full
+/// tunnel's fwmark rules are gone).
+#[track_caller]
+fn assert_default_rules(ns: &Ns) {
+    for fam in ["-4", "-6"] {
+        let rules = ns.must(&["ip", fam, "rule", "show"]);
+        let n = rules.lines().filter(|l| !l.trim().is_empty()).count();
+        let want = if fam == "-4" { 3 } else { 2 };
+        assert_eq!(
+            n, want,
+            "{} keeps policy rules (ip {fam} rule):\n{rules}",
+            ns.name
+        );
+    }
 }
 
 /// The `from=` revision of the server's "config stream opened" log lines
@@ -524,8 +541,8 @@ async fn dataplane_agents_apply_what_the_api_says() {
     if skip_privileged("dataplane_agents_apply_what_the_api_says") {
         return;
     }
-    require_agent();
     let t = Topology::build();
+    require_agent(&t);
     let names = t.names();
     let wg_names = t.wg_names();
     let mut server = ServerProc::start(&t);
@@ -700,6 +717,11 @@ async fn dataplane_agents_apply_what_the_api_says() {
     }
     let c = api.ready("client").await;
     assert!(c.connected, "{c:#?}");
+    let rules = t.client.must(&["ip", "-4", "rule", "show"]);
+    assert!(
+        rules.contains("fwmark"),
+        "client routes 0.0.0.0/0 by fwmark:\n{rules}"
+    );
     let ex = api.explain(&client.id, INTERNET).await;
     explained(&ex, &["client", "gw"], &gw.id, WAN_IF, true);
     // A later change still reaches client: gw's keepalive is in client's
@@ -814,7 +836,7 @@ async fn dataplane_agents_apply_what_the_api_says() {
     let st = relay_agent.wait_exit(Duration::from_secs(10));
     assert!(st.is_some(), "relay's agent ignored SIGTERM");
     expect_echo(&t.phone, "udp", &echo_at(INTERNET), RELAY_WAN, WAIT);
-    let meshctl = built_binary("meshctl");
+    let meshctl = t.binary("meshctl");
     let state = t.path("agent-relay");
     let (ok, out) = t.relay.run(&[
         meshctl.to_str().unwrap(),
@@ -832,6 +854,7 @@ async fn dataplane_agents_apply_what_the_api_says() {
         !rules.contains("-A MESHPLANE"),
         "agent down left meshplane rules in relay:\n{rules}"
     );
+    assert_default_rules(&t.relay);
 
     // --- The node deleted: the agent removes its dataplane and exits
     // non-zero. ---
@@ -851,6 +874,7 @@ async fn dataplane_agents_apply_what_the_api_says() {
     );
     let (has_dev, _) = t.client.run(&["ip", "link", "show", &t.wg_client]);
     assert!(!has_dev, "the deleted node's agent left {}", t.wg_client);
+    assert_default_rules(&t.client);
 
     // --- Teardown leaves nothing behind. ---
     let pids = t.pids();

@@ -814,6 +814,25 @@ pub fn first_answer(
     }
 }
 
+/// `echo probe` from `ns`: UDP questions every 10 ms until the first
+/// answer; returns it and how long the probe waited, or why none came.
+pub fn probe(ns: &Ns, target: &str, within: Duration) -> Result<(String, Duration), String> {
+    let echo = echo_binary();
+    let ms = within.as_millis().to_string();
+    let (ok, out) = ns.run(&[echo.to_str().unwrap(), "probe", target, &ms]);
+    if !ok {
+        return Err(out.trim().to_owned());
+    }
+    let (answer, waited) = out
+        .trim()
+        .rsplit_once(' ')
+        .ok_or_else(|| format!("odd probe output {out:?}"))?;
+    let waited: u64 = waited
+        .parse()
+        .map_err(|_| format!("odd probe output {out:?}"))?;
+    Ok((answer.to_owned(), Duration::from_millis(waited)))
+}
+
 /// Asserts the echo at `target` answers from `ns` within `within` and then
 /// 3 more times in a row, each time reporting `want` as the source.
 #[track_caller]

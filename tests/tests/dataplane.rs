@@ -596,8 +596,10 @@ async fn dataplane_agents_apply_what_the_api_says() {
     let egress = node.egress.clone().expect("egress in the response");
     assert_eq!(egress.interface, LAN_IF, "the server picked {egress:?}");
     assert!(egress.nat_enabled);
-    let (first, _) = netns::first_answer(&t.client, "udp", &echo_at(LAN4), READY)
-        .unwrap_or_else(|e| panic!("{e}"));
+    // Measured from the response to the first answer that came back
+    // through the new path (UDP questions every 10 ms).
+    let (first, _) =
+        netns::probe(&t.client, &echo_at(LAN4), READY).unwrap_or_else(|e| panic!("{e}"));
     let took = created.elapsed();
     eprintln!(
         "e2e: egress created -> first echo through it: {} ms",
@@ -707,6 +709,7 @@ async fn dataplane_agents_apply_what_the_api_says() {
     // --- Egress 0.0.0.0/0 on gw: client reaches the internet through it,
     // and keeps its control stream. ---
     eprintln!("e2e: egress 0.0.0.0/0 on gw");
+    let streams_before = resumed_from(&server.logs(&t), &client.id).len();
     let node = api
         .egress(&gw.id, &["0.0.0.0/0"], "", None)
         .await
@@ -737,12 +740,26 @@ async fn dataplane_agents_apply_what_the_api_says() {
     );
     assert!(after.connected, "{after:#?}");
     assert!(client_agent.try_status().is_none(), "client's agent exited");
+    // The same stream carried it: client never had to reconnect.
+    let streams_after = resumed_from(&server.logs(&t), &client.id).len();
+    assert_eq!(
+        streams_after, streams_before,
+        "client's agent reopened its config stream while routing 0.0.0.0/0 through gw"
+    );
     expect_echo(&t.client, "udp", &echo_at(INTERNET), GW_WAN, WAIT);
 
     // --- The seed's VPN on one node: relay ingress + egress 0.0.0.0/0,
     // DNS = relay's overlay address. ---
     eprintln!("e2e: VPN through relay");
     api.delete_egress(&gw.id).await;
+    expect_silence(&t.client, "udp", &echo_at(INTERNET), Duration::from_secs(5));
+    api.ready("gw").await;
+    let rules = saved_rules(&t.gw);
+    assert!(
+        !rules.contains(&format!("-o {WAN_IF}")),
+        "gw keeps rules for its internet egress:\n{rules}"
+    );
+    assert!(!api.explain(&client.id, INTERNET).await.routable);
     let node = api
         .egress(&relay.id, &["0.0.0.0/0"], "", None)
         .await

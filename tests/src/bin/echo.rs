@@ -11,6 +11,12 @@
 //! answer (the address the server saw) on stdout and exits 0; it exits 1
 //! with the reason on stderr when no answer came within the timeout
 //! (default 1000 ms).
+//!
+//! `echo probe ADDR:PORT TOTAL_MS` asks over UDP every 10 ms, each time from
+//! a new socket (errors such as "no route" are retried), until the first
+//! answer, which it prints with how long it waited (`ANSWER MS`); it exits 1
+//! when none came within TOTAL_MS. It measures when a path starts working
+//! for new flows, to about 10 ms.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -26,8 +32,11 @@ fn main() -> ExitCode {
         ["serve", port, addrs @ ..] if !addrs.is_empty() => serve(port, addrs),
         ["ask", proto, addr] => ask(proto, addr, "1000"),
         ["ask", proto, addr, timeout_ms] => ask(proto, addr, timeout_ms),
+        ["probe", addr, total_ms] => probe(addr, total_ms),
         _ => {
-            eprintln!("usage: echo serve PORT ADDR... | echo ask tcp|udp ADDR:PORT [TIMEOUT_MS]");
+            eprintln!(
+                "usage: echo serve PORT ADDR... | echo ask tcp|udp ADDR:PORT [TIMEOUT_MS] | echo probe ADDR:PORT TOTAL_MS"
+            );
             ExitCode::from(2)
         }
     }
@@ -170,4 +179,51 @@ fn ask_udp(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut buf = [0u8; 1500];
     let n = s.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+fn probe(addr: &str, total_ms: &str) -> ExitCode {
+    let (Ok(addr), Ok(total)) = (addr.parse::<SocketAddr>(), total_ms.parse::<u64>()) else {
+        eprintln!("echo: bad probe arguments {addr:?} {total_ms:?}");
+        return ExitCode::from(2);
+    };
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let start = std::time::Instant::now();
+    let deadline = start + Duration::from_millis(total);
+    let mut last_error = String::from("no answer");
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        // A fresh socket (so a fresh source port) each try: every try is a
+        // new flow for conntrack, as a new connection would be. Reusing one
+        // flow would measure when the gateway's NAT state for that flow
+        // (made by its first packet, maybe before the NAT rule existed)
+        // expires instead.
+        let s = match UdpSocket::bind(local) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("echo: bind: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+        if let Err(e) = s.send_to(b"hello\n", addr) {
+            last_error = format!("send: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) if from == addr => {
+                let answer = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                println!("{answer} {}", start.elapsed().as_millis());
+                return ExitCode::SUCCESS;
+            }
+            Ok((_, from)) => last_error = format!("answer from {from}"),
+            Err(e) => last_error = format!("receive: {e}"),
+        }
+    }
+    eprintln!("echo: probe {addr}: nothing within {total} ms (last: {last_error})");
+    ExitCode::FAILURE
 }

@@ -3,7 +3,7 @@
 //! with default values included and 64-bit integers as numbers); `-o table`
 //! prints tables that fit the terminal.
 
-use std::{io::IsTerminal, sync::OnceLock};
+use std::sync::OnceLock;
 
 use clap::ValueEnum;
 use meshplane_sdk::proto as pb;
@@ -87,127 +87,28 @@ pub fn print_value(format: Format, v: &Value) {
     }
 }
 
-/// A JSON value as a YAML document (block style; strings double-quoted, or
-/// literal blocks when they span lines).
+/// A JSON value as a YAML document (block style; strings quoted only where
+/// YAML needs it, literal blocks when they span lines).
 pub fn yaml(v: &Value) -> String {
-    let mut out = String::new();
-    match v {
-        Value::Object(m) if !m.is_empty() => yaml_map(&mut out, m, 0),
-        Value::Array(a) if !a.is_empty() => yaml_seq(&mut out, a, 0),
-        other => {
-            out.push_str(&yaml_scalar(other, 0));
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn yaml_scalar(v: &Value, indent: usize) -> String {
-    match v {
-        Value::String(s) if s.contains('\n') && !s.contains('\r') => {
-            let pad = " ".repeat(indent + 2);
-            let chomp = if s.ends_with('\n') { "" } else { "-" };
-            let mut out = format!("|{chomp}");
-            for line in s.strip_suffix('\n').unwrap_or(s).split('\n') {
-                out.push('\n');
-                if !line.is_empty() {
-                    out.push_str(&pad);
-                    out.push_str(line);
-                }
-            }
-            out
-        }
-        Value::Object(m) if m.is_empty() => "{}".into(),
-        Value::Array(a) if a.is_empty() => "[]".into(),
-        // JSON strings are valid YAML double-quoted scalars.
-        other => other.to_string(),
-    }
-}
-
-fn is_block(v: &Value) -> bool {
-    matches!(v, Value::Object(m) if !m.is_empty()) || matches!(v, Value::Array(a) if !a.is_empty())
-}
-
-fn yaml_map(out: &mut String, m: &serde_json::Map<String, Value>, indent: usize) {
-    let pad = " ".repeat(indent);
-    for (k, v) in m {
-        out.push_str(&pad);
-        const RESERVED: [&str; 9] = ["y", "n", "yes", "no", "on", "off", "true", "false", "null"];
-        let plain = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !RESERVED.contains(&k.to_ascii_lowercase().as_str());
-        if plain {
-            out.push_str(k);
-        } else {
-            out.push_str(&Value::String(k.clone()).to_string());
-        }
-        out.push(':');
-        match v {
-            Value::Object(inner) if !inner.is_empty() => {
-                out.push('\n');
-                yaml_map(out, inner, indent + 2);
-            }
-            Value::Array(a) if !a.is_empty() => {
-                out.push('\n');
-                yaml_seq(out, a, indent + 2);
-            }
-            _ => {
-                out.push(' ');
-                out.push_str(&yaml_scalar(v, indent));
-                out.push('\n');
-            }
-        }
-    }
-}
-
-fn yaml_seq(out: &mut String, a: &[Value], indent: usize) {
-    let pad = " ".repeat(indent);
-    for v in a {
-        out.push_str(&pad);
-        out.push('-');
-        if is_block(v) {
-            // Nested blocks start on the next line, indented.
-            out.push('\n');
-            match v {
-                Value::Object(m) => yaml_map(out, m, indent + 2),
-                Value::Array(inner) => yaml_seq(out, inner, indent + 2),
-                _ => unreachable!(),
-            }
-        } else {
-            out.push(' ');
-            out.push_str(&yaml_scalar(v, indent));
-            out.push('\n');
-        }
-    }
+    serde_yaml_ng::to_string(v).expect("JSON values serialize to YAML")
 }
 
 /// Spaces between columns.
-const GAP: usize = 2;
+const GAP: u16 = 2;
 
-/// Columns of the terminal stdout is, when it is one.
-fn term_width() -> Option<usize> {
-    if let Some(c) = std::env::var("COLUMNS")
+/// Columns of the terminal stdout is, when it is one: `COLUMNS` when set,
+/// else what the terminal says.
+fn term_width() -> Option<u16> {
+    std::env::var("COLUMNS")
         .ok()
-        .and_then(|c| c.parse::<usize>().ok())
+        .and_then(|c| c.parse::<u16>().ok())
         .filter(|c| *c > 0)
-    {
-        return Some(c);
-    }
-    if !std::io::stdout().is_terminal() {
-        return None;
-    }
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
-            return Some(ws.ws_col as usize);
-        }
-    }
-    None
+        .or_else(|| comfy_table::Table::new().width())
 }
 
 /// A table: headers, rows, the columns never shortened (ids) and those left
-/// out first when the terminal is too narrow.
+/// out first when the terminal is too narrow. Rendered with `comfy-table`:
+/// no borders, two spaces between columns, one line per row.
 pub struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
@@ -238,14 +139,16 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// Column widths for the columns `cols` within `max`: the widest
-    /// shortenable columns are cut until they fit or reach their header's
-    /// width (at least 6). Also says whether they fit.
-    fn widths(&self, cols: &[usize], max: Option<usize>) -> (Vec<usize>, bool) {
+    /// The columns shown within `width`: optional ones are left out
+    /// (rightmost first) until the rest fit uncut or none is left.
+    fn shown(&self, width: Option<u16>) -> Vec<bool> {
+        let mut shown = vec![true; self.headers.len()];
+        let Some(max) = width else {
+            return shown;
+        };
         let len = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = cols
-            .iter()
-            .map(|&i| {
+        let natural: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
                 self.rows
                     .iter()
                     .map(|r| len(&r[i]))
@@ -254,67 +157,119 @@ impl Table {
                     .unwrap_or(0)
             })
             .collect();
-        let Some(max) = max else {
-            return (widths, true);
+        let total = |shown: &[bool]| {
+            let w: Vec<usize> = (0..shown.len())
+                .filter(|&i| shown[i])
+                .map(|i| natural[i])
+                .collect();
+            w.iter().sum::<usize>() + usize::from(GAP) * w.len().saturating_sub(1)
         };
-        let total = |w: &[usize]| w.iter().sum::<usize>() + GAP * w.len().saturating_sub(1);
-        while total(&widths) > max {
-            let cut = (0..cols.len())
-                .filter(|&j| {
-                    let i = cols[j];
-                    !self.keep[i] && widths[j] > len(self.headers[i]).max(6)
-                })
-                .max_by_key(|&j| widths[j]);
-            match cut {
-                Some(j) => widths[j] -= 1,
-                None => return (widths, false),
-            }
-        }
-        (widths, true)
-    }
-
-    /// The table as text fitting `width` columns when given.
-    pub fn render(&self, width: Option<usize>) -> String {
-        // Leave out optional columns (rightmost first) until the rest fit
-        // uncut or none is left; then cut the widest.
-        let mut cols: Vec<usize> = (0..self.headers.len()).collect();
-        while width.is_some_and(|max| {
-            let (w, _) = self.widths(&cols, None);
-            w.iter().sum::<usize>() + GAP * w.len().saturating_sub(1) > max
-        }) {
-            match cols.iter().rposition(|&i| self.optional[i]) {
-                Some(j) => {
-                    cols.remove(j);
-                }
+        while total(&shown) > usize::from(max) {
+            match (0..shown.len()).rposition(|i| shown[i] && self.optional[i]) {
+                Some(i) => shown[i] = false,
                 None => break,
             }
         }
-        let (widths, _) = self.widths(&cols, width);
-        let len = |s: &str| s.chars().count();
-        let fit = |s: &str, w: usize| -> String {
-            if len(s) <= w {
-                format!("{s:<w$}")
-            } else {
-                let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
-                t.push('…');
-                t
-            }
+        shown
+    }
+
+    /// The table as text fitting `width` columns when given: optional
+    /// columns go first, then the widest others are cut (with `…`) down to
+    /// their header's width (at least 6); `=` columns are never cut.
+    pub fn render(&self, width: Option<u16>) -> String {
+        use comfy_table::{Cell, ColumnConstraint, ContentArrangement, Row, Width, presets};
+
+        let shown = self.shown(width);
+        let mut t = comfy_table::Table::new();
+        t.load_preset(presets::NOTHING)
+            .set_truncation_indicator("…")
+            .force_no_tty();
+        match width {
+            Some(w) => t
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(w),
+            None => t.set_content_arrangement(ContentArrangement::Disabled),
         };
-        let mut out = String::new();
-        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        for cells in std::iter::once(&header).chain(self.rows.iter()) {
-            let line: Vec<String> = cols
-                .iter()
-                .zip(&widths)
-                .map(|(&i, &w)| fit(&cells[i], w))
-                .collect();
-            out.push_str(line.join(&" ".repeat(GAP)).trim_end());
-            out.push('\n');
+        let one_line = |cells: Vec<Cell>| {
+            let mut r = Row::from(cells);
+            r.max_height(1);
+            r
+        };
+        t.set_header(one_line(self.headers.iter().map(Cell::new).collect()));
+        for r in &self.rows {
+            t.add_row(one_line(r.iter().map(Cell::new).collect()));
         }
+        let last = (0..shown.len()).rposition(|i| shown[i]);
+        for (i, c) in t.column_iter_mut().enumerate() {
+            c.set_padding((0, if Some(i) == last { 0 } else { GAP }));
+            let constraint = if !shown[i] {
+                ColumnConstraint::Hidden
+            } else if self.keep[i] {
+                ColumnConstraint::ContentWidth
+            } else {
+                let min = self.headers[i].chars().count().max(6);
+                ColumnConstraint::LowerBoundary(Width::Fixed(min as u16))
+            };
+            c.set_constraint(constraint);
+        }
+        let mut out = t.trim_fmt();
+        out.push('\n');
         out
     }
 
     /// Prints the table to fit the terminal.
+    pub fn print(&self) {
+        print!("{}", self.render(term_width()));
+    }
+}
+
+/// One item as `name  value` lines (e.g. `node get`): values wrap, never cut,
+/// to fit the terminal.
+#[derive(Default)]
+pub struct Fields {
+    rows: Vec<(&'static str, String)>,
+}
+
+impl Fields {
+    /// No fields yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a line.
+    pub fn add(&mut self, name: &'static str, value: impl Into<String>) -> &mut Self {
+        self.rows.push((name, value.into()));
+        self
+    }
+
+    /// The lines, fitting `width` columns when given.
+    pub fn render(&self, width: Option<u16>) -> String {
+        use comfy_table::{ColumnConstraint, ContentArrangement, presets};
+
+        let mut t = comfy_table::Table::new();
+        t.load_preset(presets::NOTHING).force_no_tty();
+        match width {
+            Some(w) => t
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(w),
+            None => t.set_content_arrangement(ContentArrangement::Disabled),
+        };
+        for (name, value) in &self.rows {
+            t.add_row([*name, value.as_str()]);
+        }
+        if let Some(c) = t.column_mut(0) {
+            c.set_padding((0, GAP))
+                .set_constraint(ColumnConstraint::ContentWidth);
+        }
+        if let Some(c) = t.column_mut(1) {
+            c.set_padding((0, 0));
+        }
+        let mut out = t.trim_fmt();
+        out.push('\n');
+        out
+    }
+
+    /// Prints the lines to fit the terminal.
     pub fn print(&self) {
         print!("{}", self.render(term_width()));
     }
@@ -371,28 +326,60 @@ mod tests {
     }
 
     #[test]
-    fn yaml_blocks_quote_strings_and_keep_multiline_text() {
+    fn yaml_is_block_style_with_multiline_text_as_literal_blocks() {
         let v = serde_json::json!({
             "name": "corp",
             "port": 51821,
-            "on": true,
-            "dns": ["10.0.0.1", "yes"],
+            "dns": ["10.0.0.1", "true"],
             "empty": [],
             "peers": [{"key": "a", "ips": ["1/32"]}],
             "config": "[Interface]\nAddress = x\n",
             "odd key": null,
         });
-        // serde_json orders keys by name; YAML 1.1 booleans ("on") stay quoted.
+        // serde_json orders keys by name; strings that would read as
+        // another type ("true") are quoted.
         assert_eq!(
             yaml(&v),
             "config: |\n  [Interface]\n  Address = x\n\
-             dns:\n  - \"10.0.0.1\"\n  - \"yes\"\n\
+             dns:\n- 10.0.0.1\n- 'true'\n\
              empty: []\n\
-             name: \"corp\"\n\
-             \"odd key\": null\n\
-             \"on\": true\n\
-             peers:\n  -\n    ips:\n      - \"1/32\"\n    key: \"a\"\n\
+             name: corp\n\
+             odd key: null\n\
+             peers:\n- ips:\n  - 1/32\n  key: a\n\
              port: 51821\n"
+        );
+    }
+
+    #[test]
+    fn tables_are_aligned_columns_without_borders() {
+        let mut t = Table::new(&["=ID", "NAME", "?EXTRA"]);
+        t.row(vec!["abc".into(), "office".into(), "-".into()]);
+        t.row(vec!["abcdef".into(), "x".into(), "".into()]);
+        let want = "ID      NAME    EXTRA\nabc     office  -\nabcdef  x\n";
+        assert_eq!(t.render(None), want);
+        assert_eq!(t.render(Some(80)), want);
+        let narrow = t.render(Some(20));
+        assert_eq!(narrow, "ID      NAME\nabc     office\nabcdef  x\n");
+        let t = Table::new(&["NAME", "RANGE"]);
+        assert_eq!(t.render(None), "NAME  RANGE\n");
+    }
+
+    #[test]
+    fn fields_align_names_and_wrap_long_values() {
+        let mut f = Fields::new();
+        f.add("id", "n1").add(
+            "apply error",
+            "wg: RTNETLINK answers: operation not permitted",
+        );
+        assert_eq!(
+            f.render(None),
+            "id           n1\napply error  wg: RTNETLINK answers: operation not permitted\n"
+        );
+        let narrow = f.render(Some(40));
+        assert!(narrow.lines().all(|l| l.chars().count() <= 40), "{narrow}");
+        assert!(
+            narrow.contains("permitted") && !narrow.contains('…'),
+            "{narrow}"
         );
     }
 

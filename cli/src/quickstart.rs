@@ -2,14 +2,19 @@
 //! idempotent command. It creates (or reuses) the network, registers this
 //! host as its gateway node with a key pair generated here, makes it ingress
 //! and egress for the whole internet with NAT, points the clients' DNS at
-//! it, creates the clients and writes every config file.
+//! it, creates the clients and writes every config file. It ends with the
+//! two ways to bring the gateway up: `wg-quick` with the file it wrote (no
+//! agent), or `meshctl agent run` with the node's identity.
 
 use std::{
+    io::IsTerminal,
     net::{IpAddr, UdpSocket},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use meshplane_sdk::{Code, agent::KeyPair, proto as pb};
 use serde_json::{Value, json};
 
@@ -79,6 +84,16 @@ pub struct State {
     pub node_token: String,
 }
 
+/// The enrollment key `quickstart vpn` keeps for `meshctl agent run` (the
+/// use left on the key it registered the gateway with), in
+/// `<state dir>/<network>.agent-key.json` (mode 0600) beside the state.
+pub struct AgentKey {
+    /// The key's id (for `meshctl key delete`).
+    pub id: String,
+    /// Its token.
+    pub token: String,
+}
+
 fn local(what: impl std::fmt::Display) -> Failure {
     Failure::Local(what.to_string())
 }
@@ -145,6 +160,39 @@ impl State {
     }
 }
 
+impl AgentKey {
+    /// `<dir>/<network>.agent-key.json`.
+    pub fn path(dir: &Path, network: &str) -> PathBuf {
+        dir.join(format!("{network}.agent-key.json"))
+    }
+
+    /// The key kept in `path`, when there is one.
+    pub fn load(path: &Path) -> Result<Option<AgentKey>, Failure> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(local(format!("reading {}: {e}", path.display()))),
+        };
+        let bad = |what: &str| local(format!("{}: {what}", path.display()));
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(String::from)
+                .ok_or_else(|| bad(&format!("{k} is missing")))
+        };
+        Ok(Some(AgentKey {
+            id: field("id")?,
+            token: field("token")?,
+        }))
+    }
+
+    /// Writes the key to `path` with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), Failure> {
+        let v = json!({ "id": self.id, "token": self.token });
+        write_private(path, &format!("{v:#}\n"))
+    }
+}
+
 /// This host's name as a DNS label.
 fn host_label() -> String {
     let mut buf = [0u8; 256];
@@ -203,9 +251,60 @@ fn same_set(a: &[String], b: &[String]) -> bool {
     a == b
 }
 
-/// Progress on stderr: one line per step.
-fn step(msg: impl std::fmt::Display) {
-    eprintln!("{msg}");
+/// Progress on stderr: one line per step, and, when stderr is a terminal, a
+/// spinner below them saying what is under way (piped or captured output
+/// gets the lines alone).
+struct Progress {
+    spinner: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            let s = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+                s.set_style(style);
+            }
+            s.enable_steady_tick(Duration::from_millis(100));
+            s
+        });
+        Progress { spinner }
+    }
+
+    /// A step done: a line of its own.
+    fn step(&self, msg: impl std::fmt::Display) {
+        match &self.spinner {
+            Some(s) => s.println(msg.to_string()),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    /// What is under way now (shown by the spinner only).
+    fn doing(&self, msg: impl Into<std::borrow::Cow<'static, str>>) {
+        if let Some(s) = &self.spinner {
+            s.set_message(msg);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(s) = &self.spinner {
+            s.finish_and_clear();
+        }
+    }
+}
+
+/// `s` quoted for a POSIX shell when it needs quoting.
+fn sh_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        s.into()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 impl QuickstartCmd {
@@ -216,11 +315,12 @@ impl QuickstartCmd {
 }
 
 impl VpnArgs {
-    async fn network(&self, ctx: &Ctx) -> Result<pb::Network, Failure> {
+    async fn network(&self, ctx: &Ctx, p: &Progress) -> Result<pb::Network, Failure> {
+        p.doing(format!("network {}", self.network));
         let nets = ctx.client.networks();
         match nets.get(&self.network).await {
             Ok(n) => {
-                step(format!(
+                p.step(format!(
                     "network {}: exists ({} {}), reusing it",
                     n.name, n.address_range, n.address_range6
                 ));
@@ -235,7 +335,7 @@ impl VpnArgs {
                         ..Default::default()
                     })
                     .await?;
-                step(format!(
+                p.step(format!(
                     "network {}: created ({} {})",
                     n.name, n.address_range, n.address_range6
                 ));
@@ -260,20 +360,25 @@ impl VpnArgs {
     }
 
     /// The gateway node: the one in the state file when the server still
-    /// has it, else a new registration with a one-use enrollment key.
+    /// has it, else a new registration with an enrollment key of two uses,
+    /// one for this registration and one kept for `meshctl agent run`.
     async fn node(
         &self,
         ctx: &Ctx,
+        p: &Progress,
         net: &pb::Network,
         endpoint: &str,
-    ) -> Result<(pb::Node, State, PathBuf), Failure> {
+    ) -> Result<(pb::Node, State, PathBuf, Option<AgentKey>), Failure> {
+        p.doing("gateway node");
         private_dir(&self.state_dir)?;
         let path = State::path(&self.state_dir, &self.network);
         let state = State::load(&path)?;
+        let key_path = AgentKey::path(&self.state_dir, &self.network);
+        let agent_key = AgentKey::load(&key_path)?;
         if let Some(s) = &state {
             match ctx.client.nodes().get(&s.node_id).await {
                 Ok(n) if n.public_key == s.keys.public_key() && n.network == net.name => {
-                    step(format!(
+                    p.step(format!(
                         "node {}: registered before ({}), reusing it",
                         n.name,
                         path.display()
@@ -282,20 +387,20 @@ impl VpnArgs {
                         let mut change = n.clone();
                         change.endpoint = endpoint.into();
                         let n = ctx.client.nodes().update(change, &["endpoint"]).await?;
-                        step(format!("node {}: endpoint now {endpoint}", n.name));
+                        p.step(format!("node {}: endpoint now {endpoint}", n.name));
                         n
                     } else {
                         n
                     };
                     let s = state.expect("checked");
-                    return Ok((n, s, path));
+                    return Ok((n, s, path, agent_key));
                 }
-                Ok(n) => step(format!(
+                Ok(n) => p.step(format!(
                     "node {} no longer matches {}; registering anew",
                     n.id,
                     path.display()
                 )),
-                Err(e) if e.code() == Code::NotFound => step(format!(
+                Err(e) if e.code() == Code::NotFound => p.step(format!(
                     "node {} from {} is gone from the server; registering anew",
                     s.node_id,
                     path.display()
@@ -303,25 +408,39 @@ impl VpnArgs {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Keep the key pair of an earlier run: only this host has it.
+        // Keep the key pair of an earlier run: only this host has it. The
+        // agent's use left on the old enrollment key goes with the old node.
         let keys = state.map(|s| s.keys).unwrap_or_else(KeyPair::generate);
+        if let Some(k) = agent_key {
+            match ctx.client.enrollment_keys().delete(&k.id).await {
+                Ok(()) => p.step(format!("enrollment key {}: revoked", k.id)),
+                Err(e) if e.code() == Code::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let name = self.name.clone().unwrap_or_else(host_label);
         let key = ctx
             .client
             .enrollment_keys()
             .create(pb::EnrollmentKey {
                 networks: vec![net.name.clone()],
-                uses_remaining: 1,
-                description: format!("meshctl quickstart vpn: {name}"),
+                uses_remaining: 2,
+                description: format!(
+                    "meshctl quickstart vpn: {name} (one use left for meshctl agent run)"
+                ),
                 ..Default::default()
             })
             .await?;
-        step(format!("enrollment key {}: created (one use)", key.id));
+        p.step(format!(
+            "enrollment key {}: created (two uses: this registration, and one kept for \
+             `meshctl agent run`)",
+            key.id
+        ));
         let reg = ctx
             .client
             .agent()
             .register(pb::RegisterRequest {
-                enrollment_key: key.token,
+                enrollment_key: key.token.clone(),
                 network: net.name.clone(),
                 name: name.clone(),
                 public_key: keys.public_key().into(),
@@ -336,22 +455,28 @@ impl VpnArgs {
             node_token: reg.node_token.expose().to_owned(),
         };
         state.save(&path, &ctx.server, &net.name, &name)?;
-        step(format!(
+        let agent_key = AgentKey {
+            id: key.id,
+            token: key.token,
+        };
+        agent_key.save(&key_path)?;
+        p.step(format!(
             "node {name}: registered as {} at {} (identity in {}, mode 0600)",
             reg.node.id,
             reg.node.address,
             path.display()
         ));
-        Ok((reg.node, state, path))
+        Ok((reg.node, state, path, Some(agent_key)))
     }
 
     async fn run(&self, ctx: &Ctx) -> Outcome {
         if self.clients == 0 {
             return Err(Failure::Usage("--clients must be at least 1".into()));
         }
-        let net = self.network(ctx).await?;
+        let p = Progress::new();
+        let net = self.network(ctx, &p).await?;
         let endpoint = self.endpoint(&net)?;
-        let (mut node, state, state_file) = self.node(ctx, &net, &endpoint).await?;
+        let (mut node, state, state_file, agent_key) = self.node(ctx, &p, &net, &endpoint).await?;
         let gw = ctx.client.gateways();
 
         // Clients' DNS: the gateway's overlay address unless told otherwise.
@@ -363,6 +488,7 @@ impl VpnArgs {
                 node.address.clone()
             }],
         };
+        p.doing("gateways");
         if node.ingress.as_ref().map(|i| &i.ext_client_dns) != Some(&dns) {
             node = gw
                 .create_ingress(pb::CreateIngressGatewayRequest {
@@ -370,7 +496,7 @@ impl VpnArgs {
                     ext_client_dns: dns.clone(),
                 })
                 .await?;
-            step(format!(
+            p.step(format!(
                 "ingress: {} now takes external clients (DNS {})",
                 node.name,
                 dns.join(",")
@@ -396,7 +522,7 @@ impl VpnArgs {
                     nat_enabled: Some(true),
                 })
                 .await?;
-            step(format!(
+            p.step(format!(
                 "egress: {} routes {} out of {} with NAT",
                 node.name,
                 ranges.join(","),
@@ -405,6 +531,7 @@ impl VpnArgs {
         }
 
         // The clients: PREFIX-1 ... PREFIX-N on this gateway.
+        p.doing("external clients");
         let clients_api = ctx.client.ext_clients();
         let existing = clients_api
             .list_all(Some(&net.name), Some(&node.id))
@@ -422,6 +549,7 @@ impl VpnArgs {
             match existing.iter().find(|c| &c.name == name) {
                 Some(c) => clients.push(c.clone()),
                 None => {
+                    p.doing(format!("external client {name} ({}/{missing})", made + 1));
                     let c = clients_api
                         .create(pb::CreateExtClientRequest {
                             network: net.name.clone(),
@@ -431,7 +559,7 @@ impl VpnArgs {
                         })
                         .await?;
                     made += 1;
-                    step(format!(
+                    p.step(format!(
                         "[{made}/{missing}] external client {name}: created at {}",
                         c.address
                     ));
@@ -440,7 +568,7 @@ impl VpnArgs {
             }
         }
         if missing == 0 {
-            step(format!(
+            p.step(format!(
                 "external clients: all {} exist, reusing them",
                 wanted.len()
             ));
@@ -451,7 +579,7 @@ impl VpnArgs {
             .map(|c| c.name.as_str())
             .collect();
         if !others.is_empty() {
-            step(format!(
+            p.step(format!(
                 "note: this gateway has other clients too, left as they are: {}",
                 others.join(", ")
             ));
@@ -461,10 +589,16 @@ impl VpnArgs {
         private_dir(&self.out)?;
         let mut files = Vec::new();
         for (i, c) in clients.iter().enumerate() {
+            p.doing(format!(
+                "config of {} ({}/{})",
+                c.name,
+                i + 1,
+                clients.len()
+            ));
             let conf = clients_api.config(&c.id).await?;
             let path = self.out.join(format!("{}.conf", c.name));
             write_private(&path, &conf.config)?;
-            step(format!(
+            p.step(format!(
                 "[{}/{}] wrote {}",
                 i + 1,
                 clients.len(),
@@ -474,6 +608,7 @@ impl VpnArgs {
         }
 
         // The gateway's own wg-quick file, from the config its agent gets.
+        p.doing("the gateway's wg-quick file");
         let cfg = ctx.client.nodes().config(&node.id).await?;
         let state_dir = std::path::absolute(&self.state_dir).map_err(local)?;
         let gwf = wgquick::render(&cfg, state.keys.private_key().expose(), &state_dir);
@@ -485,12 +620,22 @@ impl VpnArgs {
                 write_private(&state_dir.join(format!("{ifname}.{ext}")), t)?;
             }
         }
-        step(format!(
+        p.step(format!(
             "wrote {} (revision {})",
             gw_conf.display(),
             cfg.revision
         ));
 
+        drop(p);
+        let agent = AgentLine {
+            server: &ctx.server,
+            network: &net.name,
+            key: agent_key.as_ref(),
+            name: &node.name,
+            interface: &ifname,
+            endpoint: &endpoint,
+            state_dir: &state_dir,
+        };
         let summary = Summary {
             net: &net,
             node: &node,
@@ -500,12 +645,50 @@ impl VpnArgs {
             files: &files,
             gw_conf: &gw_conf,
             state_file: &state_file,
+            agent: &agent,
         };
         match ctx.format {
             Format::Table => summary.print(&self.interface),
             f => output::print_value(f, &summary.json()),
         }
         Ok(())
+    }
+}
+
+/// The `meshctl agent run` line for the gateway host: the agent takes over
+/// the node `quickstart vpn` registered, whose identity is in its state
+/// directory; the enrollment key is the use kept for it (the agent needs it
+/// only if it registers anew).
+struct AgentLine<'a> {
+    server: &'a str,
+    network: &'a str,
+    key: Option<&'a AgentKey>,
+    name: &'a str,
+    interface: &'a str,
+    endpoint: &'a str,
+    state_dir: &'a Path,
+}
+
+impl AgentLine<'_> {
+    fn command(&self) -> String {
+        let key = self.key.map(|k| k.token.as_str()).unwrap_or("KEY");
+        let words = [
+            ("--server", self.server),
+            ("--network", self.network),
+            ("--enrollment-key", key),
+            ("--name", self.name),
+            ("--interface", self.interface),
+            ("--endpoint", self.endpoint),
+        ];
+        let mut line = String::from("meshctl agent run");
+        for (flag, value) in words {
+            line.push_str(&format!(" {flag} {}", sh_word(value)));
+        }
+        line.push_str(&format!(
+            " --state-dir {}",
+            sh_word(&self.state_dir.display().to_string())
+        ));
+        line
     }
 }
 
@@ -518,6 +701,7 @@ struct Summary<'a> {
     files: &'a [PathBuf],
     gw_conf: &'a Path,
     state_file: &'a Path,
+    agent: &'a AgentLine<'a>,
 }
 
 impl Summary<'_> {
@@ -536,6 +720,8 @@ impl Summary<'_> {
             })).collect::<Vec<_>>(),
             "gatewayConfigFile": self.gw_conf.display().to_string(),
             "stateFile": self.state_file.display().to_string(),
+            "agentCommand": self.agent.command(),
+            "agentEnrollmentKeyId": self.agent.key.map(|k| k.id.as_str()),
         })
     }
 
@@ -562,13 +748,33 @@ impl Summary<'_> {
             self.net.name
         );
         println!(
-            "Next, on this host (the gateway), bring WireGuard up with this node's identity:\n  \
-             sudo wg-quick up {}\n\
-             It enables forwarding and installs the NAT rules; UDP port {} must be reachable from \
-             the clients.",
+            "Next, on this host (the gateway), bring WireGuard up with this node's identity, \
+             either way:\n\n\
+             - with the meshplane agent, which keeps the interface, routes and NAT rules in step \
+             with the server:\n  \
+             sudo {}\n\
+             - or without an agent, with the wg-quick file written here (a snapshot: run this \
+             command again after changes):\n  \
+             sudo wg-quick up {}\n\n\
+             Either enables forwarding and installs the NAT rules; UDP port {} must be reachable \
+             from the clients.",
+            self.agent.command(),
             self.gw_conf.display(),
             n.listen_port
         );
+        match self.agent.key {
+            Some(k) => println!(
+                "The agent line carries the use left on enrollment key {id} (needed only if the \
+                 agent registers anew); if you stay with wg-quick, revoke it: meshctl key delete \
+                 {id}",
+                id = k.id
+            ),
+            None => println!(
+                "Replace KEY with a one-use enrollment key (meshctl key create --network {} \
+                 --uses 1; needed only if the agent registers anew).",
+                self.net.name
+            ),
+        }
         if self.dns.iter().any(|d| d == &n.address || d == &n.address6) {
             println!(
                 "Clients resolve names through {}: run a resolver listening there (e.g. \
@@ -599,6 +805,32 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_line_names_every_flag_and_quotes_for_the_shell() {
+        let key = AgentKey {
+            id: "k1".into(),
+            token: "mpk_abc".into(),
+        };
+        let mut line = AgentLine {
+            server: "http://127.0.0.1:50051",
+            network: "vpn",
+            key: Some(&key),
+            name: "gw",
+            interface: "mp-vpn",
+            endpoint: "[2001:db8::1]:51821",
+            state_dir: Path::new("/srv/my state"),
+        };
+        assert_eq!(
+            line.command(),
+            "meshctl agent run --server http://127.0.0.1:50051 --network vpn \
+             --enrollment-key mpk_abc --name gw --interface mp-vpn \
+             --endpoint '[2001:db8::1]:51821' --state-dir '/srv/my state'"
+        );
+        line.key = None;
+        assert!(line.command().contains(" --enrollment-key KEY "));
+        assert_eq!(sh_word("it's"), r"'it'\''s'");
+    }
+
+    #[test]
     fn the_state_file_round_trips_with_mode_0600() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("meshctl-state-test-{}", std::process::id()));
@@ -616,6 +848,17 @@ mod tests {
         assert_eq!(back.node_id, "n1");
         assert_eq!(back.keys.public_key(), s.keys.public_key());
         assert_eq!(back.node_token, "mpn_x");
+        let key_path = AgentKey::path(&dir, "vpn");
+        assert!(AgentKey::load(&key_path).ok().unwrap().is_none());
+        let k = AgentKey {
+            id: "k1".into(),
+            token: "mpk_x".into(),
+        };
+        k.save(&key_path).ok().unwrap();
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let k = AgentKey::load(&key_path).ok().unwrap().unwrap();
+        assert_eq!((k.id.as_str(), k.token.as_str()), ("k1", "mpk_x"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -71,6 +71,7 @@ fn readme_cli_walkthrough_and_quickstart_work_as_written() {
         "-o eth2 -d 10.10.10.0/24 -j MASQUERADE",
         "\"natEnabled\": false",
         "sudo wg-quick up ",
+        "sudo meshctl agent run --server ",
         "client-5.conf",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");

@@ -127,7 +127,7 @@ fn every_subcommand_against_a_real_server() {
         serde_json::json!({})
     );
     let yaml = e.text(&["network", "get", "corp", "-o", "yaml"]);
-    assert!(yaml.contains("name: \"corp\"\n"), "{yaml}");
+    assert!(yaml.contains("name: corp\n"), "{yaml}");
     assert!(yaml.contains("defaultMtu: 1380\n"), "{yaml}");
     let table = e.text(&["network", "list"]);
     assert!(table.starts_with("NAME "), "{table}");
@@ -212,6 +212,83 @@ fn every_subcommand_against_a_real_server() {
     assert_eq!(e.json(&["node", "get", &office_id])["name"], "office");
     let n = e.json(&["node", "update", "office", "--keepalive", "25"]);
     assert_eq!(n["persistentKeepalive"], 25);
+
+    // What an agent reports shows in `node get` and `node list`.
+    let office_state: Value = serde_json::from_str(
+        &std::fs::read_to_string(e.path().join("office-state/corp.json")).unwrap(),
+    )
+    .unwrap();
+    let node_token = office_state["node_token"].as_str().unwrap().to_owned();
+    let url = e.server.url();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            use meshplane_sdk::proto as pb;
+            meshplane_sdk::Client::builder(url)
+                .connect_lazy()
+                .unwrap()
+                .agent()
+                .with_node_token(node_token)
+                .report(pb::ReportStatusRequest {
+                    applied_revision: 0,
+                    wireguard_interface: "mp-corp".into(),
+                    host: Some(pb::HostReport {
+                        interfaces: vec![
+                            pb::HostInterface {
+                                name: "eth0".into(),
+                                addresses: vec!["192.0.2.7/24".into()],
+                                up: true,
+                            },
+                            pb::HostInterface {
+                                name: "eth2".into(),
+                                addresses: vec![],
+                                up: false,
+                            },
+                        ],
+                        routes: vec![pb::HostRoute {
+                            destination: "0.0.0.0/0".into(),
+                            interface: "eth0".into(),
+                            gateway: "192.0.2.1".into(),
+                        }],
+                        report_time: None,
+                    }),
+                    apply_error: "iptables-restore: permission denied".into(),
+                    failed_revision: 3,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        });
+    let n = e.json(&["node", "get", "office"]);
+    let text = e.text(&["node", "get", "office"]);
+    assert!(
+        text.starts_with("id  ") && text.contains("wireguard interface  "),
+        "{text}"
+    );
+    // A server that keeps the report (ReportStatus with the host fields)
+    // shows it; one that predates them leaves the fields empty.
+    if n["wireguardInterface"] == "mp-corp" {
+        assert_eq!(n["applyError"], "iptables-restore: permission denied");
+        assert_eq!(n["host"]["interfaces"][1]["name"], "eth2");
+        for want in [
+            "wireguard interface  mp-corp\n",
+            "apply error          revision 3: iptables-restore: permission denied\n",
+            "host interfaces      eth0, eth2 (down)\n",
+            "host routes          1 (0.0.0.0/0 via 192.0.2.1 dev eth0)\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let text = e.text(&["node", "list"]);
+        assert!(
+            text.contains("revision 3: iptables-restore: permission denied"),
+            "{text}"
+        );
+    }
+    let text = e.text(&["node", "list"]);
+    assert!(
+        text.lines().next().unwrap().ends_with("APPLY ERROR"),
+        "{text}"
+    );
 
     // ingress / egress (the seed's remote-access scenario)
     let n = e.json(&["ingress", "create", "server", "--network", "corp"]);
@@ -576,6 +653,24 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     );
     let out = String::from_utf8(first.stdout).unwrap();
     assert!(out.contains("sudo wg-quick up "), "{out}");
+    // The agent alternative: the node's identity and the enrollment key use
+    // kept for it.
+    let agent_line = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sudo meshctl agent run "))
+        .unwrap_or_else(|| panic!("no agent line in:\n{out}"));
+    let state_dir = e.path().join("state");
+    for want in [
+        format!("--server {} ", e.server.url()),
+        "--network vpn ".into(),
+        "--enrollment-key mpk_".into(),
+        "--name gw ".into(),
+        "--interface mp-vpn ".into(),
+        "--endpoint 203.0.113.10:51821 ".into(),
+        format!("--state-dir {}", state_dir.display()),
+    ] {
+        assert!(agent_line.contains(&want), "{want:?} missing: {agent_line}");
+    }
     let progress = String::from_utf8(first.stderr).unwrap();
     assert!(
         progress.contains("[5/5] external client client-5: created"),
@@ -589,6 +684,11 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
         String::from_utf8_lossy(&second.stderr)
     );
     let summary: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(
+        summary["agentCommand"].as_str().unwrap(),
+        format!("meshctl agent run {agent_line}"),
+        "the second run prints the same agent line"
+    );
     let progress = String::from_utf8(second.stderr).unwrap();
     assert!(
         !progress.contains("created"),
@@ -601,7 +701,10 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     let nodes = e.json(&["node", "list", "--network", "vpn"]);
     assert_eq!(names(&nodes), ["gw"]);
     let gw = &nodes[0];
-    assert_eq!(e.json(&["key", "list"]).as_array().unwrap().len(), 1);
+    let keys = e.json(&["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["usesRemaining"], 1, "one use kept for the agent");
+    assert_eq!(keys[0]["id"], summary["agentEnrollmentKeyId"]);
     let clients = e.json(&["extclient", "list", "--network", "vpn"]);
     assert_eq!(
         names(&clients),
@@ -658,6 +761,11 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     // file carries that key and a peer per client.
     let state_file = e.path().join("state/vpn.json");
     assert_eq!(mode(&state_file), 0o600);
+    let agent_key = e.path().join("state/vpn.agent-key.json");
+    assert_eq!(mode(&agent_key), 0o600);
+    let agent_key: Value =
+        serde_json::from_str(&std::fs::read_to_string(&agent_key).unwrap()).unwrap();
+    assert_eq!(agent_key["id"], summary["agentEnrollmentKeyId"]);
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     assert_eq!(state["node_id"], gw["id"]);

@@ -343,11 +343,26 @@ pub async fn run(a: RunArgs, server: &str) -> Outcome {
             .await;
         return dry_run(&agent, &agent_client).await;
     }
-    reports.send_replace(Some(Report {
+    // Sent before the stream opens, so the first config already names this
+    // interface; when the server is away the reporter keeps trying.
+    let first = Report {
         applied: good,
         host: first_report.clone(),
         ..Report::default()
-    }));
+    };
+    let sent = tokio::time::timeout(
+        Duration::from_secs(5),
+        agent_client.report(pb::ReportStatusRequest {
+            applied_revision: good,
+            wireguard_interface: agent.id.interface.clone(),
+            host: first_report.clone(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        reports.send_replace(Some(first));
+    }
     let mut last_report = first_report;
     tracing::info!(node = %agent.id.node_id, name = %agent.id.name, interface = %agent.id.interface,
         resume_from = good, "agent started");

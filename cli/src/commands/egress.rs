@@ -1,0 +1,60 @@
+//! `meshctl egress`: egress gateways.
+
+use clap::Subcommand;
+use meshplane_sdk::proto as pb;
+
+use super::{csv, done, node::NodeArg, node::node_table, show_one};
+use crate::{Ctx, Outcome};
+
+/// `meshctl egress`.
+#[derive(Subcommand)]
+pub enum EgressCmd {
+    /// Makes a node an egress gateway (replacing any egress it had).
+    Create {
+        #[command(flatten)]
+        node: NodeArg,
+        /// Outside ranges it routes (comma-separated), e.g.
+        /// 10.10.10.0/24 or 0.0.0.0/0,::/0.
+        #[arg(long, required = true, value_name = "CIDR,...")]
+        ranges: Vec<String>,
+        /// The node's interface that reaches them (see `ip route get`).
+        #[arg(long)]
+        interface: String,
+        /// Keep source addresses (the outside network then needs a return
+        /// route to the overlay via this node).
+        #[arg(long)]
+        no_nat: bool,
+    },
+    /// Removes a node's egress gateway.
+    Delete(NodeArg),
+}
+
+impl EgressCmd {
+    pub async fn run(self, ctx: &Ctx) -> Outcome {
+        let gw = ctx.client.gateways();
+        match self {
+            EgressCmd::Create {
+                node,
+                ranges,
+                interface,
+                no_nat,
+            } => {
+                let n = gw
+                    .create_egress(pb::CreateEgressGatewayRequest {
+                        node_id: node.id(ctx).await?,
+                        ranges: csv(&ranges),
+                        interface,
+                        nat_enabled: Some(!no_nat),
+                    })
+                    .await?;
+                show_one(ctx, &n, node_table);
+            }
+            EgressCmd::Delete(a) => {
+                let id = a.id(ctx).await?;
+                gw.delete_egress(&id).await?;
+                done(ctx, format!("removed the egress gateway of node {id}"));
+            }
+        }
+        Ok(())
+    }
+}

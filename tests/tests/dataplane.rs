@@ -10,7 +10,16 @@
 //!
 //! Needs root: `apt-get install -y iproute2 iptables wireguard-tools
 //! wireguard-go iputils-ping` (tests/run does this), and the binaries built
-//! (`cargo build -p meshplane-server -p meshctl --bins`).
+//! (`cargo build -p meshplane-server -p meshctl --bins`). Run it with
+//! `cargo nextest run -p meshplane-tests --test dataplane --no-capture`;
+//! each process's log is printed when the test fails. The test copies the
+//! binaries it runs at its start; `MESHPLANE_E2E_BIN_MESHCTL` and
+//! `MESHPLANE_E2E_BIN_MESHPLANE` name other files to copy (for a target
+//! directory that several checkouts build into).
+//!
+//! It prints `e2e: egress created -> first echo through it: N ms`: from
+//! CreateEgressGateway's response to the first UDP answer through the new
+//! path, for BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -477,7 +486,7 @@ fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &
             "--userspace",
             "wireguard-go",
         ],
-        &[("RUST_LOG", "info")],
+        &[("MESHCTL_LOG", "info")],
         &t.path(&format!("agent-{name}.log")),
     )
 }

@@ -84,16 +84,6 @@ pub struct State {
     pub node_token: String,
 }
 
-/// The enrollment key `quickstart vpn` keeps for `meshctl agent run` (the
-/// use left on the key it registered the gateway with), in
-/// `<state dir>/<network>.agent-key.json` (mode 0600) beside the state.
-pub struct AgentKey {
-    /// The key's id (for `meshctl key delete`).
-    pub id: String,
-    /// Its token.
-    pub token: String,
-}
-
 fn local(what: impl std::fmt::Display) -> Failure {
     Failure::Local(what.to_string())
 }
@@ -156,39 +146,6 @@ impl State {
             "private_key": self.keys.private_key().expose(),
             "node_token": self.node_token,
         });
-        write_private(path, &format!("{v:#}\n"))
-    }
-}
-
-impl AgentKey {
-    /// `<dir>/<network>.agent-key.json`.
-    pub fn path(dir: &Path, network: &str) -> PathBuf {
-        dir.join(format!("{network}.agent-key.json"))
-    }
-
-    /// The key kept in `path`, when there is one.
-    pub fn load(path: &Path) -> Result<Option<AgentKey>, Failure> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(local(format!("reading {}: {e}", path.display()))),
-        };
-        let bad = |what: &str| local(format!("{}: {what}", path.display()));
-        let v: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-        let field = |k: &str| {
-            v[k].as_str()
-                .map(String::from)
-                .ok_or_else(|| bad(&format!("{k} is missing")))
-        };
-        Ok(Some(AgentKey {
-            id: field("id")?,
-            token: field("token")?,
-        }))
-    }
-
-    /// Writes the key to `path` with mode 0600.
-    pub fn save(&self, path: &Path) -> Result<(), Failure> {
-        let v = json!({ "id": self.id, "token": self.token });
         write_private(path, &format!("{v:#}\n"))
     }
 }
@@ -360,21 +317,18 @@ impl VpnArgs {
     }
 
     /// The gateway node: the one in the state file when the server still
-    /// has it, else a new registration with an enrollment key of two uses,
-    /// one for this registration and one kept for `meshctl agent run`.
+    /// has it, else a new registration with an enrollment key of one use.
     async fn node(
         &self,
         ctx: &Ctx,
         p: &Progress,
         net: &pb::Network,
         endpoint: &str,
-    ) -> Result<(pb::Node, State, PathBuf, Option<AgentKey>), Failure> {
+    ) -> Result<(pb::Node, State, PathBuf), Failure> {
         p.doing("gateway node");
         private_dir(&self.state_dir)?;
         let path = State::path(&self.state_dir, &self.network);
         let state = State::load(&path)?;
-        let key_path = AgentKey::path(&self.state_dir, &self.network);
-        let agent_key = AgentKey::load(&key_path)?;
         if let Some(s) = &state {
             match ctx.client.nodes().get(&s.node_id).await {
                 Ok(n) if n.public_key == s.keys.public_key() && n.network == net.name => {
@@ -393,7 +347,7 @@ impl VpnArgs {
                         n
                     };
                     let s = state.expect("checked");
-                    return Ok((n, s, path, agent_key));
+                    return Ok((n, s, path));
                 }
                 Ok(n) => p.step(format!(
                     "node {} no longer matches {}; registering anew",
@@ -408,34 +362,20 @@ impl VpnArgs {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Keep the key pair of an earlier run: only this host has it. The
-        // agent's use left on the old enrollment key goes with the old node.
+        // Keep the key pair of an earlier run: only this host has it.
         let keys = state.map(|s| s.keys).unwrap_or_else(KeyPair::generate);
-        if let Some(k) = agent_key {
-            match ctx.client.enrollment_keys().delete(&k.id).await {
-                Ok(()) => p.step(format!("enrollment key {}: revoked", k.id)),
-                Err(e) if e.code() == Code::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         let name = self.name.clone().unwrap_or_else(host_label);
         let key = ctx
             .client
             .enrollment_keys()
             .create(pb::EnrollmentKey {
                 networks: vec![net.name.clone()],
-                uses_remaining: 2,
-                description: format!(
-                    "meshctl quickstart vpn: {name} (one use left for meshctl agent run)"
-                ),
+                uses_remaining: 1,
+                description: format!("meshctl quickstart vpn: {name}"),
                 ..Default::default()
             })
             .await?;
-        p.step(format!(
-            "enrollment key {}: created (two uses: this registration, and one kept for \
-             `meshctl agent run`)",
-            key.id
-        ));
+        p.step(format!("enrollment key {}: created (one use)", key.id));
         let reg = ctx
             .client
             .agent()
@@ -455,18 +395,13 @@ impl VpnArgs {
             node_token: reg.node_token.expose().to_owned(),
         };
         state.save(&path, &ctx.server, &net.name, &name)?;
-        let agent_key = AgentKey {
-            id: key.id,
-            token: key.token,
-        };
-        agent_key.save(&key_path)?;
         p.step(format!(
             "node {name}: registered as {} at {} (identity in {}, mode 0600)",
             reg.node.id,
             reg.node.address,
             path.display()
         ));
-        Ok((reg.node, state, path, Some(agent_key)))
+        Ok((reg.node, state, path))
     }
 
     async fn run(&self, ctx: &Ctx) -> Outcome {
@@ -476,7 +411,7 @@ impl VpnArgs {
         let p = Progress::new();
         let net = self.network(ctx, &p).await?;
         let endpoint = self.endpoint(&net)?;
-        let (mut node, state, state_file, agent_key) = self.node(ctx, &p, &net, &endpoint).await?;
+        let (mut node, state, state_file) = self.node(ctx, &p, &net, &endpoint).await?;
         let gw = ctx.client.gateways();
 
         // Clients' DNS: the gateway's overlay address unless told otherwise.
@@ -626,15 +561,35 @@ impl VpnArgs {
             cfg.revision
         ));
 
+        // The agent's state directory, holding this node's identity: `meshctl
+        // agent run` takes the node over instead of registering another.
+        let agent_dir = state_dir.join(format!("agent-{}", net.name));
+        let handed = crate::agent::state::StateDir::open(&agent_dir)
+            .and_then(|d| {
+                d.adopt(crate::agent::state::Identity {
+                    node_id: node.id.clone(),
+                    network: net.name.clone(),
+                    name: node.name.clone(),
+                    server: ctx.server.clone(),
+                    interface: ifname.clone(),
+                    private_key: state.keys.private_key().expose().to_owned(),
+                    public_key: state.keys.public_key().to_owned(),
+                    node_token: state.node_token.clone(),
+                    created: None,
+                })
+            })
+            .map_err(local)?;
+        if handed {
+            p.step(format!(
+                "agent identity: {} (mode 0600)",
+                agent_dir.display()
+            ));
+        }
         drop(p);
         let agent = AgentLine {
             server: &ctx.server,
-            network: &net.name,
-            key: agent_key.as_ref(),
-            name: &node.name,
             interface: &ifname,
-            endpoint: &endpoint,
-            state_dir: &state_dir,
+            state_dir: &agent_dir,
         };
         let summary = Summary {
             net: &net,
@@ -656,39 +611,22 @@ impl VpnArgs {
 }
 
 /// The `meshctl agent run` line for the gateway host: the agent takes over
-/// the node `quickstart vpn` registered, whose identity is in its state
-/// directory; the enrollment key is the use kept for it (the agent needs it
-/// only if it registers anew).
+/// the node `quickstart vpn` registered, whose identity is in the agent's
+/// state directory (no enrollment key needed).
 struct AgentLine<'a> {
     server: &'a str,
-    network: &'a str,
-    key: Option<&'a AgentKey>,
-    name: &'a str,
     interface: &'a str,
-    endpoint: &'a str,
     state_dir: &'a Path,
 }
 
 impl AgentLine<'_> {
     fn command(&self) -> String {
-        let key = self.key.map(|k| k.token.as_str()).unwrap_or("KEY");
-        let words = [
-            ("--server", self.server),
-            ("--network", self.network),
-            ("--enrollment-key", key),
-            ("--name", self.name),
-            ("--interface", self.interface),
-            ("--endpoint", self.endpoint),
-        ];
-        let mut line = String::from("meshctl agent run");
-        for (flag, value) in words {
-            line.push_str(&format!(" {flag} {}", sh_word(value)));
-        }
-        line.push_str(&format!(
-            " --state-dir {}",
+        format!(
+            "meshctl agent run --server {} --interface {} --state-dir {}",
+            sh_word(self.server),
+            sh_word(self.interface),
             sh_word(&self.state_dir.display().to_string())
-        ));
-        line
+        )
     }
 }
 
@@ -721,7 +659,7 @@ impl Summary<'_> {
             "gatewayConfigFile": self.gw_conf.display().to_string(),
             "stateFile": self.state_file.display().to_string(),
             "agentCommand": self.agent.command(),
-            "agentEnrollmentKeyId": self.agent.key.map(|k| k.id.as_str()),
+            "agentStateDir": self.agent.state_dir.display().to_string(),
         })
     }
 
@@ -762,19 +700,11 @@ impl Summary<'_> {
             self.gw_conf.display(),
             n.listen_port
         );
-        match self.agent.key {
-            Some(k) => println!(
-                "The agent line carries the use left on enrollment key {id} (needed only if the \
-                 agent registers anew); if you stay with wg-quick, revoke it: meshctl key delete \
-                 {id}",
-                id = k.id
-            ),
-            None => println!(
-                "Replace KEY with a one-use enrollment key (meshctl key create --network {} \
-                 --uses 1; needed only if the agent registers anew).",
-                self.net.name
-            ),
-        }
+        println!(
+            "The agent takes over this node from {} (no enrollment key needed); add \
+             --userspace wireguard-go where the kernel has no WireGuard module.",
+            self.agent.state_dir.display()
+        );
         if self.dns.iter().any(|d| d == &n.address || d == &n.address6) {
             println!(
                 "Clients resolve names through {}: run a resolver listening there (e.g. \
@@ -806,27 +736,16 @@ mod tests {
 
     #[test]
     fn the_agent_line_names_every_flag_and_quotes_for_the_shell() {
-        let key = AgentKey {
-            id: "k1".into(),
-            token: "mpk_abc".into(),
-        };
-        let mut line = AgentLine {
+        let line = AgentLine {
             server: "http://127.0.0.1:50051",
-            network: "vpn",
-            key: Some(&key),
-            name: "gw",
             interface: "mp-vpn",
-            endpoint: "[2001:db8::1]:51821",
-            state_dir: Path::new("/srv/my state"),
+            state_dir: Path::new("/srv/my state/agent-vpn"),
         };
         assert_eq!(
             line.command(),
-            "meshctl agent run --server http://127.0.0.1:50051 --network vpn \
-             --enrollment-key mpk_abc --name gw --interface mp-vpn \
-             --endpoint '[2001:db8::1]:51821' --state-dir '/srv/my state'"
+            "meshctl agent run --server http://127.0.0.1:50051 --interface mp-vpn \
+             --state-dir '/srv/my state/agent-vpn'"
         );
-        line.key = None;
-        assert!(line.command().contains(" --enrollment-key KEY "));
         assert_eq!(sh_word("it's"), r"'it'\''s'");
     }
 
@@ -848,17 +767,6 @@ mod tests {
         assert_eq!(back.node_id, "n1");
         assert_eq!(back.keys.public_key(), s.keys.public_key());
         assert_eq!(back.node_token, "mpn_x");
-        let key_path = AgentKey::path(&dir, "vpn");
-        assert!(AgentKey::load(&key_path).ok().unwrap().is_none());
-        let k = AgentKey {
-            id: "k1".into(),
-            token: "mpk_x".into(),
-        };
-        k.save(&key_path).ok().unwrap();
-        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let k = AgentKey::load(&key_path).ok().unwrap().unwrap();
-        assert_eq!((k.id.as_str(), k.token.as_str()), ("k1", "mpk_x"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

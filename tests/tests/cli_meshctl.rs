@@ -653,21 +653,17 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     );
     let out = String::from_utf8(first.stdout).unwrap();
     assert!(out.contains("sudo wg-quick up "), "{out}");
-    // The agent alternative: the node's identity and the enrollment key use
-    // kept for it.
+    // The agent alternative: it takes the node over from the identity the
+    // quickstart hands it.
     let agent_line = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("sudo meshctl agent run "))
         .unwrap_or_else(|| panic!("no agent line in:\n{out}"));
-    let state_dir = e.path().join("state");
+    let agent_dir = e.path().join("state/agent-vpn");
     for want in [
         format!("--server {} ", e.server.url()),
-        "--network vpn ".into(),
-        "--enrollment-key mpk_".into(),
-        "--name gw ".into(),
         "--interface mp-vpn ".into(),
-        "--endpoint 203.0.113.10:51821 ".into(),
-        format!("--state-dir {}", state_dir.display()),
+        format!("--state-dir {}", agent_dir.display()),
     ] {
         assert!(agent_line.contains(&want), "{want:?} missing: {agent_line}");
     }
@@ -703,8 +699,10 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     let gw = &nodes[0];
     let keys = e.json(&["key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 1);
-    assert_eq!(keys[0]["usesRemaining"], 1, "one use kept for the agent");
-    assert_eq!(keys[0]["id"], summary["agentEnrollmentKeyId"]);
+    assert_eq!(
+        keys[0]["usesRemaining"], 0,
+        "its one use registered the gateway"
+    );
     let clients = e.json(&["extclient", "list", "--network", "vpn"]);
     assert_eq!(
         names(&clients),
@@ -761,11 +759,13 @@ fn quickstart_vpn_twice_leaves_exactly_five_clients() {
     // file carries that key and a peer per client.
     let state_file = e.path().join("state/vpn.json");
     assert_eq!(mode(&state_file), 0o600);
-    let agent_key = e.path().join("state/vpn.agent-key.json");
-    assert_eq!(mode(&agent_key), 0o600);
-    let agent_key: Value =
-        serde_json::from_str(&std::fs::read_to_string(&agent_key).unwrap()).unwrap();
-    assert_eq!(agent_key["id"], summary["agentEnrollmentKeyId"]);
+    let identity = agent_dir.join("identity.json");
+    assert_eq!(mode(&identity), 0o600);
+    let identity: Value =
+        serde_json::from_str(&std::fs::read_to_string(&identity).unwrap()).unwrap();
+    assert_eq!(identity["node_id"], gw["id"]);
+    assert_eq!(identity["interface"], "mp-vpn");
+    assert_eq!(summary["agentStateDir"], agent_dir.display().to_string());
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     assert_eq!(state["node_id"], gw["id"]);

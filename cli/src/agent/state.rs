@@ -154,6 +154,21 @@ impl StateDir {
         self.write(IDENTITY, &bytes)
     }
 
+    /// Hands a node registered elsewhere (`meshctl quickstart vpn`) over to
+    /// the agent: stores `id` unless this directory already holds that
+    /// node's identity (which may record more, such as the interface the
+    /// agent made). Returns whether it stored it.
+    pub fn adopt(&self, id: Identity) -> Result<bool, String> {
+        if self
+            .identity()?
+            .is_some_and(|have| have.node_id == id.node_id && have.interface == id.interface)
+        {
+            return Ok(false);
+        }
+        self.save_identity(&id)?;
+        Ok(true)
+    }
+
     /// What the agent applied (empty when nothing was recorded).
     pub fn applied(&self) -> Result<Applied, String> {
         match self.read(APPLIED)? {

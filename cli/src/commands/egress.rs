@@ -17,8 +17,10 @@ pub enum EgressCmd {
         /// 10.10.10.0/24 or 0.0.0.0/0,::/0.
         #[arg(long, required = true, value_name = "CIDR,...")]
         ranges: Vec<String>,
-        /// The node's interface that reaches them (see `ip route get`).
-        #[arg(long)]
+        /// The node's interface that reaches them. Leave it out once the
+        /// node's agent runs: the server then picks the interface the host
+        /// routes the ranges through (and refuses a name the host lacks).
+        #[arg(long, default_value = "")]
         interface: String,
         /// Keep source addresses (the outside network then needs a return
         /// route to the overlay via this node).

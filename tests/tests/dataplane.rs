@@ -491,6 +491,44 @@ fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &
     )
 }
 
+/// `meshctl agent run` again for `name`: the identity in its state
+/// directory, so no enrollment key, network or name.
+fn restart_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, n: u32) -> Proc {
+    let meshctl = t.binary("meshctl");
+    let state = t.path(&format!("agent-{name}"));
+    let url = format!("http://{}:{}", netns::SERVER_IP, netns::SERVER_PORT);
+    ns.spawn(
+        &format!("agent {name} (run {n})"),
+        &[
+            meshctl.to_str().unwrap(),
+            "agent",
+            "run",
+            "--server",
+            &url,
+            "--interface",
+            ifname,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--userspace",
+            "wireguard-go",
+        ],
+        &[("MESHCTL_LOG", "info")],
+        &t.path(&format!("agent-{name}-{n}.log")),
+    )
+}
+
+/// `wg show IFNAME latest-handshakes` in `ns`: the last handshake time of
+/// the peer `public_key` (0 when none).
+fn handshake(ns: &Ns, ifname: &str, public_key: &str) -> u64 {
+    let out = ns.must(&["wg", "show", ifname, "latest-handshakes"]);
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            (k == public_key).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// Panics with what is missing when the meshctl the test runs has no
 /// agent.
 fn require_agent(t: &Topology) {
@@ -857,11 +895,27 @@ async fn dataplane_agents_apply_what_the_api_says() {
     expect_echo(&t.phone, "udp", &echo_at(INTERNET), RELAY_WAN, WAIT);
 
     // --- SIGTERM leaves the dataplane up; `agent down` removes it. ---
-    eprintln!("e2e: relay's agent stopped, then `agent down`");
+    eprintln!("e2e: relay's agent stopped, run again, stopped, then `agent down`");
+    let shook = handshake(&t.relay, &t.wg_relay, &phone.public_key);
+    assert!(shook > 0, "phone and relay never shook hands");
     relay_agent.signal(libc::SIGTERM);
     let st = relay_agent.wait_exit(Duration::from_secs(10));
     assert!(st.is_some(), "relay's agent ignored SIGTERM");
     expect_echo(&t.phone, "udp", &echo_at(INTERNET), RELAY_WAN, WAIT);
+    // Run again (an upgrade): the kept identity, no key; the device it
+    // finds is used as it is, and the phone's session is not reset.
+    let mut relay_agent = restart_agent(&t, &t.relay, "relay", &t.wg_relay, 2);
+    let again = api.ready("relay").await;
+    assert_eq!(again.id, relay.id, "the second run is the same node");
+    expect_echo(&t.phone, "udp", &echo_at(INTERNET), RELAY_WAN, WAIT);
+    assert_eq!(
+        handshake(&t.relay, &t.wg_relay, &phone.public_key),
+        shook,
+        "restarting relay's agent reset the phone's WireGuard session"
+    );
+    relay_agent.signal(libc::SIGTERM);
+    let st = relay_agent.wait_exit(Duration::from_secs(10));
+    assert!(st.is_some(), "relay's agent (second run) ignored SIGTERM");
     let meshctl = t.binary("meshctl");
     let state = t.path("agent-relay");
     let (ok, out) = t.relay.run(&[

@@ -779,6 +779,8 @@ async fn dataplane_agents_apply_what_the_api_says() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = api.node(&client.id).await;
     assert!(before.connected, "client's stream dropped: {before:#?}");
+    let shook = handshake(&t.client, &t.wg_client, &gw.public_key);
+    assert!(shook > 0, "client and gw never shook hands");
     api.set_keepalive(&gw.id, 17).await;
     let after = api.ready("client").await;
     assert!(
@@ -794,6 +796,19 @@ async fn dataplane_agents_apply_what_the_api_says() {
         "client's agent reopened its config stream while routing 0.0.0.0/0 through gw"
     );
     expect_echo(&t.client, "udp", &echo_at(INTERNET), GW_WAN, WAIT);
+    // The peer was updated in place: its session was not reset.
+    let shown = t
+        .client
+        .must(&["wg", "show", &t.wg_client, "persistent-keepalive"]);
+    assert!(
+        shown.contains(&format!("{}\t17", gw.public_key)),
+        "client's peer gw has keepalive 17:\n{shown}"
+    );
+    assert_eq!(
+        handshake(&t.client, &t.wg_client, &gw.public_key),
+        shook,
+        "changing gw's keepalive reset client's session with gw"
+    );
 
     // --- The seed's VPN on one node: relay ingress + egress 0.0.0.0/0,
     // DNS = relay's overlay address. ---

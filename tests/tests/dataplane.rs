@@ -979,3 +979,60 @@ async fn dataplane_agents_apply_what_the_api_says() {
     let left = leftovers(&names, &pids, &wg_names);
     assert!(left.is_empty(), "teardown left: {left:?}");
 }
+
+/// A UDP flow that is already running (one source port, sending every
+/// 10 ms) when the egress is created gets through it too, as new flows do.
+///
+/// Fails with the agent as of main 2d93274: gw's agent turns forwarding on
+/// before its MASQUERADE rule is hooked into POSTROUTING, so a packet of the
+/// flow that crosses gw in between gets conntrack's un-NATed binding, which
+/// every later packet of the flow keeps (the LAN has no route back, so no
+/// answer ever comes while the flow keeps sending). New flows are fine.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "known agent issue: gw forwards before its NAT rule is hooked, so a UDP flow running \
+            at that moment stays un-NATed (run with --run-ignored all)"]
+async fn dataplane_flow_running_before_the_egress_gets_through_it() {
+    if skip_privileged("dataplane_flow_running_before_the_egress_gets_through_it") {
+        return;
+    }
+    let t = Topology::build();
+    require_agent(&t);
+    let server = ServerProc::start(&t);
+    let in_hub = enter(&t.hub);
+    let api = Api {
+        url: server.url(),
+        token: server.admin_token(),
+    };
+    let key = api.setup().await;
+    let gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
+    let client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
+    let gw = api.ready("gw").await;
+    api.ready("client").await;
+
+    let echo = t.binary("echo");
+    let mut flow = t.client.spawn(
+        "echo flow",
+        &[echo.to_str().unwrap(), "flow", &echo_at(LAN4), "15000"],
+        &[],
+        &t.path("flow.log"),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.egress(&gw.id, &[LAN_RANGE4], "", None)
+        .await
+        .expect("CreateEgressGateway");
+    // New flows get through...
+    expect_echo(&t.client, "udp", &echo_at(LAN4), GW_LAN4, WAIT);
+    // ...and so does the one that was running.
+    let st = flow.wait_exit(Duration::from_secs(20));
+    let conntrack =
+        t.gw.run(&["sh", "-c", "grep 'dport=7007' /proc/net/nf_conntrack"])
+            .1;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "a UDP flow running when the egress was created got no answer within 15 s \
+         ({st:?}): {}\nconntrack on gw:\n{conntrack}",
+        flow.output()
+    );
+    drop(in_hub);
+    drop((gw_agent, client_agent, server));
+}

@@ -17,6 +17,9 @@
 //! answer, which it prints with how long it waited (`ANSWER MS`); it exits 1
 //! when none came within TOTAL_MS. It measures when a path starts working
 //! for new flows, to about 10 ms.
+//!
+//! `echo flow ADDR:PORT TOTAL_MS` is the same from one socket: a single UDP
+//! flow (one source port), as a long-lived UDP application would keep.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -32,10 +35,11 @@ fn main() -> ExitCode {
         ["serve", port, addrs @ ..] if !addrs.is_empty() => serve(port, addrs),
         ["ask", proto, addr] => ask(proto, addr, "1000"),
         ["ask", proto, addr, timeout_ms] => ask(proto, addr, timeout_ms),
-        ["probe", addr, total_ms] => probe(addr, total_ms),
+        ["probe", addr, total_ms] => probe(addr, total_ms, false),
+        ["flow", addr, total_ms] => probe(addr, total_ms, true),
         _ => {
             eprintln!(
-                "usage: echo serve PORT ADDR... | echo ask tcp|udp ADDR:PORT [TIMEOUT_MS] | echo probe ADDR:PORT TOTAL_MS"
+                "usage: echo serve PORT ADDR... | echo ask tcp|udp ADDR:PORT [TIMEOUT_MS] | echo probe|flow ADDR:PORT TOTAL_MS"
             );
             ExitCode::from(2)
         }
@@ -181,7 +185,7 @@ fn ask_udp(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
 }
 
-fn probe(addr: &str, total_ms: &str) -> ExitCode {
+fn probe(addr: &str, total_ms: &str, one_flow: bool) -> ExitCode {
     let (Ok(addr), Ok(total)) = (addr.parse::<SocketAddr>(), total_ms.parse::<u64>()) else {
         eprintln!("echo: bad probe arguments {addr:?} {total_ms:?}");
         return ExitCode::from(2);
@@ -195,23 +199,29 @@ fn probe(addr: &str, total_ms: &str) -> ExitCode {
     let deadline = start + Duration::from_millis(total);
     let mut last_error = String::from("no answer");
     let mut buf = [0u8; 1500];
+    let mut kept: Option<UdpSocket> = None;
     while std::time::Instant::now() < deadline {
-        // A fresh socket (so a fresh source port) each try: every try is a
-        // new flow for conntrack, as a new connection would be. Reusing one
-        // flow would measure when the gateway's NAT state for that flow
-        // (made by its first packet, maybe before the NAT rule existed)
-        // expires instead.
-        let s = match UdpSocket::bind(local) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("echo: bind: {e}");
-                return ExitCode::FAILURE;
-            }
+        // probe: a fresh socket (so a fresh source port) each try, so every
+        // try is a new flow for conntrack, as a new connection would be.
+        // Reusing one flow (`flow`) measures instead when the gateway's NAT
+        // state for that flow, made by its first packet, works.
+        let s = match kept.take() {
+            Some(s) => s,
+            None => match UdpSocket::bind(local) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("echo: bind: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
         if let Err(e) = s.send_to(b"hello\n", addr) {
             last_error = format!("send: {e}");
             std::thread::sleep(Duration::from_millis(10));
+            if one_flow {
+                kept = Some(s);
+            }
             continue;
         }
         match s.recv_from(&mut buf) {
@@ -221,7 +231,18 @@ fn probe(addr: &str, total_ms: &str) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Ok((_, from)) => last_error = format!("answer from {from}"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                last_error = "no answer".into()
+            }
             Err(e) => last_error = format!("receive: {e}"),
+        }
+        if one_flow {
+            kept = Some(s);
         }
     }
     eprintln!("echo: probe {addr}: nothing within {total} ms (last: {last_error})");

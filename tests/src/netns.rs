@@ -4,23 +4,27 @@
 //! packet arrived with.
 //!
 //! ```text
-//!                        underlay 10.200.0.0/24 (bridge br0 in `hub`, .254)
-//!   +--------+--------------+-----------------+---------------+-----------+
-//!   |        |              |                 |               |
-//!  srv .1   gw .2        client .3         relay .4        phone .5
-//!  meshplane agent        agent            agent           wireguard-go
-//!  serve     |  \                          (ingress)       (ext client,
-//!            |   \ wan0 192.0.2.1/30         | wan0         no agent)
-//!      lan0  |    \                          | 192.0.2.5/30
-//!  10.10.10.1|     \                         |
-//!  fd10:10::1|      +----- internet ---------+
-//!            |             198.51.100.7 (lo), echo
-//!           lan  10.10.10.2, fd10:10::2, echo
+//!             underlay 10.200.0.0/24: bridge br0 in `hub` (.254: the test's own gRPC client)
+//!    +-------------+-------------+--------------+--------------+
+//!    |             |             |              |              |
+//!  srv .1        gw .2        client .3      relay .4       phone .5
+//!  meshplane     agent        agent          agent          wireguard-go + wg setconf
+//!  serve         |    \                      (ingress)      from GetExtClientConfig
+//!                |     \ wan0 192.0.2.1/30    | wan0         (no agent)
+//!   lan0         |      \                     | 192.0.2.5/30
+//!   10.10.10.1/24|       +---- internet ------+
+//!   fd10:10::1/64|             198.51.100.7 (on lo), echo :7007
+//!                |
+//!               lan  10.10.10.2/24, fd10:10::2/64, echo :7007
+//!
+//!  overlay (network "e2e"): 10.99.0.0/24, fd00:99::/64; WireGuard port 51820
 //! ```
 //!
 //! Every address exists only inside the test's namespaces; nothing is routed
 //! or translated onto the host's own network. The only default routes are
-//! `gw`'s and `relay`'s, and they point at the `internet` namespace.
+//! `gw`'s and `relay`'s, which point at the `internet` namespace, and the
+//! full-tunnel ones the scenarios make (client's through gw or relay, the
+//! phone's through relay), which end there too.
 
 use std::{
     fs::File,

@@ -366,6 +366,35 @@ impl Api {
         panic!("node {name:?} did not apply its config within {READY:?}; last: {last}");
     }
 
+    /// Waits until every node in `names` has applied its current config at
+    /// once (a node registering later changes the others' configs).
+    async fn ready_all(&self, names: &[&str]) -> Vec<pb::Node> {
+        let deadline = Instant::now() + READY;
+        loop {
+            let nodes = self.list().await.unwrap_or_default();
+            let ready: Vec<pb::Node> = names
+                .iter()
+                .filter_map(|name| {
+                    nodes.iter().find(|n| {
+                        &n.name == name
+                            && n.config_revision > 0
+                            && n.applied_revision == n.config_revision
+                            && n.apply_error.is_empty()
+                    })
+                })
+                .cloned()
+                .collect();
+            if ready.len() == names.len() {
+                return ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{names:?} did not all apply their configs within {READY:?}: {nodes:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn egress(
         &self,
         node_id: &str,
@@ -608,9 +637,8 @@ async fn dataplane_agents_apply_what_the_api_says() {
     let mut gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
     let mut client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
     let mut relay_agent = start_agent(&t, &t.relay, "relay", &t.wg_relay, RELAY_IP, &key);
-    let gw = api.ready("gw").await;
-    let client = api.ready("client").await;
-    let relay = api.ready("relay").await;
+    let nodes = api.ready_all(&["gw", "client", "relay"]).await;
+    let [gw, client, relay] = <[pb::Node; 3]>::try_from(nodes).expect("three nodes");
     for (n, ifname, ns) in [
         (&gw, &t.wg_gw, &t.gw),
         (&client, &t.wg_client, &t.client),
@@ -622,7 +650,7 @@ async fn dataplane_agents_apply_what_the_api_says() {
         ns.must(&["wg", "show", ifname]);
     }
     // The overlay works between nodes (client -> gw over WireGuard).
-    let (ok, out) = t.client.run(&["ping", "-c", "1", "-W", "3", &gw.address]);
+    let (ok, out) = t.client.run(&["ping", "-c", "1", "-w", "10", &gw.address]);
     assert!(ok, "client cannot ping gw's overlay address: {out}");
     // Nothing routes to the LAN or the internet yet.
     for target in [echo_at(LAN4), echo_at(INTERNET)] {
@@ -856,7 +884,7 @@ async fn dataplane_agents_apply_what_the_api_says() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     expect_echo(&t.phone, "udp", &echo_at(INTERNET), RELAY_WAN, WAIT);
     expect_echo(&t.client, "tcp", &echo_at(INTERNET), RELAY_WAN, WAIT);
-    let (ok, out) = t.client.run(&["ping", "-c", "1", "-W", "3", &gw.address]);
+    let (ok, out) = t.client.run(&["ping", "-c", "1", "-w", "10", &gw.address]);
     assert!(
         ok,
         "client -> gw over the overlay with the server down: {out}"
@@ -1006,8 +1034,7 @@ async fn dataplane_flow_running_before_the_egress_gets_through_it() {
     let key = api.setup().await;
     let gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
     let client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
-    let gw = api.ready("gw").await;
-    api.ready("client").await;
+    let gw = api.ready_all(&["gw", "client"]).await.remove(0);
 
     let echo = t.binary("echo");
     let mut flow = t.client.spawn(

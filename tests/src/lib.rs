@@ -2,6 +2,8 @@
 //! an ephemeral port with its own data directory, authenticated clients, and
 //! access to the built binaries.
 
+pub mod netns;
+
 use std::{
     path::{Path, PathBuf},
     sync::Arc,

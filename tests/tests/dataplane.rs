@@ -1009,16 +1009,11 @@ async fn dataplane_agents_apply_what_the_api_says() {
 }
 
 /// A UDP flow that is already running (one source port, sending every
-/// 10 ms) when the egress is created gets through it too, as new flows do.
-///
-/// Fails with the agent as of main 2d93274: gw's agent turns forwarding on
-/// before its MASQUERADE rule is hooked into POSTROUTING, so a packet of the
-/// flow that crosses gw in between gets conntrack's un-NATed binding, which
-/// every later packet of the flow keeps (the LAN has no route back, so no
-/// answer ever comes while the flow keeps sending). New flows are fine.
+/// 10 ms) when the egress is created gets through it too, as new flows do:
+/// gw turns forwarding on only once its rules and the jumps into them are
+/// in place (restored in one transaction), so no packet of the flow crosses
+/// gw un-NATed and leaves conntrack an un-NATed binding for the rest of it.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "known agent issue: gw forwards before its NAT rule is hooked, so a UDP flow running \
-            at that moment stays un-NATed (run with --run-ignored all)"]
 async fn dataplane_flow_running_before_the_egress_gets_through_it() {
     if skip_privileged("dataplane_flow_running_before_the_egress_gets_through_it") {
         return;

@@ -826,22 +826,23 @@ impl Host {
                 }
                 Ok(())
             }
-            Step::RestoreFirewall(f, text) => {
-                let tool = format!("{}-restore", f.iptables());
-                run(&[&tool, "-w", "--noflush"], Some(text))?;
-                applied.firewall.entry(*f).or_default().restore = text.clone();
-                Ok(())
-            }
-            Step::AddHook(hook) => {
-                if run(&hook_args(hook, "-C"), None).is_err() {
-                    run(&hook_args(hook, "-I"), None)?;
-                }
-                applied
-                    .firewall
-                    .entry(hook.family)
-                    .or_default()
-                    .hooks
-                    .insert(hook.clone());
+            Step::RestoreFirewall {
+                family,
+                restore,
+                hooks,
+            } => {
+                // Only the jumps still missing now (another process may have
+                // added one since the host was read).
+                let missing: Vec<&super::plan::Hook> = hooks
+                    .iter()
+                    .filter(|h| run(&hook_args(h, "-C"), None).is_err())
+                    .collect();
+                let text = super::plan::with_hooks(restore, missing);
+                let tool = format!("{}-restore", family.iptables());
+                run(&[&tool, "-w", "--noflush"], Some(&text))?;
+                let fw = applied.firewall.entry(*family).or_default();
+                fw.restore = restore.clone();
+                fw.hooks.extend(hooks.iter().cloned());
                 Ok(())
             }
             Step::RemoveHook(hook) => {

@@ -295,10 +295,17 @@ pub enum Step {
     RemoveTunnelRules(Family),
     /// Turn a setting on (true) or back off (false).
     SetSysctl(Sysctl, bool),
-    /// `iptables-restore --noflush` of meshplane's chains.
-    RestoreFirewall(Family, String),
-    /// Insert a jump into meshplane's chain.
-    AddHook(Hook),
+    /// `iptables-restore --noflush` of meshplane's chains, inserting the
+    /// missing jumps into them in the same transaction (so a gateway never
+    /// forwards through rules that are half there).
+    RestoreFirewall {
+        /// IPv4 or IPv6.
+        family: Family,
+        /// The restore text.
+        restore: String,
+        /// Jumps to insert with it (each only if still missing).
+        hooks: BTreeSet<Hook>,
+    },
     /// Delete a jump.
     RemoveHook(Hook),
     /// Flush and delete meshplane's chains of a family.
@@ -434,8 +441,10 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
         }
     }
 
-    // Kernel settings: on when wanted; back off only when the agent turned
-    // them on.
+    // Kernel settings: on when wanted, and only once the firewall below is
+    // in place (a gateway that forwarded before its NAT rules would leave
+    // un-NATed conntrack entries behind); back off, first, only when the
+    // agent turned them on.
     let mut wanted_sysctl = BTreeSet::new();
     if want.forwarding.contains(&Family::V4) {
         wanted_sysctl.insert(Sysctl::Forward4);
@@ -446,32 +455,29 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
     if want.full_tunnel.contains(&Family::V4) {
         wanted_sysctl.insert(Sysctl::SrcValidMark);
     }
-    for k in &wanted_sysctl {
-        if !have.sysctl_on.contains(k) {
-            s.push(Step::SetSysctl(*k, true));
-        }
-    }
     for k in have.sysctl_ours.difference(&wanted_sysctl) {
         if have.sysctl_on.contains(k) {
             s.push(Step::SetSysctl(*k, false));
         }
     }
 
-    // Firewall: chains restored when their text changed, hooks once each;
-    // a family without rules loses its hooks and chains.
+    // Firewall: chains restored, with the missing jumps into them, when
+    // either changed; a family without rules loses its jumps and chains.
     for f in [Family::V4, Family::V6] {
         let cur = have.firewall.get(&f);
         match want.firewall.get(&f) {
             Some(w) => {
-                if cur.map(|c| &c.restore) != Some(&w.restore) {
-                    s.push(Step::RestoreFirewall(f, w.restore.clone()));
-                }
                 let cur_hooks = cur.map(|c| c.hooks.clone()).unwrap_or_default();
                 for h in cur_hooks.difference(&w.hooks) {
                     s.push(Step::RemoveHook(h.clone()));
                 }
-                for h in w.hooks.difference(&cur_hooks) {
-                    s.push(Step::AddHook(h.clone()));
+                let missing: BTreeSet<Hook> = w.hooks.difference(&cur_hooks).cloned().collect();
+                if cur.map(|c| &c.restore) != Some(&w.restore) || !missing.is_empty() {
+                    s.push(Step::RestoreFirewall {
+                        family: f,
+                        restore: w.restore.clone(),
+                        hooks: missing,
+                    });
                 }
             }
             None => {
@@ -484,7 +490,50 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
             }
         }
     }
+
+    for k in &wanted_sysctl {
+        if !have.sysctl_on.contains(k) {
+            s.push(Step::SetSysctl(*k, true));
+        }
+    }
     p
+}
+
+/// `restore` with an insertion of each hook added to its table's section,
+/// so the chains and the jumps into them change in one transaction.
+pub fn with_hooks<'a>(restore: &str, hooks: impl IntoIterator<Item = &'a Hook>) -> String {
+    let hooks: Vec<&Hook> = hooks.into_iter().collect();
+    let insert = |table: &str, out: &mut String| {
+        for h in hooks.iter().filter(|h| h.table == table) {
+            out.push_str(&format!("-I {} 1 {}\n", h.chain, h.rule));
+        }
+    };
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut seen = BTreeSet::new();
+    for line in restore.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_owned();
+            seen.insert(table.clone());
+        }
+        if line.trim() == "COMMIT" {
+            insert(&table, &mut out);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for t in hooks
+        .iter()
+        .map(|h| h.table.as_str())
+        .collect::<BTreeSet<_>>()
+    {
+        if !seen.contains(t) {
+            out.push_str(&format!("*{t}\n"));
+            insert(t, &mut out);
+            out.push_str("COMMIT\n");
+        }
+    }
+    out
 }
 
 /// Everything the agent applied, removed: `meshctl agent down` and a
@@ -623,19 +672,24 @@ impl fmt::Display for Step {
                 write!(f, "rule ({fam:?}): remove the full-tunnel rules")
             }
             Step::SetSysctl(k, on) => write!(f, "sysctl: {}={}", k.name(), u8::from(*on)),
-            Step::RestoreFirewall(fam, text) => write!(
+            Step::RestoreFirewall {
+                family,
+                restore,
+                hooks,
+            } => write!(
                 f,
-                "firewall: {}-restore --noflush ({} rule(s))",
-                fam.iptables(),
-                text.lines().filter(|l| l.starts_with("-A ")).count()
-            ),
-            Step::AddHook(h) => write!(
-                f,
-                "firewall: {} -t {} -I {} {}",
-                h.family.iptables(),
-                h.table,
-                h.chain,
-                h.rule
+                "firewall: {}-restore --noflush ({} rule(s){})",
+                family.iptables(),
+                restore.lines().filter(|l| l.starts_with("-A ")).count(),
+                if hooks.is_empty() {
+                    String::new()
+                } else {
+                    let h: Vec<String> = hooks
+                        .iter()
+                        .map(|h| format!("{} {}", h.chain, h.rule))
+                        .collect();
+                    format!(", inserting {}", h.join(", "))
+                }
             ),
             Step::RemoveHook(h) => write!(
                 f,
@@ -930,7 +984,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gateway_gets_forwarding_chains_and_hooks_once() {
+    fn a_gateway_gets_chains_and_hooks_at_once_then_forwarding() {
         let mut w = want();
         w.forwarding.insert(Family::V4);
         w.firewall.insert(Family::V4, gateway_firewall());
@@ -940,17 +994,32 @@ mod tests {
         assert_eq!(
             p.steps,
             vec![
+                Step::RestoreFirewall {
+                    family: Family::V4,
+                    restore: fw.restore.clone(),
+                    hooks: fw.hooks.clone(),
+                },
                 Step::SetSysctl(Sysctl::Forward4, true),
-                Step::RestoreFirewall(Family::V4, fw.restore.clone()),
-                Step::AddHook(fw.hooks.iter().next().unwrap().clone()),
-            ]
+            ],
+            "forwarding only once the rules and the jumps into them are there"
         );
         // Applied (the setting turned on by the agent): nothing to do.
         let mut done = applied(&w);
         done.sysctl_on.insert(Sysctl::Forward4);
         done.sysctl_ours.insert(Sysctl::Forward4);
         assert!(plan(&done, &w, "wg0", None).is_empty());
-        // No longer a gateway: hooks, chains and the setting go.
+        // A jump deleted under the agent: restored with the chains.
+        let mut lost = done.clone();
+        lost.firewall.get_mut(&Family::V4).unwrap().hooks.clear();
+        assert_eq!(
+            plan(&lost, &w, "wg0", None).steps,
+            vec![Step::RestoreFirewall {
+                family: Family::V4,
+                restore: fw.restore.clone(),
+                hooks: fw.hooks.clone(),
+            }]
+        );
+        // No longer a gateway: forwarding off first, then hooks and chains.
         let p = plan(&done, &want(), "wg0", None);
         assert_eq!(
             p.steps,
@@ -970,6 +1039,29 @@ mod tests {
     }
 
     #[test]
+    fn hooks_go_into_their_tables_section() {
+        let hook = |table: &str, chain: &str, rule: &str| Hook {
+            family: Family::V4,
+            table: table.into(),
+            chain: chain.into(),
+            rule: rule.into(),
+        };
+        let text = "*filter\n:MESHPLANE-FWD - [0:0]\n-A MESHPLANE-FWD -j ACCEPT\nCOMMIT\n*nat\n:MESHPLANE-POSTROUTING - [0:0]\nCOMMIT\n";
+        let hooks = [
+            hook("filter", "FORWARD", "-j MESHPLANE-FWD"),
+            hook("nat", "POSTROUTING", "-j MESHPLANE-POSTROUTING"),
+            hook("mangle", "PREROUTING", "-j X"),
+        ];
+        assert_eq!(
+            with_hooks(text, &hooks),
+            "*filter\n:MESHPLANE-FWD - [0:0]\n-A MESHPLANE-FWD -j ACCEPT\n-I FORWARD 1 -j MESHPLANE-FWD\nCOMMIT\n\
+             *nat\n:MESHPLANE-POSTROUTING - [0:0]\n-I POSTROUTING 1 -j MESHPLANE-POSTROUTING\nCOMMIT\n\
+             *mangle\n-I PREROUTING 1 -j X\nCOMMIT\n"
+        );
+        assert_eq!(with_hooks(text, &[]), text);
+    }
+
+    #[test]
     fn a_changed_rule_set_is_restored_and_hooks_kept() {
         let mut w = want();
         w.firewall.insert(Family::V4, gateway_firewall());
@@ -983,10 +1075,11 @@ mod tests {
         let p = plan(&have, &w2, "wg0", None);
         assert_eq!(
             p.steps,
-            vec![Step::RestoreFirewall(
-                Family::V4,
-                w2.firewall[&Family::V4].restore.clone()
-            )]
+            vec![Step::RestoreFirewall {
+                family: Family::V4,
+                restore: w2.firewall[&Family::V4].restore.clone(),
+                hooks: BTreeSet::new(),
+            }]
         );
     }
 

@@ -142,13 +142,25 @@ pub async fn serve_with(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
 
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: ending streams and draining calls");
         let _ = drain_tx.send(true);
+        let _ = stopping_tx.send(());
+    };
+    // Draining waits for clients to close their connections; one that
+    // never does (an idle client that ignores GOAWAY) must not hold the
+    // process. Every acknowledged write is committed already.
+    let deadline = async move {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     };
 
-    Server::builder()
+    let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(AuthLayer::new(store))
@@ -181,14 +193,24 @@ pub async fn serve_with(
         .add_service(pb::event_service_server::EventServiceServer::new(
             api::event::Events(state.clone()),
         ))
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::select! {
+        r = server => r?,
+        () = deadline => tracing::warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period; stopping anyway"
+        ),
+    }
     follower.abort();
     if let Some(d) = dns {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
     }
     Ok(())
 }
+
+/// How long a stopping server waits for clients to close their
+/// connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The default SQLite URL for a data directory.
 pub fn default_database_url(data_dir: &Path) -> String {

@@ -218,6 +218,8 @@ struct Env {
     ifname: String,
     server: Option<Child>,
     agent: Option<Child>,
+    /// This process is inside `ns` (setns succeeded).
+    entered: bool,
 }
 
 impl Env {
@@ -225,11 +227,12 @@ impl Env {
     /// threaded) into it; brings loopback up.
     fn enter(ns: String, ifname: String) -> Res<Env> {
         run_cmd(&["ip", "netns", "add", &ns])?;
-        let env = Env {
+        let mut env = Env {
             ns,
             ifname,
             server: None,
             agent: None,
+            entered: false,
         };
         let path = format!("/run/netns/{}", env.ns);
         let f = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
@@ -244,6 +247,8 @@ impl Env {
                 std::io::Error::last_os_error()
             ));
         }
+        // From here on, "our namespace" is the benchmark's, not the host's.
+        env.entered = true;
         run_cmd(&["ip", "link", "set", "lo", "up"])?;
         for fam in ["-4", "-6"] {
             let d = run_cmd(&["ip", fam, "route", "show", "default"])?;
@@ -289,7 +294,10 @@ impl Drop for Env {
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
-            pids.extend(pids_in_our_netns());
+            // Only once inside: before setns, "our" namespace is the host's.
+            if self.entered {
+                pids.extend(pids_in_our_netns());
+            }
             pids.sort();
             pids.dedup();
             pids.retain(|p| *p != std::process::id() && alive(*p));

@@ -130,6 +130,16 @@ fn decode_route(m: &RouteMessage) -> Option<RouteEntry> {
             RouteAttribute::Destination(d) => dst = route_addr(d),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Gateway(g) => gateway = route_addr(g),
+            // A multipath route: stand for it by its first next hop.
+            RouteAttribute::MultiPath(hops) if oif.is_none() => {
+                if let Some(h) = hops.first() {
+                    oif = Some(h.interface_index);
+                    gateway = h.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(g) => route_addr(g),
+                        _ => None,
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -424,17 +434,19 @@ impl Host {
 
     async fn routes(&self) -> Result<Vec<RouteEntry>, String> {
         let mut out = Vec::new();
-        for msg in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        for (f, msg) in [
+            (Family::V4, RouteMessageBuilder::<Ipv4Addr>::new().build()),
+            (Family::V6, RouteMessageBuilder::<Ipv6Addr>::new().build()),
         ] {
             let mut s = self.handle.route().get(msg).execute();
-            while let Some(m) = s
-                .try_next()
-                .await
-                .map_err(|e| format!("listing routes: {e}"))?
-            {
-                out.extend(decode_route(&m));
+            loop {
+                match s.try_next().await {
+                    Ok(Some(m)) => out.extend(decode_route(&m)),
+                    Ok(None) => break,
+                    // A kernel without IPv6 has no IPv6 routes to list.
+                    Err(_) if f == Family::V6 && !ipv6_enabled() => break,
+                    Err(e) => return Err(format!("listing routes: {e}")),
+                }
             }
         }
         Ok(out)
@@ -443,14 +455,14 @@ impl Host {
     async fn rules(&self, f: Family) -> Result<Vec<RuleMessage>, String> {
         let mut s = self.handle.rule().get(ip_version(f)).execute();
         let mut out = Vec::new();
-        while let Some(m) = s
-            .try_next()
-            .await
-            .map_err(|e| format!("listing rules: {e}"))?
-        {
-            out.push(m);
+        loop {
+            match s.try_next().await {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => return Ok(out),
+                Err(_) if f == Family::V6 && !ipv6_enabled() => return Ok(out),
+                Err(e) => return Err(format!("listing rules: {e}")),
+            }
         }
-        Ok(out)
     }
 
     async fn index(&self) -> Result<u32, String> {
@@ -542,12 +554,14 @@ impl Host {
             if is_link_local(&r.destination) {
                 continue;
             }
+            // A route with no device (blackhole, unreachable) says nothing
+            // about which interface reaches a range.
+            let Some(dev) = r.oif.and_then(|i| names.get(&i).cloned()) else {
+                continue;
+            };
             o.host_routes.push(HostRoute {
                 destination: r.destination,
-                dev: r
-                    .oif
-                    .and_then(|i| names.get(&i).cloned())
-                    .unwrap_or_default(),
+                dev,
                 gateway: r.gateway,
             });
         }
@@ -591,11 +605,13 @@ impl Host {
             interfaces: links
                 .iter()
                 .filter(|l| l.name != self.ifname)
+                .take(MAX_REPORT_INTERFACES)
                 .map(|l| pb::HostInterface {
                     name: l.name.clone(),
                     addresses: addresses
                         .iter()
                         .filter(|(i, n)| *i == l.index && !is_link_local(n))
+                        .take(MAX_REPORT_ADDRESSES)
                         .map(|(_, n)| n.to_string())
                         .collect(),
                     up: l.up,
@@ -604,6 +620,7 @@ impl Host {
             routes: o
                 .host_routes
                 .iter()
+                .take(MAX_REPORT_ROUTES)
                 .map(|r| pb::HostRoute {
                     destination: r.destination.to_string(),
                     interface: r.dev.clone(),
@@ -939,6 +956,16 @@ impl Host {
         }
     }
 }
+
+/// The kernel has IPv6 (not booted with ipv6.disable=1).
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// Caps of a host report (the server refuses larger ones).
+const MAX_REPORT_INTERFACES: usize = 512;
+const MAX_REPORT_ADDRESSES: usize = 64;
+const MAX_REPORT_ROUTES: usize = 8192;
 
 fn is_link_local(n: &IpNet) -> bool {
     match n {

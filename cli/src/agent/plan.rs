@@ -12,11 +12,11 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// The fwmark of the WireGuard device's own UDP packets and the routing
-/// table of a full tunnel (wg-quick's 51820).
-pub const FWMARK: u32 = 51820;
+/// The fwmark of the WireGuard device's own UDP packets (0x6d70, "mp"; not
+/// wg-quick's 51820, so both can run on one host).
+pub const FWMARK: u32 = 0x6d70;
 /// The routing table a full tunnel's default route lives in.
-pub const TABLE: u32 = 51820;
+pub const TABLE: u32 = 0x6d70;
 /// Priority of `lookup main suppress_prefixlength 0` (evaluated first:
 /// every route of the main table but its default routes).
 pub const PRIO_MAIN: u32 = 5210;
@@ -87,6 +87,15 @@ pub enum Sysctl {
 }
 
 impl Sysctl {
+    /// The family whose forwarding this is.
+    pub fn family(self) -> Option<Family> {
+        match self {
+            Sysctl::Forward4 => Some(Family::V4),
+            Sysctl::Forward6 => Some(Family::V6),
+            Sysctl::SrcValidMark => None,
+        }
+    }
+
     /// The file under /proc/sys.
     pub fn path(self) -> &'static str {
         match self {
@@ -390,11 +399,16 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
     }
 
     // Routes into the interface from the main table; never on top of a
-    // route the host has for the same range.
+    // route the host has for the same range. Reconfiguring a kernel device
+    // flushes its addresses, and their routes go with them: add all again
+    // then (one that is there is harmless).
     for r in have.routes.difference(&want.routes) {
         s.push(Step::RemoveRoute(*r));
     }
-    for r in want.routes.difference(&have.routes) {
+    for r in &want.routes {
+        if have.routes.contains(r) && !reconfigure {
+            continue;
+        }
         if let Some(h) = have.host_routes.iter().find(|h| h.destination == *r) {
             p.notes.push(format!(
                 "route {r} not added: the host already routes it through {}",
@@ -405,8 +419,9 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
         s.push(Step::AddRoute(*r));
     }
 
-    // Full tunnel, wg-quick's way: the control path first, then the
-    // tunnel's table, then the rules that send traffic into it.
+    // Full tunnel, wg-quick's way. Adding: the control path first, then the
+    // tunnel's table, then the rules that send traffic into it; removing:
+    // the other way round, so the control path never enters the tunnel.
     let wanted_bypass: BTreeSet<Bypass> = if want.full_tunnel.is_empty() {
         BTreeSet::new()
     } else {
@@ -416,16 +431,13 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
             .filter_map(|a| bypass_for(*a, &have.host_routes))
             .collect()
     };
-    for b in have.bypass.difference(&wanted_bypass) {
-        s.push(Step::RemoveBypass(b.clone()));
-    }
     for b in wanted_bypass.difference(&have.bypass) {
         s.push(Step::AddBypass(b.clone()));
     }
     for f in [Family::V4, Family::V6] {
         let want_tunnel = want.full_tunnel.contains(&f);
         if want_tunnel {
-            if !have.tunnel_routes.contains(&f) {
+            if reconfigure || !have.tunnel_routes.contains(&f) {
                 s.push(Step::AddTunnelRoute(f));
             }
             if !have.tunnel_rules.contains(&f) {
@@ -439,6 +451,9 @@ pub fn plan(have: &Observed, want: &Desired, ifname: &str, create: Option<&Creat
                 s.push(Step::RemoveTunnelRoute(f));
             }
         }
+    }
+    for b in have.bypass.difference(&wanted_bypass) {
+        s.push(Step::RemoveBypass(b.clone()));
     }
 
     // Kernel settings: on when wanted, and only once the firewall below is
@@ -839,18 +854,36 @@ mod tests {
 
     #[test]
     fn a_wrong_key_or_port_reconfigures_the_device() {
-        let w = want();
+        // A kernel device loses its addresses, and with them its routes
+        // (the full tunnel's too), when reconfigured: all come back in the
+        // same plan.
+        let mut w = want();
+        w.full_tunnel.insert(Family::V4);
+        let again = [
+            Step::AddAddress(net("10.101.0.3/16")),
+            Step::AddRoute(net("10.10.10.0/24")),
+            Step::AddTunnelRoute(Family::V4),
+        ];
         let mut have = applied(&w);
+        have.sysctl_on.insert(Sysctl::SrcValidMark);
         have.device.as_mut().unwrap().public_key = Some("OTHER".into());
-        let again = Step::AddAddress(net("10.101.0.3/16"));
+        let p = plan(&have, &w, "wg0", None);
         assert!(
-            matches!(&plan(&have, &w, "wg0", None).steps[..], [Step::ConfigureDevice { .. }, a] if *a == again)
+            matches!(p.steps[0], Step::ConfigureDevice { .. }),
+            "{:?}",
+            p.steps
         );
+        assert_eq!(p.steps[1..], again[..]);
         let mut have = applied(&w);
+        have.sysctl_on.insert(Sysctl::SrcValidMark);
         have.device.as_mut().unwrap().listen_port = 1;
+        let p = plan(&have, &w, "wg0", None);
         assert!(
-            matches!(&plan(&have, &w, "wg0", None).steps[..], [Step::ConfigureDevice { .. }, a] if *a == again)
+            matches!(p.steps[0], Step::ConfigureDevice { .. }),
+            "{:?}",
+            p.steps
         );
+        assert_eq!(p.steps[1..], again[..]);
     }
 
     #[test]
@@ -942,9 +975,9 @@ mod tests {
         assert_eq!(
             p.steps,
             vec![
-                Step::RemoveBypass(bypass),
                 Step::RemoveTunnelRules(Family::V4),
                 Step::RemoveTunnelRoute(Family::V4),
+                Step::RemoveBypass(bypass),
             ]
         );
         have2.sysctl_ours.insert(Sysctl::SrcValidMark);

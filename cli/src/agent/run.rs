@@ -1,7 +1,7 @@
 //! The agent's life: identity, the config stream, applying, reporting,
 //! stopping and tearing down.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use futures::StreamExt;
 use meshplane_sdk::{
@@ -139,6 +139,19 @@ struct Report {
     failed: u64,
 }
 
+impl Report {
+    fn request(&self, interface: &str) -> pb::ReportStatusRequest {
+        pb::ReportStatusRequest {
+            applied_revision: self.applied,
+            endpoint: String::new(),
+            wireguard_interface: interface.to_owned(),
+            host: self.host.clone(),
+            apply_error: self.error.clone(),
+            failed_revision: self.failed,
+        }
+    }
+}
+
 fn reporter(agent: AgentClient, interface: String) -> watch::Sender<Option<Report>> {
     let (tx, mut rx) = watch::channel::<Option<Report>>(None);
     tokio::spawn(async move {
@@ -150,15 +163,7 @@ fn reporter(agent: AgentClient, interface: String) -> watch::Sender<Option<Repor
                 }
                 continue;
             };
-            let req = pb::ReportStatusRequest {
-                applied_revision: r.applied,
-                endpoint: String::new(),
-                wireguard_interface: interface.clone(),
-                host: r.host,
-                apply_error: r.error,
-                failed_revision: r.failed,
-            };
-            match agent.report(req).await {
+            match agent.report(r.request(&interface)).await {
                 Ok(()) => {
                     failures = 0;
                     if rx.changed().await.is_err() {
@@ -205,10 +210,16 @@ impl Agent {
         Ok((p, snap.report))
     }
 
-    /// Runs `p`; stops at the first failing step (what ran stays recorded).
-    /// Consecutive peer steps go to the device together.
+    /// Runs `p`. A failing step does not stop the independent ones after
+    /// it (an IPv6 address the host refuses must not keep IPv4 routes from
+    /// being installed); it stops the plan only when the device itself could
+    /// not be made or configured, and it keeps a family's forwarding off
+    /// when that family's firewall failed. Consecutive peer steps go to the
+    /// device together. Returns every failure.
     async fn execute(&mut self, p: &Plan) -> Result<(), String> {
         let is_peer = |s: &Step| matches!(s, Step::UpsertPeer(..) | Step::RemovePeer(_));
+        let mut errors: Vec<String> = Vec::new();
+        let mut firewall_failed = BTreeSet::new();
         let mut i = 0;
         while i < p.steps.len() {
             let step = &p.steps[i];
@@ -218,10 +229,19 @@ impl Agent {
                     tracing::debug!(step = %s, "applying");
                 }
                 tracing::info!(peers = run.len(), "applying peer changes");
-                self.host
-                    .execute_peers(&run)
-                    .map_err(|e| format!("wireguard: {} peer change(s): {e}", run.len()))?;
+                if let Err(e) = self.host.execute_peers(&run) {
+                    errors.push(format!("wireguard: {} peer change(s): {e}", run.len()));
+                }
                 i += run.len();
+                continue;
+            }
+            i += 1;
+            if let Step::SetSysctl(k, true) = step
+                && k.family().is_some_and(|f| firewall_failed.contains(&f))
+            {
+                errors.push(format!(
+                    "{step}: not done, the firewall of its family failed"
+                ));
                 continue;
             }
             tracing::info!(%step, "applying");
@@ -232,13 +252,21 @@ impl Agent {
                 .await;
             // Only what the host cannot tell apart is recorded; most steps
             // change nothing there.
-            let saved = if self.applied != before {
-                self.dir.save_applied(&self.applied)
-            } else {
-                Ok(())
-            };
-            r.map_err(|e| format!("{step}: {e}"))?;
-            saved?;
+            if self.applied != before {
+                self.dir.save_applied(&self.applied)?;
+            }
+            if let Err(e) = r {
+                tracing::error!(%step, error = %e, "step failed");
+                errors.push(format!("{step}: {e}"));
+                match step {
+                    Step::CreateInterface(_) | Step::ConfigureDevice { .. } => break,
+                    Step::RestoreFirewall { family, .. } => {
+                        firewall_failed.insert(*family);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             match step {
                 Step::CreateInterface(c) => {
                     self.id.created = Some(c.clone());
@@ -250,9 +278,12 @@ impl Agent {
                 }
                 _ => {}
             }
-            i += 1;
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Plans and applies `cfg`; on success the config is kept for resuming.
@@ -312,18 +343,28 @@ impl Agent {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// SIGTERM and SIGINT, caught from the moment this is called: a signal
+/// during start-up (registration, re-applying a large config) is acted on
+/// once the agent reaches its loop, never mid-step.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
+    let handler =
+        |k| signal(k).map_err(|e| Failure::Local(format!("installing a signal handler: {e}")));
+    let mut term = handler(SignalKind::terminate())?;
+    let mut int = handler(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
 /// `meshctl agent run`.
 pub async fn run(a: RunArgs, server: &str) -> Outcome {
+    let stop = shutdown_signal()?;
     let dir = StateDir::open(&a.state_dir).map_err(local)?;
+    let _lock = dir.lock().map_err(local)?;
     let client = Client::builder(server.to_owned())
         .timeout(Duration::from_secs(30))
         .connect_lazy()?;
@@ -357,13 +398,13 @@ pub async fn run(a: RunArgs, server: &str) -> Outcome {
         .map(|s| s.report);
     let reports = reporter(agent_client.clone(), agent.id.interface.clone());
     if a.dry_run {
+        let first = Report {
+            applied: good,
+            host: first_report,
+            ..Report::default()
+        };
         let _ = agent_client
-            .report(pb::ReportStatusRequest {
-                applied_revision: good,
-                wireguard_interface: agent.id.interface.clone(),
-                host: first_report,
-                ..Default::default()
-            })
+            .report(first.request(&agent.id.interface))
             .await;
         return dry_run(&agent, &agent_client).await;
     }
@@ -376,12 +417,7 @@ pub async fn run(a: RunArgs, server: &str) -> Outcome {
     };
     let sent = tokio::time::timeout(
         Duration::from_secs(5),
-        agent_client.report(pb::ReportStatusRequest {
-            applied_revision: good,
-            wireguard_interface: agent.id.interface.clone(),
-            host: first_report.clone(),
-            ..Default::default()
-        }),
+        agent_client.report(first.request(&agent.id.interface)),
     )
     .await;
     if !matches!(sent, Ok(Ok(()))) {
@@ -405,7 +441,6 @@ pub async fn run(a: RunArgs, server: &str) -> Outcome {
     let mut stream = agent_client.watch_config(held);
     let mut tick = tokio::time::interval(RECHECK);
     tick.reset();
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         let mut apply_now = false;
@@ -423,7 +458,11 @@ pub async fn run(a: RunArgs, server: &str) -> Outcome {
                 }
                 Some(Err(e)) if e.code() == Code::NotFound => {
                     let errors = agent.teardown().await;
-                    let _ = agent.dir.clear(true);
+                    // Forget the node only when nothing is left behind;
+                    // otherwise `agent down` can still remove the rest.
+                    if errors.is_empty() {
+                        let _ = agent.dir.clear(true);
+                    }
                     let mut msg = format!(
                         "node {} ({}) was deleted on the server; removed what the agent applied on this host",
                         agent.id.name, agent.id.node_id
@@ -533,6 +572,7 @@ async fn dry_run(agent: &Agent, client: &AgentClient) -> Outcome {
 /// `meshctl agent down`.
 pub async fn down(a: DownArgs) -> Outcome {
     let dir = StateDir::open(&a.state_dir).map_err(local)?;
+    let _lock = dir.lock().map_err(local)?;
     let id = dir.identity().map_err(local)?.ok_or_else(|| {
         Failure::Local(format!(
             "{} holds no agent identity: nothing to remove",

@@ -93,6 +93,30 @@ impl StateDir {
         })
     }
 
+    /// Takes the directory for this process (an exclusive `flock` on
+    /// `DIR/lock`, released when the returned file closes): `agent down`
+    /// while `agent run` works on the same host, or two runs, would undo
+    /// each other.
+    pub fn lock(&self) -> Result<fs::File, String> {
+        use std::os::fd::AsRawFd;
+        let path = self.dir.join("lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "another meshctl agent is using {} (stop it first)",
+                self.dir.display()
+            ));
+        }
+        Ok(f)
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -158,12 +182,19 @@ impl StateDir {
     /// the agent: stores `id` unless this directory already holds that
     /// node's identity (which may record more, such as the interface the
     /// agent made). Returns whether it stored it.
-    pub fn adopt(&self, id: Identity) -> Result<bool, String> {
-        if self
-            .identity()?
-            .is_some_and(|have| have.node_id == id.node_id && have.interface == id.interface)
-        {
-            return Ok(false);
+    pub fn adopt(&self, mut id: Identity) -> Result<bool, String> {
+        if let Some(have) = self.identity()? {
+            if have.node_id == id.node_id && have.interface == id.interface {
+                return Ok(false);
+            }
+            // Another node (registered anew): its config means nothing for
+            // this one; what was applied on the host stays recorded so it is
+            // still changed and removed exactly, and so does an interface
+            // the agent made.
+            self.remove(CONFIG)?;
+            if have.interface == id.interface {
+                id.created = have.created;
+            }
         }
         self.save_identity(&id)?;
         Ok(true)
@@ -258,5 +289,56 @@ mod tests {
         assert!(dir.identity().unwrap().is_some());
         dir.clear(true).unwrap();
         assert!(dir.identity().unwrap().is_none());
+    }
+
+    #[test]
+    fn one_agent_at_a_time_per_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let held = dir.lock().unwrap();
+        let err = dir.lock().unwrap_err();
+        assert!(err.contains("another meshctl agent"), "{err}");
+        drop(held);
+        dir.lock().unwrap();
+    }
+
+    #[test]
+    fn adopting_another_node_forgets_the_old_config_but_not_the_host_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let id = |node: &str| Identity {
+            node_id: node.into(),
+            network: "vpn".into(),
+            name: "gw".into(),
+            server: "http://s".into(),
+            interface: "mp-vpn".into(),
+            private_key: "K".into(),
+            public_key: "P".into(),
+            node_token: "T".into(),
+            created: None,
+        };
+        assert!(dir.adopt(id("n1")).unwrap());
+        let mut agent_made = dir.identity().unwrap().unwrap();
+        agent_made.created = Some(Create::Userspace("wireguard-go".into()));
+        dir.save_identity(&agent_made).unwrap();
+        dir.save_config(&pb::NodeConfig {
+            revision: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut a = Applied::default();
+        a.sysctl_ours.insert(Sysctl::Forward4);
+        dir.save_applied(&a).unwrap();
+        // The same node again: nothing changes.
+        assert!(!dir.adopt(id("n1")).unwrap());
+        assert_eq!(dir.config().unwrap().revision, 4);
+        // A new node: its identity, no old config, the host records and the
+        // interface the agent made kept.
+        assert!(dir.adopt(id("n2")).unwrap());
+        let now = dir.identity().unwrap().unwrap();
+        assert_eq!(now.node_id, "n2");
+        assert_eq!(now.created, Some(Create::Userspace("wireguard-go".into())));
+        assert!(dir.config().is_none());
+        assert_eq!(dir.applied().unwrap(), a);
     }
 }

@@ -155,10 +155,16 @@ pub(super) fn node_from_row(r: &SqliteRow) -> Result<Node> {
         create_time: from_micros(r.try_get("create_time").map_err(db_err)?),
         update_time: from_micros(r.try_get("update_time").map_err(db_err)?),
         wireguard_interface: o("wireguard_interface")?,
-        host: o("host_report")?
-            .map(|h| serde_json::from_str(&h))
-            .transpose()
-            .map_err(|_| corrupt("host_report"))?,
+        // The host report is a cache of what the agent last said: one that
+        // no longer decodes (an older layout) is dropped, not an error that
+        // would make the node unreadable until the agent reports again.
+        host: o("host_report")?.and_then(|h| match serde_json::from_str(&h) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "stored host report unreadable; ignored");
+                None
+            }
+        }),
         apply_error: Some(s("apply_error")?).filter(|e| !e.is_empty()),
         failed_revision: r.try_get::<i64, _>("failed_revision").map_err(db_err)? as u64,
         id,

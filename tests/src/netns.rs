@@ -769,9 +769,25 @@ pub fn echo_binary() -> PathBuf {
 /// `echo ask PROTO TARGET` from `ns`: the source address the echo service
 /// saw, or why there was no answer.
 pub fn ask(ns: &Ns, proto: &str, target: &str, timeout: Duration) -> Result<String, String> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each UDP ask from a port no earlier ask of this process used, below
+    // the kernel's ephemeral range (where the probes' random ports are):
+    // always a new flow for conntrack, so a NAT change is seen at once
+    // instead of through an older flow's entry that a random port happened
+    // to repeat.
+    static NEXT_PORT: AtomicU16 = AtomicU16::new(20000);
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    assert!(port < 32768, "out of UDP source ports for asks");
     let echo = echo_binary();
     let ms = timeout.as_millis().to_string();
-    let (ok, out) = ns.run(&[echo.to_str().unwrap(), "ask", proto, target, &ms]);
+    let (ok, out) = ns.run(&[
+        echo.to_str().unwrap(),
+        "ask",
+        proto,
+        target,
+        &ms,
+        &port.to_string(),
+    ]);
     if ok {
         Ok(out.trim().to_owned())
     } else {

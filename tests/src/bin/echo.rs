@@ -33,13 +33,14 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["serve", port, addrs @ ..] if !addrs.is_empty() => serve(port, addrs),
-        ["ask", proto, addr] => ask(proto, addr, "1000"),
-        ["ask", proto, addr, timeout_ms] => ask(proto, addr, timeout_ms),
+        ["ask", proto, addr] => ask(proto, addr, "1000", "0"),
+        ["ask", proto, addr, timeout_ms] => ask(proto, addr, timeout_ms, "0"),
+        ["ask", proto, addr, timeout_ms, port] => ask(proto, addr, timeout_ms, port),
         ["probe", addr, total_ms] => probe(addr, total_ms, false),
         ["flow", addr, total_ms] => probe(addr, total_ms, true),
         _ => {
             eprintln!(
-                "usage: echo serve PORT ADDR... | echo ask tcp|udp ADDR:PORT [TIMEOUT_MS] | echo probe|flow ADDR:PORT TOTAL_MS"
+                "usage: echo serve PORT ADDR... | echo ask tcp|udp ADDR:PORT [TIMEOUT_MS [LOCAL_PORT]] | echo probe|flow ADDR:PORT TOTAL_MS"
             );
             ExitCode::from(2)
         }
@@ -121,7 +122,10 @@ fn answer_tcp(conn: TcpStream) {
     }
 }
 
-fn ask(proto: &str, addr: &str, timeout_ms: &str) -> ExitCode {
+/// One question; a UDP ask from `local_port` (0: any) lets the caller make
+/// sure it is a new flow for conntrack (a random port can repeat one of an
+/// earlier flow whose entry, NATed or not, is still there).
+fn ask(proto: &str, addr: &str, timeout_ms: &str, local_port: &str) -> ExitCode {
     let Ok(addr) = addr.parse::<SocketAddr>() else {
         eprintln!("echo: bad address {addr:?} (want IP:PORT or [IPv6]:PORT)");
         return ExitCode::from(2);
@@ -130,10 +134,14 @@ fn ask(proto: &str, addr: &str, timeout_ms: &str) -> ExitCode {
         eprintln!("echo: bad timeout {timeout_ms:?}");
         return ExitCode::from(2);
     };
+    let Ok(local_port) = local_port.parse::<u16>() else {
+        eprintln!("echo: bad local port {local_port:?}");
+        return ExitCode::from(2);
+    };
     let timeout = Duration::from_millis(ms.max(1));
     let answer = match proto {
         "tcp" => ask_tcp(addr, timeout),
-        "udp" => ask_udp(addr, timeout),
+        "udp" => ask_udp(addr, timeout, local_port),
         other => Err(format!("unknown protocol {other:?} (tcp or udp)")),
     };
     match answer {
@@ -169,11 +177,11 @@ fn ask_tcp(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn ask_udp(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+fn ask_udp(addr: SocketAddr, timeout: Duration, local_port: u16) -> Result<String, String> {
     let local: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
+        (std::net::Ipv4Addr::UNSPECIFIED, local_port).into()
     } else {
-        "[::]:0".parse().unwrap()
+        (std::net::Ipv6Addr::UNSPECIFIED, local_port).into()
     };
     let s = UdpSocket::bind(local).map_err(|e| format!("bind: {e}"))?;
     s.connect(addr).map_err(|e| format!("connect: {e}"))?;

@@ -489,7 +489,7 @@ fn explained(
 fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &str) -> Proc {
     let meshctl = t.binary("meshctl");
     let state = t.path(&format!("agent-{name}"));
-    let url = format!("http://{}:{}", netns::SERVER_IP, netns::SERVER_PORT);
+    let url = format!("http://{}:{}", t.server_ip, netns::SERVER_PORT);
     ns.spawn(
         &format!("agent {name}"),
         &[
@@ -525,7 +525,7 @@ fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &
 fn restart_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, n: u32) -> Proc {
     let meshctl = t.binary("meshctl");
     let state = t.path(&format!("agent-{name}"));
-    let url = format!("http://{}:{}", netns::SERVER_IP, netns::SERVER_PORT);
+    let url = format!("http://{}:{}", t.server_ip, netns::SERVER_PORT);
     ns.spawn(
         &format!("agent {name} (run {n})"),
         &[

@@ -36,7 +36,9 @@
 //! There hub, gw and relay reach 10.210.0.0/24 by a route via the router,
 //! and client only by a default route via it (no more specific route: a
 //! full tunnel on client needs the agent's bypass route to the server).
-//! The router forwards between those two subnets and has no other route.
+//! The router forwards between those two subnets and has no other route;
+//! from gw's link it forwards only gw's own address (so a packet of client's
+//! that went through the tunnel to gw does not reach the server).
 
 use std::{
     fs::File,
@@ -636,6 +638,27 @@ impl Topology {
             }
             t.client
                 .ip(&["route", "add", "default", "via", ROUTER_IP, "dev", "eth0"]);
+            // gw is no router towards the server: router drops what gw's
+            // link sends from any address but gw's own, so a packet of
+            // client's tunneled to gw and forwarded there never reaches the
+            // server (client's control path works only by its own route).
+            let gw_mac = t.gw.must(&["cat", "/sys/class/net/eth0/address"]);
+            router.must(&[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-i",
+                "eth0",
+                "-m",
+                "mac",
+                "--mac-source",
+                gw_mac.trim(),
+                "!",
+                "-s",
+                GW_IP,
+                "-j",
+                "DROP",
+            ]);
         }
 
         // The echo services.

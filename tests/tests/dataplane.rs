@@ -33,8 +33,8 @@ use meshplane_tests::{
     netns::{
         self, CLIENT_IP, GW_IP, GW_LAN4, GW_LAN6, GW_WAN, INTERNET, LAN_IF, LAN_RANGE4, LAN_RANGE6,
         LAN4, LAN6, Ns, Proc, RELAY_IP, RELAY_WAN, ROUTED_SERVER_IP, ROUTER_IP, SERVER_NET,
-        ServerPlacement, ServerProc, Topology, WAN_IF, WgQuick, alive, echo_at, enter, expect_echo,
-        expect_silence, leftovers, wg_genkey,
+        SERVER_PORT, ServerPlacement, ServerProc, Topology, WAN_IF, WgQuick, alive, echo_at, enter,
+        expect_echo, expect_silence, leftovers, wg_genkey,
     },
     skip_privileged,
 };
@@ -1072,6 +1072,23 @@ fn host_route(ns: &Ns, dest: &str) -> String {
         .to_owned()
 }
 
+/// Asserts a TCP connection from `ns` to `ip:port` opens within 5 s.
+#[track_caller]
+fn connects(ns: &Ns, ip: &str, port: u16) {
+    let (ok, out) = ns.run(&[
+        "timeout",
+        "5",
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{ip}/{port}"),
+    ]);
+    assert!(
+        ok,
+        "no TCP connection from {} to {ip}:{port}: {out}",
+        ns.name
+    );
+}
+
 /// The server on its own subnet behind `router`, which client reaches only
 /// through its default route: a full tunnel on client (gw egress for
 /// 0.0.0.0/0) keeps the agent's control path out of the tunnel by a host
@@ -1117,6 +1134,7 @@ async fn dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable
         "",
         "a bypass before any tunnel"
     );
+    connects(&t.client, srv_ip, SERVER_PORT);
     assert!(
         netns::ask(
             &t.client,
@@ -1162,6 +1180,9 @@ async fn dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable
         got.contains("dev eth0") && !got.contains(&t.wg_client),
         "client sends the server's packets into the tunnel: {got}"
     );
+    // A new connection from client reaches the server (router would drop
+    // it had it gone through the tunnel and gw).
+    connects(&t.client, srv_ip, SERVER_PORT);
     // ...while everything else goes into it.
     let got = t.client.ip(&["-4", "route", "get", INTERNET]);
     assert!(
@@ -1215,6 +1236,7 @@ async fn dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable
         got.contains(&format!("via {ROUTER_IP} dev eth0")),
         "client reaches the server by its default route again: {got}"
     );
+    connects(&t.client, srv_ip, SERVER_PORT);
     let n = api.node(&client.id).await;
     assert!(n.connected, "{n:#?}");
     assert_eq!(

@@ -25,6 +25,20 @@
 //! `gw`'s and `relay`'s, which point at the `internet` namespace, and the
 //! full-tunnel ones the scenarios make (client's through gw or relay, the
 //! phone's through relay), which end there too.
+//!
+//! `Topology::build_with(ServerPlacement::BehindRouter)` moves the server
+//! off the underlay, onto its own subnet behind a `router` namespace:
+//!
+//! ```text
+//!   underlay 10.200.0.0/24 ... router .6 --- srv0 10.210.0.254/24 --- srv 10.210.0.1/24
+//! ```
+//!
+//! There hub, gw and relay reach 10.210.0.0/24 by a route via the router,
+//! and client only by a default route via it (no more specific route: a
+//! full tunnel on client needs the agent's bypass route to the server).
+//! The router forwards between those two subnets and has no other route;
+//! from gw's link it forwards only gw's own address (so a packet of client's
+//! that went through the tunnel to gw does not reach the server).
 
 use std::{
     fs::File,
@@ -43,6 +57,17 @@ pub const WG_USERSPACE_ENV: (&str, &str) = ("WG_I_PREFER_BUGGY_USERSPACE_TO_POLI
 pub const ECHO_PORT: u16 = 7007;
 /// The server's underlay address.
 pub const SERVER_IP: &str = "10.200.0.1";
+/// The underlay's range.
+pub const UNDERLAY: &str = "10.200.0.0/24";
+/// The server's address when it sits behind `router`
+/// (`ServerPlacement::BehindRouter`).
+pub const ROUTED_SERVER_IP: &str = "10.210.0.1";
+/// The server's subnet behind `router`.
+pub const SERVER_NET: &str = "10.210.0.0/24";
+/// router's underlay address.
+pub const ROUTER_IP: &str = "10.200.0.6";
+/// router's address on the server's subnet.
+pub const ROUTER_SRV_IP: &str = "10.210.0.254";
 /// The port the server listens on.
 pub const SERVER_PORT: u16 = 50051;
 /// gw's underlay address.
@@ -458,6 +483,11 @@ pub struct Topology {
     pub phone: Ns,
     /// The internet host, behind gw and relay.
     pub internet: Ns,
+    /// Between the underlay and the server's own subnet
+    /// (`ServerPlacement::BehindRouter` only).
+    pub router: Option<Ns>,
+    /// The address the server listens on.
+    pub server_ip: &'static str,
     /// WireGuard interface names, unique across the namespaces (the
     /// userspace devices' UAPI sockets share /var/run/wireguard/).
     pub wg_gw: String,
@@ -472,11 +502,28 @@ pub struct Topology {
     echoes: Vec<Proc>,
 }
 
+/// Where `Topology` puts the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerPlacement {
+    /// On the underlay, at SERVER_IP: every node's connected /24.
+    #[default]
+    Underlay,
+    /// At ROUTED_SERVER_IP, on its own subnet behind `router`; client
+    /// reaches it only through its default route via `router`.
+    BehindRouter,
+}
+
 impl Topology {
     /// Builds every namespace, link, address and route, and starts the echo
     /// services in `lan` and `internet`.
     pub fn build() -> Self {
+        Self::build_with(ServerPlacement::Underlay)
+    }
+
+    /// `build`, with the server where `placement` says.
+    pub fn build_with(placement: ServerPlacement) -> Self {
         require_tools();
+        let routed = placement == ServerPlacement::BehindRouter;
         let pid = std::process::id();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         // At most 2+1+2+1+7 = 13 bytes.
@@ -490,6 +537,8 @@ impl Topology {
             relay: Ns::new("relay"),
             phone: Ns::new("phone"),
             internet: Ns::new("internet"),
+            router: routed.then(|| Ns::new("router")),
+            server_ip: if routed { ROUTED_SERVER_IP } else { SERVER_IP },
             wg_gw: wg('g'),
             wg_client: wg('c'),
             wg_relay: wg('r'),
@@ -511,13 +560,17 @@ impl Topology {
         hub.ip(&["link", "add", "br0", "type", "bridge"]);
         hub.ip(&["addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"]);
         hub.ip(&["link", "set", "br0", "up"]);
-        for (ns, ip) in [
-            (&t.srv, SERVER_IP),
+        let mut on_underlay = vec![
             (&t.gw, GW_IP),
             (&t.client, CLIENT_IP),
             (&t.relay, RELAY_IP),
             (&t.phone, PHONE_IP),
-        ] {
+        ];
+        match &t.router {
+            None => on_underlay.insert(0, (&t.srv, SERVER_IP)),
+            Some(router) => on_underlay.push((router, ROUTER_IP)),
+        }
+        for (ns, ip) in on_underlay {
             let port = format!("u-{}", ns.name.split('-').nth(1).unwrap_or("x"));
             veth(hub, &port, ns, "eth0");
             hub.ip(&["link", "set", &port, "master", "br0", "up"]);
@@ -553,6 +606,61 @@ impl Topology {
         t.internet
             .ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"]);
 
+        // The server behind router: srv <-> router on the server's subnet;
+        // hub, gw and relay route that subnet via router, client has only a
+        // default route via router (which routes nowhere else).
+        if let Some(router) = &t.router {
+            veth(router, "srv0", &t.srv, "eth0");
+            router.ip(&["addr", "add", &format!("{ROUTER_SRV_IP}/24"), "dev", "srv0"]);
+            router.ip(&["link", "set", "srv0", "up"]);
+            router.sysctl("net.ipv4.ip_forward=1");
+            t.srv.ip(&[
+                "addr",
+                "add",
+                &format!("{ROUTED_SERVER_IP}/24"),
+                "dev",
+                "eth0",
+            ]);
+            t.srv.ip(&["link", "set", "eth0", "up"]);
+            t.srv.ip(&[
+                "route",
+                "add",
+                UNDERLAY,
+                "via",
+                ROUTER_SRV_IP,
+                "dev",
+                "eth0",
+            ]);
+            t.hub
+                .ip(&["route", "add", SERVER_NET, "via", ROUTER_IP, "dev", "br0"]);
+            for ns in [&t.gw, &t.relay] {
+                ns.ip(&["route", "add", SERVER_NET, "via", ROUTER_IP, "dev", "eth0"]);
+            }
+            t.client
+                .ip(&["route", "add", "default", "via", ROUTER_IP, "dev", "eth0"]);
+            // gw is no router towards the server: router drops what gw's
+            // link sends from any address but gw's own, so a packet of
+            // client's tunneled to gw and forwarded there never reaches the
+            // server (client's control path works only by its own route).
+            let gw_mac = t.gw.must(&["cat", "/sys/class/net/eth0/address"]);
+            router.must(&[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-i",
+                "eth0",
+                "-m",
+                "mac",
+                "--mac-source",
+                gw_mac.trim(),
+                "!",
+                "-s",
+                GW_IP,
+                "-j",
+                "DROP",
+            ]);
+        }
+
         // The echo services.
         let echo = t.binary("echo");
         let echo = echo.to_str().expect("utf-8 path");
@@ -572,8 +680,8 @@ impl Topology {
     }
 
     /// Every namespace.
-    pub fn all(&self) -> [&Ns; 8] {
-        [
+    pub fn all(&self) -> Vec<&Ns> {
+        let mut all = vec![
             &self.hub,
             &self.srv,
             &self.gw,
@@ -582,7 +690,9 @@ impl Topology {
             &self.relay,
             &self.phone,
             &self.internet,
-        ]
+        ];
+        all.extend(self.router.as_ref());
+        all
     }
 
     /// The namespaces' names.
@@ -702,6 +812,9 @@ impl Topology {
             &mut self.internet,
         ] {
             ns.delete();
+        }
+        if let Some(router) = &mut self.router {
+            router.delete();
         }
         // wireguard-go's UAPI sockets, when a device was killed before it
         // could remove its own.
@@ -1029,26 +1142,29 @@ pub struct ServerProc {
     pub proc: Option<Proc>,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// `IP:PORT` it listens on.
+    listen: String,
     starts: u32,
 }
 
 impl ServerProc {
-    /// Starts the server in `t.srv` on SERVER_IP:SERVER_PORT.
+    /// Starts the server in `t.srv` on `t.server_ip`:SERVER_PORT.
     pub fn start(t: &Topology) -> Self {
         let data_dir = t.path("server-data");
         std::fs::create_dir_all(&data_dir).expect("server data dir");
         let mut s = ServerProc {
             proc: None,
             data_dir,
+            listen: format!("{}:{SERVER_PORT}", t.server_ip),
             starts: 0,
         };
         s.spawn(t);
         s
     }
 
-    /// `http://SERVER_IP:SERVER_PORT`.
+    /// `http://IP:SERVER_PORT`.
     pub fn url(&self) -> String {
-        format!("http://{SERVER_IP}:{SERVER_PORT}")
+        format!("http://{}", self.listen)
     }
 
     /// The admin token the server wrote.
@@ -1063,7 +1179,7 @@ impl ServerProc {
         self.starts += 1;
         let log = t.path(&format!("server-{}.log", self.starts));
         let bin = t.binary("meshplane");
-        let listen = format!("{SERVER_IP}:{SERVER_PORT}");
+        let listen = self.listen.clone();
         let data = self.data_dir.to_str().unwrap().to_owned();
         let mut p = t.srv.spawn(
             &format!("meshplane serve (start {})", self.starts),

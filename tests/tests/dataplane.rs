@@ -7,6 +7,10 @@
 //! - `dataplane_agents_apply_what_the_api_says` drives `meshctl agent run`
 //!   in gw, client and relay against the real `meshplane serve`, and checks
 //!   every scenario of the issue with packets.
+//! - `dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable`
+//!   puts the server behind a router that client reaches only by its
+//!   default route, and checks the agent's bypass route keeps the control
+//!   path out of the full tunnel (and goes with it).
 //!
 //! Needs root: `apt-get install -y iproute2 iptables wireguard-tools
 //! wireguard-go iputils-ping` (tests/run does this), and the binaries built
@@ -28,8 +32,9 @@ use meshplane_tests::{
     Authed, Bearer,
     netns::{
         self, CLIENT_IP, GW_IP, GW_LAN4, GW_LAN6, GW_WAN, INTERNET, LAN_IF, LAN_RANGE4, LAN_RANGE6,
-        LAN4, LAN6, Ns, Proc, RELAY_IP, RELAY_WAN, ServerProc, Topology, WAN_IF, WgQuick, echo_at,
-        enter, expect_echo, expect_silence, leftovers, wg_genkey,
+        LAN4, LAN6, Ns, Proc, RELAY_IP, RELAY_WAN, ROUTED_SERVER_IP, ROUTER_IP, SERVER_NET,
+        SERVER_PORT, ServerPlacement, ServerProc, Topology, WAN_IF, WgQuick, alive, echo_at, enter,
+        expect_echo, expect_silence, leftovers, wg_genkey,
     },
     skip_privileged,
 };
@@ -489,7 +494,7 @@ fn explained(
 fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &str) -> Proc {
     let meshctl = t.binary("meshctl");
     let state = t.path(&format!("agent-{name}"));
-    let url = format!("http://{}:{}", netns::SERVER_IP, netns::SERVER_PORT);
+    let url = format!("http://{}:{}", t.server_ip, netns::SERVER_PORT);
     ns.spawn(
         &format!("agent {name}"),
         &[
@@ -525,7 +530,7 @@ fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &
 fn restart_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, n: u32) -> Proc {
     let meshctl = t.binary("meshctl");
     let state = t.path(&format!("agent-{name}"));
-    let url = format!("http://{}:{}", netns::SERVER_IP, netns::SERVER_PORT);
+    let url = format!("http://{}:{}", t.server_ip, netns::SERVER_PORT);
     ns.spawn(
         &format!("agent {name} (run {n})"),
         &[
@@ -1057,4 +1062,197 @@ async fn dataplane_flow_running_before_the_egress_gets_through_it() {
     );
     drop(in_hub);
     drop((gw_agent, client_agent, server));
+}
+
+/// The main table's route to exactly `dest` in `ns` (`ip -4 route show
+/// DEST/32`), trimmed; empty when there is none.
+fn host_route(ns: &Ns, dest: &str) -> String {
+    ns.ip(&["-4", "route", "show", &format!("{dest}/32")])
+        .trim()
+        .to_owned()
+}
+
+/// Asserts a TCP connection from `ns` to `ip:port` opens within 5 s.
+#[track_caller]
+fn connects(ns: &Ns, ip: &str, port: u16) {
+    let (ok, out) = ns.run(&[
+        "timeout",
+        "5",
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{ip}/{port}"),
+    ]);
+    assert!(
+        ok,
+        "no TCP connection from {} to {ip}:{port}: {out}",
+        ns.name
+    );
+}
+
+/// The server on its own subnet behind `router`, which client reaches only
+/// through its default route: a full tunnel on client (gw egress for
+/// 0.0.0.0/0) keeps the agent's control path out of the tunnel by a host
+/// route copied from the default route, removed again with the tunnel.
+#[tokio::test(flavor = "current_thread")]
+async fn dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable() {
+    if skip_privileged("dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable") {
+        return;
+    }
+    let t = Topology::build_with(ServerPlacement::BehindRouter);
+    require_agent(&t);
+    let names = t.names();
+    let wg_names = t.wg_names();
+    let srv_ip = ROUTED_SERVER_IP;
+
+    // client reaches the server only through its default route via router.
+    let got = t.client.ip(&["-4", "route", "get", srv_ip]);
+    assert!(
+        got.contains(&format!("via {ROUTER_IP} dev eth0")),
+        "client reaches the server via router: {got}"
+    );
+    let table = t.client.ip(&["-4", "route", "show", "table", "main"]);
+    assert!(
+        !table.contains(SERVER_NET) && !table.contains(srv_ip),
+        "client has a route more specific than its default one to the server:\n{table}"
+    );
+
+    let server = ServerProc::start(&t);
+    let in_hub = enter(&t.hub);
+    let api = Api {
+        url: server.url(),
+        token: server.admin_token(),
+    };
+    let key = api.setup().await;
+    let gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
+    let client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
+    let nodes = api.ready_all(&["gw", "client"]).await;
+    let [gw, client] = <[pb::Node; 2]>::try_from(nodes).expect("two nodes");
+    assert!(client.connected, "{client:#?}");
+    // No full tunnel, no bypass; the internet is not reachable.
+    assert_eq!(
+        host_route(&t.client, srv_ip),
+        "",
+        "a bypass before any tunnel"
+    );
+    connects(&t.client, srv_ip, SERVER_PORT);
+    assert!(
+        netns::ask(
+            &t.client,
+            "udp",
+            &echo_at(INTERNET),
+            Duration::from_millis(300)
+        )
+        .is_err(),
+        "client reached the internet without a gateway"
+    );
+
+    // --- Egress 0.0.0.0/0 on gw: client's full tunnel. ---
+    eprintln!("e2e: egress 0.0.0.0/0 on gw, server behind client's default route");
+    let streams_before = resumed_from(&server.logs(&t), &client.id).len();
+    assert!(streams_before >= 1, "client's stream is in the server log");
+    api.egress(&gw.id, &["0.0.0.0/0"], WAN_IF, None)
+        .await
+        .expect("egress 0.0.0.0/0");
+    for proto in ["udp", "tcp"] {
+        expect_echo(&t.client, proto, &echo_at(INTERNET), GW_WAN, WAIT);
+    }
+    let c = api.ready("client").await;
+    assert!(c.connected, "{c:#?}");
+    let rules = t.client.must(&["ip", "-4", "rule", "show"]);
+    assert!(
+        rules.contains("suppress_prefixlength 0") && rules.contains("fwmark 0x6d70"),
+        "client routes 0.0.0.0/0 by fwmark:\n{rules}"
+    );
+    // The bypass: a host route to the server copied from the default route,
+    // and the kernel sends the server's packets out of the underlay.
+    let bypass = host_route(&t.client, srv_ip);
+    assert!(
+        bypass.contains(&format!("via {ROUTER_IP} dev eth0")),
+        "no bypass route to {srv_ip} via {ROUTER_IP} in client's main table: {bypass:?}\n{}",
+        t.client.ip(&["-4", "route", "show", "table", "main"])
+    );
+    let got = t.client.ip(&["-4", "route", "get", srv_ip]);
+    eprintln!(
+        "e2e: client's bypass route: {bypass}; route get {srv_ip}: {}",
+        got.trim()
+    );
+    assert!(
+        got.contains("dev eth0") && !got.contains(&t.wg_client),
+        "client sends the server's packets into the tunnel: {got}"
+    );
+    // A new connection from client reaches the server (router would drop
+    // it had it gone through the tunnel and gw).
+    connects(&t.client, srv_ip, SERVER_PORT);
+    // ...while everything else goes into it.
+    let got = t.client.ip(&["-4", "route", "get", INTERNET]);
+    assert!(
+        got.contains(&format!("dev {}", t.wg_client)),
+        "client does not route the internet into the tunnel: {got}"
+    );
+
+    // --- A change after the tunnel is up reaches client on the same
+    // stream. ---
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = api.node(&client.id).await;
+    assert!(before.connected, "client's stream dropped: {before:#?}");
+    api.set_keepalive(&gw.id, 17).await;
+    let after = api.ready("client").await;
+    assert!(
+        after.config_revision > before.config_revision,
+        "the change reached client's config: {before:#?} -> {after:#?}"
+    );
+    assert!(after.connected, "{after:#?}");
+    let shown = t
+        .client
+        .must(&["wg", "show", &t.wg_client, "persistent-keepalive"]);
+    assert!(
+        shown.contains(&format!("{}\t17", gw.public_key)),
+        "client's peer gw has keepalive 17:\n{shown}"
+    );
+    assert_eq!(
+        resumed_from(&server.logs(&t), &client.id).len(),
+        streams_before,
+        "client's agent reopened its config stream while in the full tunnel"
+    );
+    expect_echo(&t.client, "udp", &echo_at(INTERNET), GW_WAN, WAIT);
+
+    // --- The egress deleted: tunnel, rules and bypass go. ---
+    eprintln!("e2e: egress 0.0.0.0/0 deleted");
+    api.delete_egress(&gw.id).await;
+    expect_silence(&t.client, "udp", &echo_at(INTERNET), Duration::from_secs(5));
+    api.ready("client").await;
+    let deadline = Instant::now() + WAIT;
+    while !host_route(&t.client, srv_ip).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "client keeps the bypass route after the full tunnel went: {}",
+            host_route(&t.client, srv_ip)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_default_rules(&t.client);
+    let got = t.client.ip(&["-4", "route", "get", srv_ip]);
+    assert!(
+        got.contains(&format!("via {ROUTER_IP} dev eth0")),
+        "client reaches the server by its default route again: {got}"
+    );
+    connects(&t.client, srv_ip, SERVER_PORT);
+    let n = api.node(&client.id).await;
+    assert!(n.connected, "{n:#?}");
+    assert_eq!(
+        resumed_from(&server.logs(&t), &client.id).len(),
+        streams_before,
+        "client's agent reopened its config stream when the full tunnel went"
+    );
+    for a in [&gw_agent, &client_agent] {
+        assert!(alive(a.pid()), "{} exited:\n{}", a.label, a.output());
+    }
+
+    // --- Teardown leaves nothing behind. ---
+    let pids = t.pids();
+    drop(in_hub);
+    drop((gw_agent, client_agent, server));
+    drop(t);
+    let left = leftovers(&names, &pids, &wg_names);
+    assert!(left.is_empty(), "teardown left: {left:?}");
 }

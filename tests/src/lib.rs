@@ -441,16 +441,7 @@ impl TestServer {
         interface: &str,
         nat: Option<bool>,
     ) -> Result<pb::Node, Status> {
-        self.gateways()
-            .await
-            .create_egress_gateway(pb::CreateEgressGatewayRequest {
-                node_id: node_id.into(),
-                ranges: ranges.iter().map(|r| r.to_string()).collect(),
-                interface: interface.into(),
-                nat_enabled: nat,
-            })
-            .await
-            .map(|r| r.into_inner())
+        create_egress(self.admin().await, node_id, ranges, interface, nat).await
     }
 
     /// Makes a node an ingress gateway.
@@ -486,28 +477,60 @@ impl TestServer {
 
     /// A client's wg-quick file.
     pub async fn ext_config(&self, id: &str) -> String {
-        self.ext_clients()
-            .await
-            .get_ext_client_config(pb::GetExtClientConfigRequest { id: id.into() })
-            .await
-            .expect("ext client config")
-            .into_inner()
-            .config
+        ext_client_config(self.admin().await, id).await
     }
 
     /// ExplainRoute.
     pub async fn explain(&self, network: &str, from: &str, dest: &str) -> pb::ExplainRouteResponse {
-        self.gateways()
-            .await
-            .explain_route(pb::ExplainRouteRequest {
-                network: network.into(),
-                from_node_id: from.into(),
-                destination: dest.into(),
-            })
-            .await
-            .expect("explain route")
-            .into_inner()
+        explain_route(self.admin().await, network, from, dest).await
     }
+}
+
+/// CreateEgressGateway over an admin channel.
+pub async fn create_egress(
+    admin: Authed,
+    node_id: &str,
+    ranges: &[&str],
+    interface: &str,
+    nat: Option<bool>,
+) -> Result<pb::Node, Status> {
+    pb::gateway_service_client::GatewayServiceClient::new(admin)
+        .create_egress_gateway(pb::CreateEgressGatewayRequest {
+            node_id: node_id.into(),
+            ranges: ranges.iter().map(|r| r.to_string()).collect(),
+            interface: interface.into(),
+            nat_enabled: nat,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// ExplainRoute over an admin channel.
+pub async fn explain_route(
+    admin: Authed,
+    network: &str,
+    from: &str,
+    dest: &str,
+) -> pb::ExplainRouteResponse {
+    pb::gateway_service_client::GatewayServiceClient::new(admin)
+        .explain_route(pb::ExplainRouteRequest {
+            network: network.into(),
+            from_node_id: from.into(),
+            destination: dest.into(),
+        })
+        .await
+        .expect("ExplainRoute")
+        .into_inner()
+}
+
+/// A client's wg-quick file (GetExtClientConfig) over an admin channel.
+pub async fn ext_client_config(admin: Authed, id: &str) -> String {
+    pb::ext_client_service_client::ExtClientServiceClient::new(admin)
+        .get_ext_client_config(pb::GetExtClientConfigRequest { id: id.into() })
+        .await
+        .expect("GetExtClientConfig")
+        .into_inner()
+        .config
 }
 
 /// The value of `Key = value` in a wg-quick file.

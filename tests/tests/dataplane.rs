@@ -407,16 +407,7 @@ impl Api {
         interface: &str,
         nat: Option<bool>,
     ) -> Result<pb::Node, tonic::Status> {
-        self.gateways()
-            .await
-            .create_egress_gateway(pb::CreateEgressGatewayRequest {
-                node_id: node_id.into(),
-                ranges: ranges.iter().map(|r| r.to_string()).collect(),
-                interface: interface.into(),
-                nat_enabled: nat,
-            })
-            .await
-            .map(|r| r.into_inner())
+        meshplane_tests::create_egress(self.authed().await, node_id, ranges, interface, nat).await
     }
 
     async fn delete_egress(&self, node_id: &str) {
@@ -430,26 +421,11 @@ impl Api {
     }
 
     async fn explain(&self, from: &str, dest: &str) -> pb::ExplainRouteResponse {
-        self.gateways()
-            .await
-            .explain_route(pb::ExplainRouteRequest {
-                network: NET.into(),
-                from_node_id: from.into(),
-                destination: dest.into(),
-            })
-            .await
-            .expect("ExplainRoute")
-            .into_inner()
+        meshplane_tests::explain_route(self.authed().await, NET, from, dest).await
     }
 
     async fn ext_config(&self, id: &str) -> String {
-        self.ext_clients()
-            .await
-            .get_ext_client_config(pb::GetExtClientConfigRequest { id: id.into() })
-            .await
-            .expect("GetExtClientConfig")
-            .into_inner()
-            .config
+        meshplane_tests::ext_client_config(self.authed().await, id).await
     }
 
     async fn set_keepalive(&self, id: &str, secs: u32) -> pb::Node {
@@ -492,63 +468,71 @@ fn explained(
 /// `meshctl agent run` for `name` in `ns`, with its state in the test's
 /// directory and wireguard-go for the device.
 fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &str) -> Proc {
-    let meshctl = t.binary("meshctl");
-    let state = t.path(&format!("agent-{name}"));
-    let url = format!("http://{}:{}", t.server_ip, netns::SERVER_PORT);
-    ns.spawn(
+    let endpoint = format!("{ip}:51820");
+    let first_run = [
+        "--network",
+        NET,
+        "--enrollment-key",
+        key,
+        "--name",
+        name,
+        "--endpoint",
+        &endpoint,
+        "--listen-port",
+        "51820",
+    ];
+    spawn_agent(
+        t,
+        ns,
+        name,
+        ifname,
+        &first_run,
         &format!("agent {name}"),
-        &[
-            meshctl.to_str().unwrap(),
-            "agent",
-            "run",
-            "--server",
-            &url,
-            "--network",
-            NET,
-            "--enrollment-key",
-            key,
-            "--name",
-            name,
-            "--interface",
-            ifname,
-            "--endpoint",
-            &format!("{ip}:51820"),
-            "--listen-port",
-            "51820",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--userspace",
-            "wireguard-go",
-        ],
-        &[("MESHCTL_LOG", "info")],
-        &t.path(&format!("agent-{name}.log")),
+        &format!("agent-{name}.log"),
     )
 }
 
 /// `meshctl agent run` again for `name`: the identity in its state
 /// directory, so no enrollment key, network or name.
 fn restart_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, n: u32) -> Proc {
+    spawn_agent(
+        t,
+        ns,
+        name,
+        ifname,
+        &[],
+        &format!("agent {name} (run {n})"),
+        &format!("agent-{name}-{n}.log"),
+    )
+}
+
+fn spawn_agent(
+    t: &Topology,
+    ns: &Ns,
+    name: &str,
+    ifname: &str,
+    extra: &[&str],
+    what: &str,
+    log: &str,
+) -> Proc {
     let meshctl = t.binary("meshctl");
     let state = t.path(&format!("agent-{name}"));
     let url = format!("http://{}:{}", t.server_ip, netns::SERVER_PORT);
-    ns.spawn(
-        &format!("agent {name} (run {n})"),
-        &[
-            meshctl.to_str().unwrap(),
-            "agent",
-            "run",
-            "--server",
-            &url,
-            "--interface",
-            ifname,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--userspace",
-            "wireguard-go",
-        ],
-        &[("MESHCTL_LOG", "info")],
-        &t.path(&format!("agent-{name}-{n}.log")),
-    )
+    let mut args = vec![
+        meshctl.to_str().unwrap(),
+        "agent",
+        "run",
+        "--server",
+        &url,
+        "--interface",
+        ifname,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--userspace",
+        "wireguard-go",
+    ];
+    args.extend_from_slice(extra);
+    ns.spawn(what, &args, &[("MESHCTL_LOG", "info")], &t.path(log))
 }
 
 /// `wg show IFNAME latest-handshakes` in `ns`: the last handshake time of

@@ -15,7 +15,7 @@ pub mod plan;
 pub mod state;
 
 use std::{
-    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    net::{IpAddr, ToSocketAddrs},
     path::PathBuf,
     time::Duration,
 };
@@ -121,10 +121,6 @@ pub fn server_addresses(url: &str) -> Vec<IpAddr> {
     v.sort();
     v.dedup();
     v
-}
-
-fn resolve(endpoint: &str) -> Option<SocketAddr> {
-    endpoint.to_socket_addrs().ok()?.next()
 }
 
 /// Retry delays after a failed apply: 1 s doubling to 60 s.

@@ -1,7 +1,10 @@
 //! The agent's life: identity, the config stream, applying, reporting,
 //! stopping and tearing down.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use meshplane_sdk::{
@@ -16,7 +19,7 @@ use super::{
     desired::desired,
     linux::Host,
     plan::{Create, Plan, Step, plan, teardown},
-    resolve, retry_delay, server_addresses,
+    retry_delay, server_addresses,
     state::{Applied, Identity, StateDir},
 };
 use crate::{Failure, Outcome};
@@ -183,6 +186,46 @@ fn reporter(agent: AgentClient, interface: String) -> watch::Sender<Option<Repor
     tx
 }
 
+/// The peers' endpoints that are host names, resolved without blocking the
+/// agent (each lookup bounded by 2 s). A name with several addresses keeps
+/// the one the device already uses, so round-robin DNS does not rewrite the
+/// peer at every apply.
+async fn resolve_endpoints(
+    cfg: &pb::NodeConfig,
+    have: &super::plan::Observed,
+) -> HashMap<String, std::net::SocketAddr> {
+    let current: BTreeSet<std::net::SocketAddr> = have
+        .device
+        .iter()
+        .flat_map(|d| d.peers.values().filter_map(|p| p.endpoint))
+        .collect();
+    let mut out = HashMap::new();
+    for p in &cfg.peers {
+        let e = p.endpoint.as_str();
+        if e.is_empty() || e.parse::<std::net::SocketAddr>().is_ok() || out.contains_key(e) {
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(e)).await {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<_> = addrs.collect();
+                let pick = addrs
+                    .iter()
+                    .find(|a| current.contains(a))
+                    .or(addrs.first())
+                    .copied();
+                if let Some(a) = pick {
+                    out.insert(e.to_owned(), a);
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(endpoint = e, error = %err, "endpoint does not resolve")
+            }
+            Err(_) => tracing::debug!(endpoint = e, "endpoint lookup timed out"),
+        }
+    }
+    out
+}
+
 /// Everything the running agent holds.
 struct Agent {
     id: Identity,
@@ -198,7 +241,9 @@ impl Agent {
     /// report taken on the way.
     async fn plan(&self, cfg: &pb::NodeConfig) -> Result<(Plan, pb::HostReport), String> {
         let snap = self.host.observe(&self.applied).await?;
-        let (want, mut notes) = desired(cfg, &self.id.public_key, &self.control, &resolve);
+        let resolved = resolve_endpoints(cfg, &snap.observed).await;
+        let lookup = |e: &str| resolved.get(e).copied();
+        let (want, mut notes) = desired(cfg, &self.id.public_key, &self.control, &lookup);
         let mut p = plan(
             &snap.observed,
             &want,
@@ -602,4 +647,65 @@ pub async fn down(a: DownArgs) -> Outcome {
         agent.id.interface
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::plan::{Device, Observed, PeerSpec};
+
+    fn config(endpoints: &[&str]) -> pb::NodeConfig {
+        pb::NodeConfig {
+            peers: endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| pb::Peer {
+                    public_key: format!("K{i}"),
+                    endpoint: (*e).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn host_name_endpoints_resolve_and_keep_the_address_in_use() {
+        let cfg = config(&[
+            "localhost:51820",
+            "192.0.2.1:51820",
+            "",
+            "no-such-host.invalid:1",
+        ]);
+        let got = resolve_endpoints(&cfg, &Observed::default()).await;
+        // Only the host name: literal addresses need no lookup, a name that
+        // does not resolve is left out (the plan notes it).
+        assert_eq!(got.len(), 1, "{got:?}");
+        let first = got["localhost:51820"];
+        assert!(first.ip().is_loopback() && first.port() == 51820);
+
+        // Every address of the name that the device already uses is kept.
+        let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host("localhost:51820")
+            .await
+            .unwrap()
+            .collect();
+        let in_use = *all.last().unwrap();
+        let have = Observed {
+            device: Some(Device {
+                peers: [(
+                    "K0".to_string(),
+                    PeerSpec {
+                        endpoint: Some(in_use),
+                        allowed_ips: vec![],
+                        keepalive: 0,
+                    },
+                )]
+                .into(),
+                ..Device::default()
+            }),
+            ..Observed::default()
+        };
+        let got = resolve_endpoints(&config(&["localhost:51820"]), &have).await;
+        assert_eq!(got["localhost:51820"], in_use);
+    }
 }

@@ -70,7 +70,18 @@ async fn register(
         .enrollment_key
         .clone()
         .ok_or_else(|| usage("--enrollment-key"))?;
-    let keys = KeyPair::generate();
+    // The key pair is on disk before the server knows its public key: a
+    // crash or a lost answer never leaves a node whose private key is gone
+    // (the next run registers with the same key pair).
+    let keys = match dir.pending_key().map_err(local)? {
+        Some(private) => KeyPair::from_private_key(&private)?,
+        None => {
+            let k = KeyPair::generate();
+            dir.save_pending_key(k.private_key().expose())
+                .map_err(local)?;
+            k
+        }
+    };
     let reg = client
         .agent()
         .register(pb::RegisterRequest {
@@ -95,6 +106,7 @@ async fn register(
         created: None,
     };
     dir.save_identity(&id).map_err(local)?;
+    dir.clear_pending_key().map_err(local)?;
     tracing::info!(node = %id.node_id, name = %id.name, network = %id.network,
         address = %reg.node.address, address6 = %reg.node.address6, "registered");
     Ok(id)

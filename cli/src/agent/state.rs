@@ -82,6 +82,7 @@ pub struct StateDir {
 const IDENTITY: &str = "identity.json";
 const APPLIED: &str = "applied.json";
 const CONFIG: &str = "config.pb";
+const PENDING_KEY: &str = "pending.key";
 
 impl StateDir {
     /// Opens (and makes, mode 0700) the directory.
@@ -200,6 +201,23 @@ impl StateDir {
         Ok(true)
     }
 
+    /// The private key generated for a registration that has not finished.
+    pub fn pending_key(&self) -> Result<Option<String>, String> {
+        Ok(self
+            .read(PENDING_KEY)?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
+    }
+
+    /// Keeps the private key of a registration about to be sent.
+    pub fn save_pending_key(&self, private_key: &str) -> Result<(), String> {
+        self.write(PENDING_KEY, format!("{private_key}\n").as_bytes())
+    }
+
+    /// The registration finished: its key is in the identity now.
+    pub fn clear_pending_key(&self) -> Result<(), String> {
+        self.remove(PENDING_KEY)
+    }
+
     /// What the agent applied (empty when nothing was recorded).
     pub fn applied(&self) -> Result<Applied, String> {
         match self.read(APPLIED)? {
@@ -289,6 +307,17 @@ mod tests {
         assert!(dir.identity().unwrap().is_some());
         dir.clear(true).unwrap();
         assert!(dir.identity().unwrap().is_none());
+
+        assert_eq!(dir.pending_key().unwrap(), None);
+        dir.save_pending_key("PRIV").unwrap();
+        assert_eq!(dir.pending_key().unwrap().as_deref(), Some("PRIV"));
+        let mode = fs::metadata(dir.path().join(PENDING_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        dir.clear_pending_key().unwrap();
+        assert_eq!(dir.pending_key().unwrap(), None);
     }
 
     #[test]

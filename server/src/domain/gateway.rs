@@ -137,7 +137,26 @@ pub fn egress_interface(
                 },
             );
         match best {
-            Some(r) => picked.push((*range, r.interface.as_str())),
+            Some(r) => {
+                // Part of the range may leave elsewhere (a LAN /24 inside a
+                // /8 the default route covers): one interface would then
+                // carry only some of it, silently. Not for a default range,
+                // which is "everything else" by design.
+                if range.prefix_len() > 0
+                    && let Some(inner) = host.routes.iter().find(|i| {
+                        i.interface != own
+                            && i.interface != r.interface
+                            && i.destination.prefix_len() > range.prefix_len()
+                            && covers(range, &i.destination)
+                    })
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "node {name} routes part of {range} elsewhere ({} -> {}) than the rest                          ({range} -> {}): name the interface, or give the parts as separate                          ranges",
+                        inner.destination, inner.interface, r.interface
+                    )));
+                }
+                picked.push((*range, r.interface.as_str()))
+            }
             None => {
                 return Err(Error::FailedPrecondition(format!(
                     "node {name}'s routing table has no route for {range}, so the interface \
@@ -327,6 +346,28 @@ mod tests {
             egress_on(&reported(), &["0.0.0.0/0", "::/0"], "eth0")
                 .unwrap()
                 .interface,
+            "eth0"
+        );
+    }
+
+    #[test]
+    fn a_range_part_of_which_leaves_elsewhere_is_refused() {
+        // 10.0.0.0/8 would take the default route (eth0), but 10.10.10.0/24
+        // inside it leaves through eth1.
+        let m = precondition(egress_on(&reported(), &["10.0.0.0/8"], ""));
+        assert!(
+            m.contains("part of 10.0.0.0/8 elsewhere (10.10.10.0/24 -> eth1)"),
+            "{m}"
+        );
+        // A narrower route through the same interface is fine.
+        let mut gw = reported();
+        gw.host.as_mut().unwrap().routes.push(HostRoute {
+            destination: "192.0.2.128/25".parse().unwrap(),
+            interface: "eth0".into(),
+            gateway: None,
+        });
+        assert_eq!(
+            egress_on(&gw, &["192.0.2.0/24"], "").unwrap().interface,
             "eth0"
         );
     }

@@ -7,7 +7,7 @@
 use std::{future::Future, sync::Arc};
 
 use crate::domain::{
-    Result, config::NetworkView, crypto::Sealer, enrollment::EnrollmentKey, event::Event,
+    Error, Result, config::NetworkView, crypto::Sealer, enrollment::EnrollmentKey, event::Event,
     ext_client::ExtClient, network::Network, node::Node, page::PageRequest,
 };
 use crate::hub::Hub;
@@ -116,9 +116,14 @@ impl Service {
         self.store.list_enrollment_keys(network, page).await
     }
 
-    /// Everything a network's configs are computed from.
+    /// Everything a network's configs are computed from, as the hub holds
+    /// it: caught up first, so it includes every acknowledged write, without
+    /// reloading the network from the store.
     pub async fn network_view(&self, network: &str) -> Result<NetworkView> {
-        self.store.network_view(network).await
+        self.hub.catch_up().await?;
+        self.hub
+            .network_view(network)
+            .ok_or_else(|| Error::not_found("network", network))
     }
 
     /// Events after `after`, oldest first.

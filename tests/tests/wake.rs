@@ -148,3 +148,200 @@ async fn updating_an_ext_client_reaches_the_ingress_stream_at_once() {
     );
     assert_eq!(e.action, pb::EventAction::Updated as i32);
 }
+
+/// Reads events until one of `kind` with `action` for `id`, all within
+/// [`AT_ONCE`] (a write may append more than one event).
+async fn expect_event(
+    ev: &mut Streaming<pb::Event>,
+    kind: &str,
+    action: pb::EventAction,
+    id: &str,
+) {
+    let deadline = tokio::time::Instant::now() + AT_ONCE;
+    loop {
+        let e = tokio::time::timeout_at(deadline, ev.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {kind} {action:?} event for {id:?} at once (the write did not wake the hub)"
+                )
+            })
+            .expect("event stream ok")
+            .expect("event stream open");
+        if e.kind == kind && e.action == action as i32 && e.id == id {
+            return;
+        }
+    }
+}
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+#[tokio::test]
+async fn every_write_reaches_the_event_stream_at_once() {
+    use pb::EventAction::{Created, Deleted, Updated};
+    let s = TestServer::start_without_polling().await;
+    let mut ev = events(&s).await;
+
+    s.create_network("corp", "10.142.0.0/16", "").await;
+    expect_event(&mut ev, "network", Created, "corp").await;
+    s.networks()
+        .await
+        .update_network(pb::UpdateNetworkRequest {
+            network: Some(pb::Network {
+                name: "corp".into(),
+                default_mtu: 1380,
+                ..Default::default()
+            }),
+            update_mask: mask(&["default_mtu"]),
+        })
+        .await
+        .expect("update network");
+    expect_event(&mut ev, "network", Updated, "corp").await;
+
+    let key = s.create_key(&["corp"], None).await;
+    expect_event(&mut ev, "enrollment_key", Created, &key.id).await;
+    let a = s
+        .register(&key.token, "corp", "a")
+        .await
+        .expect("register a");
+    let a_id = a.node.expect("node").id;
+    expect_event(&mut ev, "node", Created, &a_id).await;
+    let gw = s
+        .register(&key.token, "corp", "gw")
+        .await
+        .expect("register gw");
+    let gw_id = gw.node.expect("node").id;
+    expect_event(&mut ev, "node", Created, &gw_id).await;
+
+    s.nodes()
+        .await
+        .update_node(pb::UpdateNodeRequest {
+            node: Some(pb::Node {
+                id: a_id.clone(),
+                name: "a2".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        })
+        .await
+        .expect("update node");
+    expect_event(&mut ev, "node", Updated, &a_id).await;
+    s.agent(Some(&a.node_token))
+        .await
+        .report_status(pb::ReportStatusRequest {
+            applied_revision: 1,
+            wireguard_interface: "wg-a".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("report status");
+    expect_event(&mut ev, "node", Updated, &a_id).await;
+
+    s.egress(&a_id, &["192.168.50.0/24"], "eth0", None)
+        .await
+        .expect("egress");
+    expect_event(&mut ev, "node", Updated, &a_id).await;
+    s.gateways()
+        .await
+        .delete_egress_gateway(pb::DeleteEgressGatewayRequest {
+            node_id: a_id.clone(),
+        })
+        .await
+        .expect("delete egress");
+    expect_event(&mut ev, "node", Updated, &a_id).await;
+
+    s.ingress(&gw_id, &[]).await.expect("ingress");
+    expect_event(&mut ev, "node", Updated, &gw_id).await;
+    let client = s.ext_client("corp", &gw_id, "phone").await.expect("client");
+    expect_event(&mut ev, "ext_client", Created, &client.id).await;
+    s.ext_clients()
+        .await
+        .update_ext_client(pb::UpdateExtClientRequest {
+            ext_client: Some(pb::ExtClient {
+                id: client.id.clone(),
+                name: "tablet".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        })
+        .await
+        .expect("update client");
+    expect_event(&mut ev, "ext_client", Updated, &client.id).await;
+    s.ext_clients()
+        .await
+        .delete_ext_client(pb::DeleteExtClientRequest {
+            id: client.id.clone(),
+        })
+        .await
+        .expect("delete client");
+    expect_event(&mut ev, "ext_client", Deleted, &client.id).await;
+
+    let entry = s
+        .dns()
+        .await
+        .create_dns_entry(pb::CreateDnsEntryRequest {
+            entry: Some(pb::DnsEntry {
+                network: "corp".into(),
+                name: "db".into(),
+                address: "10.142.9.9".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create DNS entry")
+        .into_inner();
+    let entry_created = tokio::time::timeout(AT_ONCE, ev.message())
+        .await
+        .expect("the DNS entry's event at once")
+        .expect("event stream ok")
+        .expect("event stream open");
+    assert_eq!(
+        (entry_created.kind.as_str(), entry_created.action),
+        ("dns_entry", Created as i32),
+        "{entry:?}"
+    );
+    s.dns()
+        .await
+        .delete_dns_entry(pb::DeleteDnsEntryRequest {
+            network: "corp".into(),
+            name: "db".into(),
+        })
+        .await
+        .expect("delete DNS entry");
+    expect_event(&mut ev, "dns_entry", Deleted, &entry_created.id).await;
+
+    s.gateways()
+        .await
+        .delete_ingress_gateway(pb::DeleteIngressGatewayRequest {
+            node_id: gw_id.clone(),
+            force: false,
+        })
+        .await
+        .expect("delete ingress");
+    expect_event(&mut ev, "node", Updated, &gw_id).await;
+    s.nodes()
+        .await
+        .delete_node(pb::DeleteNodeRequest { id: a_id.clone() })
+        .await
+        .expect("delete node");
+    expect_event(&mut ev, "node", Deleted, &a_id).await;
+    s.keys()
+        .await
+        .delete_enrollment_key(pb::DeleteEnrollmentKeyRequest { id: key.id.clone() })
+        .await
+        .expect("delete key");
+    expect_event(&mut ev, "enrollment_key", Deleted, &key.id).await;
+    s.networks()
+        .await
+        .delete_network(pb::DeleteNetworkRequest {
+            name: "corp".into(),
+            force: true,
+        })
+        .await
+        .expect("delete network");
+    expect_event(&mut ev, "network", Deleted, "corp").await;
+}

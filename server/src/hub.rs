@@ -231,6 +231,12 @@ impl Hub {
         st.networks.get(net)?.node_revision(node_id)
     }
 
+    /// A network's current state as a plain view (what its configs are
+    /// computed from); None when there is no such network.
+    pub fn network_view(&self, network: &str) -> Option<NetworkView> {
+        self.read().networks.get(network).map(NetworkState::view)
+    }
+
     /// A node's whole config.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let st = self.read();

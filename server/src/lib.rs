@@ -1,7 +1,8 @@
 //! meshplane's server: a control plane for WireGuard overlay networks.
 //!
 //! Layers: [`domain`] (pure types, validation, config computation),
-//! [`store`] (persistence behind one trait), [`api`] (gRPC services), and the
+//! [`store`] (persistence behind one trait), [`service`] (one function per
+//! use case; every write wakes the hub), [`api`] (gRPC services), and the
 //! wiring here.
 
 use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
@@ -14,6 +15,7 @@ pub mod api;
 pub mod dns;
 pub mod domain;
 pub mod hub;
+pub mod service;
 pub mod store;
 
 use api::{AppState, auth::AuthLayer};
@@ -68,10 +70,21 @@ pub enum ServeError {
 }
 
 /// Optional parts of a running server.
-#[derive(Default)]
 pub struct ServeOptions {
     /// Serve DNS on this pre-bound UDP socket.
     pub dns: Option<(std::net::UdpSocket, dns::DnsOptions)>,
+    /// How often the hub polls the event log for writes it was not woken
+    /// for (other processes' writes); this process's own writes wake it.
+    pub follow_poll: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            dns: None,
+            follow_poll: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Runs the gRPC server on a pre-bound listener until `shutdown` resolves;
@@ -94,7 +107,7 @@ pub async fn serve_with(
     let (drain_tx, drain) = watch::channel(false);
     let store = backend.store.clone();
     let hub = hub::Hub::load(store.clone(), backend.limits).await?;
-    let follower = hub.spawn_follower(Duration::from_secs(1), drain.clone());
+    let follower = hub.spawn_follower(options.follow_poll, drain.clone());
     let dns = match options.dns {
         Some((socket, opts)) => {
             socket.set_nonblocking(true).map_err(ServeError::Dns)?;
@@ -109,8 +122,7 @@ pub async fn serve_with(
         None => None,
     };
     let state = AppState {
-        store: backend.store,
-        sealer: backend.sealer,
+        service: service::Service::new(backend.store, backend.sealer, hub.clone()),
         hub,
         drain,
     };

@@ -76,7 +76,24 @@ impl TestServer {
 
     /// Starts a server on `data_dir` with the given stream limits.
     pub async fn start_with(data_dir: &Path, limits: meshplane_server::hub::Limits) -> Self {
-        Self::start_full(data_dir, limits, None).await
+        Self::start_full(data_dir, limits, None, None).await
+    }
+
+    /// Starts a server on a fresh data directory whose hub polls the event
+    /// log only once an hour: a write reaches streams only if it wakes the
+    /// hub itself.
+    pub async fn start_without_polling() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_full(
+            &dir,
+            meshplane_server::hub::Limits::default(),
+            None,
+            Some(Duration::from_secs(3600)),
+        )
+        .await;
+        s._tmp = Some(tmp);
+        s
     }
 
     /// Starts a server on a fresh data directory that also serves DNS on a
@@ -88,6 +105,7 @@ impl TestServer {
             &dir,
             meshplane_server::hub::Limits::default(),
             Some(upstream_port),
+            None,
         )
         .await;
         s._tmp = Some(tmp);
@@ -98,6 +116,7 @@ impl TestServer {
         data_dir: &Path,
         limits: meshplane_server::hub::Limits,
         dns_upstream_port: Option<u16>,
+        follow_poll: Option<Duration>,
     ) -> Self {
         let url = meshplane_server::default_database_url(data_dir);
         let mut backend = meshplane_server::Backend::open(&url, &data_dir.join("secret.key"))
@@ -116,6 +135,9 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let mut options = meshplane_server::ServeOptions::default();
+        if let Some(poll) = follow_poll {
+            options.follow_poll = poll;
+        }
         let mut dns_addr = None;
         if let Some(port) = dns_upstream_port {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind dns");

@@ -15,10 +15,9 @@ use crate::domain::{
     Error,
     host::{HostInterfaceInput, HostReportInput, HostRouteInput, StatusReportInput},
     node::RegistrationInput,
-    token::{self, NewToken, TokenKind},
 };
 use crate::hub::{Hub, StreamGuard};
-use crate::store::NodeRegistration;
+use crate::service::Registered;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -45,53 +44,26 @@ impl AgentService for Agents {
         let span = tracing::Span::current();
         span.record("network", r.network.as_str());
         span.record("name", r.name.as_str());
-        // Credentials first: nobody learns anything without a working key.
-        let key_id = match token::parse(&r.enrollment_key) {
-            Some((TokenKind::Enrollment, id)) => id.to_owned(),
-            _ => {
-                return Err(to_status(Error::Unauthenticated(
-                    if r.enrollment_key.is_empty() {
-                        "enrollment_key is required".into()
-                    } else {
-                        "unknown or revoked enrollment key".into()
-                    },
-                )));
-            }
-        };
-        let store = &self.0.store;
-        let key = store
-            .enrollment_key(&key_id, &r.enrollment_key)
+        let Registered { node, token } = self
+            .0
+            .service
+            .register(
+                &r.enrollment_key,
+                RegistrationInput {
+                    network: r.network,
+                    name: r.name,
+                    public_key: r.public_key,
+                    endpoint: r.endpoint,
+                    listen_port: r.listen_port,
+                    os: r.os,
+                },
+            )
             .await
             .status()?;
-        let now = crate::domain::now();
-        key.check_usable(now).status()?;
-        let registration = RegistrationInput {
-            network: r.network,
-            name: r.name,
-            public_key: r.public_key,
-            endpoint: r.endpoint,
-            listen_port: r.listen_port,
-            os: r.os,
-        }
-        .validate()
-        .status()?;
-        key.admit(&registration.network, now).status()?;
-        let token = NewToken::generate(TokenKind::Node);
-        let node = store
-            .register_node(&NodeRegistration {
-                key_id: &key_id,
-                key_token: &r.enrollment_key,
-                registration: &registration,
-                node_id: uuid::Uuid::new_v4().to_string(),
-                token: &token,
-            })
-            .await
-            .status()?;
-        self.0.changed().await;
         tracing::info!(node = %node.id, address = ?node.address, address6 = ?node.address6, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             node: Some(super::node::to_pb(&node, &self.0.hub)),
-            node_token: token.secret,
+            node_token: token,
         }))
     }
 
@@ -153,12 +125,9 @@ impl AgentService for Agents {
             host: r.host.map(host_input),
             apply_error: r.apply_error,
             failed_revision: r.failed_revision,
-        }
-        .validate(crate::domain::now())
-        .status()?;
-        let done = self.0.store.report_status(&id, &report).await.status()?;
+        };
+        let done = self.0.service.report_status(&id, report).await.status()?;
         if done.config_changed {
-            self.0.changed().await;
             tracing::info!(node = %id, interface = ?done.node.wireguard_interface, endpoint = ?done.node.endpoint, "agent reported a config change");
         }
         if let Some(e) = &done.node.apply_error {
@@ -211,10 +180,10 @@ fn retry_later(e: Error) -> Status {
 
 /// Records (without delaying the stream) that the node was heard from.
 fn touch(state: &AppState, id: &str) {
-    let store = state.store.clone();
+    let service = state.service.clone();
     let id = id.to_owned();
     tokio::spawn(async move {
-        if let Err(e) = store.touch_node(&id).await {
+        if let Err(e) = service.touch_node(&id).await {
             tracing::debug!(node = %id, error = %e, "recording last_seen failed");
         }
     });

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::domain::{
     config::dns_for,
-    dns::{DnsEntry, DnsEntryInput, DnsKind, hosts_file, parse_relative_name},
+    dns::{DnsEntry, DnsEntryInput, DnsKind, hosts_file},
     names::DnsLabel,
     page::PageRequest,
 };
@@ -51,16 +51,17 @@ impl DnsService for Dns {
     ) -> Result<Response<pb::DnsEntry>, Status> {
         let e = req.into_inner().entry.ok_or_else(|| required("entry"))?;
         tracing::Span::current().record("network", e.network.as_str());
-        let entry = DnsEntryInput {
-            network: e.network,
-            name: e.name,
-            address: e.address,
-            address6: e.address6,
-        }
-        .validate(crate::domain::now())
-        .status()?;
-        let entry = self.0.store.create_dns_entry(&entry).await.status()?;
-        self.0.changed().await;
+        let entry = self
+            .0
+            .service
+            .create_dns_entry(DnsEntryInput {
+                network: e.network,
+                name: e.name,
+                address: e.address,
+                address6: e.address6,
+            })
+            .await
+            .status()?;
         tracing::info!(name = %entry.name, network = %entry.network, "DNS entry created");
         Ok(Response::new(to_pb(&entry)))
     }
@@ -72,7 +73,12 @@ impl DnsService for Dns {
         let r = req.into_inner();
         let network = network_name("network", &r.network)?;
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
-        let view = self.0.store.network_view(network.as_str()).await.status()?;
+        let view = self
+            .0
+            .service
+            .network_view(network.as_str())
+            .await
+            .status()?;
         let mut all: Vec<pb::DnsEntry> = Vec::new();
         let entry = |name: &str,
                      a: Option<std::net::Ipv4Addr>,
@@ -119,15 +125,13 @@ impl DnsService for Dns {
     ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         let network = network_name("network", &r.network)?;
-        let name = parse_relative_name("name", &r.name, network.as_str())
-            .map_err(|v| super::error::to_status(crate::domain::Error::InvalidArgument(vec![v])))?;
-        self.0
-            .store
-            .delete_dns_entry(network.as_str(), &name)
+        let entry = self
+            .0
+            .service
+            .delete_dns_entry(&network, &r.name)
             .await
             .status()?;
-        self.0.changed().await;
-        tracing::info!(%name, %network, "DNS entry deleted");
+        tracing::info!(name = %entry.name, %network, "DNS entry deleted");
         Ok(Response::new(()))
     }
 
@@ -136,7 +140,12 @@ impl DnsService for Dns {
         req: Request<pb::GetHostsFileRequest>,
     ) -> Result<Response<pb::GetHostsFileResponse>, Status> {
         let network = network_name("network", &req.into_inner().network)?;
-        let view = self.0.store.network_view(network.as_str()).await.status()?;
+        let view = self
+            .0
+            .service
+            .network_view(network.as_str())
+            .await
+            .status()?;
         let dns = dns_for(&view);
         Ok(Response::new(pb::GetHostsFileResponse {
             content: hosts_file(network.as_str(), dns.records.iter().map(|r| &**r)),

@@ -13,7 +13,6 @@ use crate::domain::{
     Error,
     enrollment::{EnrollmentKey, EnrollmentKeyInput},
     page::PageRequest,
-    token::{NewToken, TokenKind},
 };
 
 /// The EnrollmentKeyService implementation.
@@ -52,25 +51,22 @@ impl EnrollmentKeyService for EnrollmentKeys {
                 ))
             })?),
         };
-        let token = NewToken::generate(TokenKind::Enrollment);
-        let key = EnrollmentKeyInput {
-            networks: k.networks,
-            uses_remaining: k.uses_remaining,
-            unlimited: k.unlimited,
-            expire_time,
-            description: k.description,
-        }
-        .validate(token.id.clone(), crate::domain::now())
-        .status()?;
-        self.0
-            .store
-            .create_enrollment_key(&key, &token.hash)
+        let created = self
+            .0
+            .service
+            .create_enrollment_key(EnrollmentKeyInput {
+                networks: k.networks,
+                uses_remaining: k.uses_remaining,
+                unlimited: k.unlimited,
+                expire_time,
+                description: k.description,
+            })
             .await
             .status()?;
-        self.0.changed().await;
+        let key = &created.key;
         tracing::info!(key = %key.id, networks = ?key.networks, "enrollment key created");
-        let mut out = to_pb(&key);
-        out.token = token.secret;
+        let mut out = to_pb(key);
+        out.token = created.secret;
         Ok(Response::new(out))
     }
 
@@ -83,7 +79,7 @@ impl EnrollmentKeyService for EnrollmentKeys {
         let network = (!r.network.is_empty()).then_some(r.network.as_str());
         let keys = self
             .0
-            .store
+            .service
             .list_enrollment_keys(network, &page)
             .await
             .status()?;
@@ -103,8 +99,7 @@ impl EnrollmentKeyService for EnrollmentKeys {
         if id.is_empty() {
             return Err(required("id"));
         }
-        self.0.store.delete_enrollment_key(&id).await.status()?;
-        self.0.changed().await;
+        self.0.service.delete_enrollment_key(&id).await.status()?;
         tracing::info!(key = %id, "enrollment key revoked");
         Ok(Response::new(()))
     }

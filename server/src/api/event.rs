@@ -63,7 +63,7 @@ impl EventStream {
                 }
                 continue;
             }
-            match self.state.store.events_after(self.cursor, PAGE).await {
+            match self.state.service.events_after(self.cursor, PAGE).await {
                 Ok(events) if !events.is_empty() => {
                     self.cursor = events.last().map(|e| e.revision).unwrap_or(self.cursor);
                     self.buffer.extend(events);
@@ -95,7 +95,7 @@ impl EventService for Events {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let r = req.into_inner();
         let cursor = if r.after_revision == 0 {
-            self.0.store.latest_revision().await.status()?
+            self.0.service.latest_revision().await.status()?
         } else {
             r.after_revision
         };

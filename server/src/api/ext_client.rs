@@ -10,10 +10,8 @@ use super::{
     error::{IntoStatus, required},
 };
 use crate::domain::{
-    crypto::PrivateKey,
-    ext_client::{ExtClient, ExtClientInput, ExtClientPatch},
+    ext_client::{ExtClient, ExtClientInput},
     page::PageRequest,
-    wgquick,
 };
 
 /// The ExtClientService implementation.
@@ -47,45 +45,18 @@ impl ExtClientService for ExtClients {
     ) -> Result<Response<pb::ExtClient>, Status> {
         let r = req.into_inner();
         tracing::Span::current().record("network", r.network.as_str());
-        let new = ExtClientInput {
-            network: r.network,
-            ingress_node_id: r.ingress_node_id,
-            name: r.name,
-            public_key: r.public_key,
-            dns: r.dns,
-        }
-        .validate()
-        .status()?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (public_key, sealed) = match new.public_key {
-            Some(k) => (k, None),
-            None => {
-                let private = PrivateKey::generate();
-                (
-                    private.public_key(),
-                    Some(self.0.sealer.seal(&id, &private)),
-                )
-            }
-        };
-        let now = crate::domain::now();
-        let client = ExtClient {
-            id,
-            network: new.network,
-            name: new.name,
-            ingress_node_id: new.ingress_node_id,
-            public_key,
-            sealed_private_key: sealed,
-            address: None,
-            address6: None,
-            dns: new.dns,
-            enabled: true,
-            config_revision: 0,
-            downloaded_revision: 0,
-            create_time: now,
-            update_time: now,
-        };
-        let client = self.0.store.create_ext_client(&client).await.status()?;
-        self.0.changed().await;
+        let client = self
+            .0
+            .service
+            .create_ext_client(ExtClientInput {
+                network: r.network,
+                ingress_node_id: r.ingress_node_id,
+                name: r.name,
+                public_key: r.public_key,
+                dns: r.dns,
+            })
+            .await
+            .status()?;
         tracing::info!(client = %client.id, name = %client.name, "external client created");
         Ok(Response::new(to_pb(&client)))
     }
@@ -98,7 +69,7 @@ impl ExtClientService for ExtClients {
         if id.is_empty() {
             return Err(required("id"));
         }
-        let c = self.0.store.get_ext_client(&id).await.status()?;
+        let c = self.0.service.get_ext_client(&id).await.status()?;
         Ok(Response::new(to_pb(&c)))
     }
 
@@ -110,7 +81,7 @@ impl ExtClientService for ExtClients {
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
         let clients = self
             .0
-            .store
+            .service
             .list_ext_clients(
                 (!r.network.is_empty()).then_some(r.network.as_str()),
                 (!r.ingress_node_id.is_empty()).then_some(r.ingress_node_id.as_str()),
@@ -137,11 +108,10 @@ impl ExtClientService for ExtClients {
             return Err(required("ext_client.id"));
         }
         let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let patch = ExtClientPatch::from_request(&c.name, &c.dns, c.enabled, &mask).status()?;
         let c = self
             .0
-            .store
-            .update_ext_client(&c.id, &patch)
+            .service
+            .update_ext_client(&c.id, &c.name, &c.dns, c.enabled, &mask)
             .await
             .status()?;
         tracing::info!(client = %c.id, enabled = c.enabled, "external client updated");
@@ -157,8 +127,7 @@ impl ExtClientService for ExtClients {
         if id.is_empty() {
             return Err(required("id"));
         }
-        self.0.store.delete_ext_client(&id).await.status()?;
-        self.0.changed().await;
+        self.0.service.delete_ext_client(&id).await.status()?;
         tracing::info!(client = %id, "external client deleted");
         Ok(Response::new(()))
     }
@@ -171,31 +140,10 @@ impl ExtClientService for ExtClients {
         if id.is_empty() {
             return Err(required("id"));
         }
-        let store = &self.0.store;
-        let client = store.get_ext_client(&id).await.status()?;
-        let view = store.network_view(client.network.as_str()).await.status()?;
-        // Render from the same snapshot as the revision it is stamped with.
-        let client = view
-            .ext_clients
-            .iter()
-            .find(|c| c.id == id)
-            .cloned()
-            .unwrap_or(client);
-        let private = client
-            .sealed_private_key
-            .as_ref()
-            .map(|s| self.0.sealer.open(&client.id, s))
-            .transpose()
-            .status()?;
-        let config =
-            wgquick::render(&view.network, &view.nodes, &client, private.as_ref()).status()?;
-        store
-            .mark_downloaded(&id, client.config_revision)
-            .await
-            .status()?;
+        let (config, revision) = self.0.service.ext_client_config(&id).await.status()?;
         Ok(Response::new(pb::GetExtClientConfigResponse {
             config,
-            revision: client.config_revision,
+            revision,
         }))
     }
 }

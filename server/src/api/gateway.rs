@@ -8,14 +8,10 @@ use meshplane_proto::v1::{self as pb, gateway_service_server::GatewayService};
 
 use super::{
     AppState,
-    error::{IntoStatus, required, to_status},
+    error::{IntoStatus, required},
     node::to_pb,
 };
-use crate::domain::{
-    Error,
-    gateway::{EgressInput, ingress},
-    route::explain,
-};
+use crate::domain::{gateway::EgressInput, route::explain};
 
 /// The GatewayService implementation.
 pub struct Gateways(pub AppState);
@@ -32,18 +28,17 @@ impl GatewayService for Gateways {
             return Err(required("node_id"));
         }
         tracing::Span::current().record("node", r.node_id.as_str());
-        let store = &self.0.store;
-        let node = store.get_node(&r.node_id).await.status()?;
-        let net = store.get_network(node.network.as_str()).await.status()?;
-        let egress = EgressInput {
+        let input = EgressInput {
             ranges: r.ranges,
             interface: r.interface,
             nat: r.nat_enabled,
-        }
-        .validate(&net, &node)
-        .status()?;
-        let node = store.set_egress(&r.node_id, Some(&egress)).await.status()?;
-        self.0.changed().await;
+        };
+        let (node, egress) = self
+            .0
+            .service
+            .create_egress(&r.node_id, input)
+            .await
+            .status()?;
         tracing::info!(node = %node.id, ranges = ?egress.ranges, interface = %egress.interface, nat = egress.nat, "egress gateway set");
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -57,8 +52,7 @@ impl GatewayService for Gateways {
         if id.is_empty() {
             return Err(required("node_id"));
         }
-        self.0.store.set_egress(&id, None).await.status()?;
-        self.0.changed().await;
+        self.0.service.delete_egress(&id).await.status()?;
         tracing::info!(node = %id, "egress gateway removed");
         Ok(Response::new(()))
     }
@@ -72,21 +66,12 @@ impl GatewayService for Gateways {
         if r.node_id.is_empty() {
             return Err(required("node_id"));
         }
-        let ingress = ingress(&r.ext_client_dns).status()?;
-        let store = &self.0.store;
-        let node = store.get_node(&r.node_id).await.status()?;
-        if node.endpoint.is_none() {
-            return Err(to_status(Error::FailedPrecondition(format!(
-                "node {:?} has no endpoint, so external clients could not reach it; set one \
-                 with UpdateNode first",
-                node.name.as_str()
-            ))));
-        }
-        let node = store
-            .set_ingress(&r.node_id, Some(&ingress), false)
+        let node = self
+            .0
+            .service
+            .create_ingress(&r.node_id, &r.ext_client_dns)
             .await
             .status()?;
-        self.0.changed().await;
         tracing::info!(node = %node.id, "ingress gateway set");
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -101,11 +86,10 @@ impl GatewayService for Gateways {
             return Err(required("node_id"));
         }
         self.0
-            .store
-            .set_ingress(&r.node_id, None, r.force)
+            .service
+            .delete_ingress(&r.node_id, r.force)
             .await
             .status()?;
-        self.0.changed().await;
         tracing::info!(node = %r.node_id, force = r.force, "ingress gateway removed");
         Ok(Response::new(()))
     }
@@ -133,7 +117,7 @@ impl GatewayService for Gateways {
             }
         };
         v.finish().status()?;
-        let view = self.0.store.network_view(&r.network).await.status()?;
+        let view = self.0.service.network_view(&r.network).await.status()?;
         let ex = explain(&view, &r.from_node_id, dest.expect("checked")).status()?;
         Ok(Response::new(pb::ExplainRouteResponse {
             routable: ex.routable,

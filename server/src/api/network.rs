@@ -1,4 +1,4 @@
-//! NetworkService: decode, validate in the domain, store, encode.
+//! NetworkService: decode, call the service, encode.
 
 use tonic::{Request, Response, Status};
 
@@ -10,7 +10,7 @@ use super::{
     error::{IntoStatus, required},
 };
 use crate::domain::{
-    network::{Network, NetworkInput, NetworkPatch},
+    network::{Network, NetworkInput},
     page::PageRequest,
 };
 
@@ -58,9 +58,7 @@ impl NetworkService for Networks {
             .network
             .ok_or_else(|| required("network"))?;
         tracing::Span::current().record("network", n.name.as_str());
-        let net = input(n).validate(crate::domain::now()).status()?;
-        let net = self.0.store.create_network(&net).await.status()?;
-        self.0.changed().await;
+        let net = self.0.service.create_network(input(n)).await.status()?;
         tracing::info!(network = %net.name, "network created");
         Ok(Response::new(to_pb(&net)))
     }
@@ -73,7 +71,7 @@ impl NetworkService for Networks {
         if name.is_empty() {
             return Err(required("name"));
         }
-        let net = self.0.store.get_network(&name).await.status()?;
+        let net = self.0.service.get_network(&name).await.status()?;
         Ok(Response::new(to_pb(&net)))
     }
 
@@ -83,7 +81,7 @@ impl NetworkService for Networks {
     ) -> Result<Response<pb::ListNetworksResponse>, Status> {
         let r = req.into_inner();
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
-        let nets = self.0.store.list_networks(&page).await.status()?;
+        let nets = self.0.service.list_networks(&page).await.status()?;
         let (nets, next_page_token) = page.finish(nets, |n| n.name.to_string());
         Ok(Response::new(pb::ListNetworksResponse {
             networks: nets.iter().map(to_pb).collect(),
@@ -104,9 +102,12 @@ impl NetworkService for Networks {
         tracing::Span::current().record("network", n.name.as_str());
         let mask = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let name = n.name.clone();
-        let patch = NetworkPatch::from_request(&input(n), &mask).status()?;
-        let net = self.0.store.update_network(&name, &patch).await.status()?;
-        self.0.changed().await;
+        let net = self
+            .0
+            .service
+            .update_network(&name, &input(n), &mask)
+            .await
+            .status()?;
         tracing::info!(network = %net.name, "network updated");
         Ok(Response::new(to_pb(&net)))
     }
@@ -122,7 +123,7 @@ impl NetworkService for Networks {
         }
         tracing::Span::current().record("network", r.name.as_str());
         self.0
-            .store
+            .service
             .delete_network(&r.name, r.force)
             .await
             .status()?;

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::domain::{
     host::HostReport,
-    node::{Node, NodePatch, NodeUpdateInput},
+    node::{Node, NodeUpdateInput},
     page::PageRequest,
 };
 
@@ -99,7 +99,7 @@ impl NodeService for Nodes {
         if id.is_empty() {
             return Err(required("id"));
         }
-        let node = self.0.store.get_node(&id).await.status()?;
+        let node = self.0.service.get_node(&id).await.status()?;
         self.0.hub.catch_up().await.status()?;
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -111,7 +111,7 @@ impl NodeService for Nodes {
         let r = req.into_inner();
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
         let network = (!r.network.is_empty()).then_some(r.network.as_str());
-        let nodes = self.0.store.list_nodes(network, &page).await.status()?;
+        let nodes = self.0.service.list_nodes(network, &page).await.status()?;
         self.0.hub.catch_up().await.status()?;
         let (nodes, next_page_token) = page.finish(nodes, |n| format!("{}/{}", n.network, n.name));
         Ok(Response::new(pb::ListNodesResponse {
@@ -139,9 +139,12 @@ impl NodeService for Nodes {
             keepalive: n.persistent_keepalive,
             public_key: n.public_key,
         };
-        let patch = NodePatch::from_request(&input, &mask).status()?;
-        let node = self.0.store.update_node(&n.id, &patch).await.status()?;
-        self.0.changed().await;
+        let node = self
+            .0
+            .service
+            .update_node(&n.id, &input, &mask)
+            .await
+            .status()?;
         tracing::info!(node = %node.id, "node updated");
         Ok(Response::new(to_pb(&node, &self.0.hub)))
     }
@@ -156,8 +159,7 @@ impl NodeService for Nodes {
             return Err(required("id"));
         }
         tracing::Span::current().record("node", id.as_str());
-        let node = self.0.store.delete_node(&id).await.status()?;
-        self.0.changed().await;
+        let node = self.0.service.delete_node(&id).await.status()?;
         tracing::info!(node = %node.id, network = %node.network, "node deleted");
         Ok(Response::new(()))
     }

@@ -702,8 +702,9 @@ impl NetworkState {
         self.dns.values().map(|r| &**r)
     }
 
-    /// The current state as a plain view (for checking against the
-    /// non-incremental computation).
+    /// The current state as a plain view: what reads computed from a whole
+    /// network use (ExplainRoute, the DNS listings), and what tests check
+    /// against the non-incremental computation.
     pub fn view(&self) -> NetworkView {
         NetworkView {
             network: self.network.clone(),

@@ -639,8 +639,29 @@ async fn dataplane_agents_apply_what_the_api_says() {
         ns.must(&["wg", "show", ifname]);
     }
     // The overlay works between nodes (client -> gw over WireGuard).
-    let (ok, out) = t.client.run(&["ping", "-c", "1", "-w", "10", &gw.address]);
-    assert!(ok, "client cannot ping gw's overlay address: {out}");
+    let (ok, out) = t.client.run(&["ping", "-c", "1", "-w", "20", &gw.address]);
+    if !ok {
+        // What each side's device and routing looked like, for the report.
+        let mut state = String::new();
+        for (ns, ifname) in [(&t.client, &t.wg_client), (&t.gw, &t.wg_gw)] {
+            for cmd in [
+                vec!["wg", "show", ifname.as_str()],
+                vec!["ip", "addr", "show", ifname.as_str()],
+                vec!["ip", "route"],
+                vec!["ip", "rule"],
+            ] {
+                let (_, o) = ns.run(&cmd);
+                state.push_str(&format!("--- {} $ {}\n{o}\n", ns.name, cmd.join(" ")));
+            }
+        }
+        let ps = netns::run(&[
+            "sh",
+            "-c",
+            "ps -eo pid,args | grep -E 'wireguard-go|meshctl' | grep -v grep",
+        ])
+        .1;
+        panic!("client cannot ping gw's overlay address: {out}\n{state}\nprocesses:\n{ps}");
+    }
     // Nothing routes to the LAN or the internet yet.
     for target in [echo_at(LAN4), echo_at(INTERNET)] {
         let r = netns::ask(&t.client, "udp", &target, Duration::from_millis(300));

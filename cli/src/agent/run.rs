@@ -27,6 +27,8 @@ use crate::{Failure, Outcome};
 /// How often the agent looks at the host between configs: repairs what
 /// was changed under it and reports a changed routing table.
 const RECHECK: Duration = Duration::from_secs(30);
+/// How soon the agent looks again after (re)configuring the whole device.
+const VERIFY: Duration = Duration::from_secs(2);
 
 fn local(e: String) -> Failure {
     Failure::Local(e)
@@ -344,10 +346,12 @@ impl Agent {
     }
 
     /// Plans and applies `cfg`; on success the config is kept for resuming.
+    /// `Ok(true)` when the device was (re)configured as a whole: the loop
+    /// then looks at the host again soon, not only at the next recheck.
     async fn apply(
         &mut self,
         cfg: &pb::NodeConfig,
-    ) -> (Result<usize, String>, Option<pb::HostReport>) {
+    ) -> (Result<bool, String>, Option<pb::HostReport>) {
         let (p, report) = match self.plan(cfg).await {
             Ok(x) => x,
             Err(e) => return (Err(e), None),
@@ -370,7 +374,11 @@ impl Agent {
                 "applied"
             );
         }
-        (Ok(p.steps.len()), Some(report))
+        let whole = p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::ConfigureDevice { .. }));
+        (Ok(whole), Some(report))
     }
 
     /// Removes what the agent applied; returns the errors of steps that
@@ -570,7 +578,12 @@ pub async fn run(a: RunArgs, server: &str) -> Outcome {
             last_report = report.clone();
         }
         match result {
-            Ok(_) => {
+            Ok(whole) => {
+                if whole {
+                    // A device just made or rewritten (a userspace one that
+                    // started under load may take a moment): check it soon.
+                    tick.reset_after(VERIFY);
+                }
                 good = cfg.revision;
                 failures = 0;
                 retry_at = None;

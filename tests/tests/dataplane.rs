@@ -465,6 +465,42 @@ fn explained(
     assert_eq!(ex.nat, nat, "{ex:#?}");
 }
 
+/// What the two-agent tests start with: the real server in srv, this
+/// thread in hub, the test's network, and agents in gw and client that have
+/// applied their configs.
+struct GwAndClient {
+    server: ServerProc,
+    in_hub: netns::InNetns,
+    api: Api,
+    gw_agent: Proc,
+    client_agent: Proc,
+    gw: pb::Node,
+    client: pb::Node,
+}
+
+async fn gw_and_client(t: &Topology) -> GwAndClient {
+    let server = ServerProc::start(t);
+    let in_hub = enter(&t.hub);
+    let api = Api {
+        url: server.url(),
+        token: server.admin_token(),
+    };
+    let key = api.setup().await;
+    let gw_agent = start_agent(t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
+    let client_agent = start_agent(t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
+    let nodes = api.ready_all(&["gw", "client"]).await;
+    let [gw, client] = <[pb::Node; 2]>::try_from(nodes).expect("two nodes");
+    GwAndClient {
+        server,
+        in_hub,
+        api,
+        gw_agent,
+        client_agent,
+        gw,
+        client,
+    }
+}
+
 /// `meshctl agent run` for `name` in `ns`, with its state in the test's
 /// directory and wireguard-go for the device.
 fn start_agent(t: &Topology, ns: &Ns, name: &str, ifname: &str, ip: &str, key: &str) -> Proc {
@@ -1030,16 +1066,15 @@ async fn dataplane_flow_running_before_the_egress_gets_through_it() {
     }
     let t = Topology::build();
     require_agent(&t);
-    let server = ServerProc::start(&t);
-    let in_hub = enter(&t.hub);
-    let api = Api {
-        url: server.url(),
-        token: server.admin_token(),
-    };
-    let key = api.setup().await;
-    let gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
-    let client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
-    let gw = api.ready_all(&["gw", "client"]).await.remove(0);
+    let GwAndClient {
+        server,
+        in_hub,
+        api,
+        gw_agent,
+        client_agent,
+        gw,
+        ..
+    } = gw_and_client(&t).await;
 
     let echo = t.binary("echo");
     let mut flow = t.client.spawn(
@@ -1121,17 +1156,15 @@ async fn dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable
         "client has a route more specific than its default one to the server:\n{table}"
     );
 
-    let server = ServerProc::start(&t);
-    let in_hub = enter(&t.hub);
-    let api = Api {
-        url: server.url(),
-        token: server.admin_token(),
-    };
-    let key = api.setup().await;
-    let gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
-    let client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
-    let nodes = api.ready_all(&["gw", "client"]).await;
-    let [gw, client] = <[pb::Node; 2]>::try_from(nodes).expect("two nodes");
+    let GwAndClient {
+        server,
+        in_hub,
+        api,
+        gw_agent,
+        client_agent,
+        gw,
+        client,
+    } = gw_and_client(&t).await;
     assert!(client.connected, "{client:#?}");
     // No full tunnel, no bypass; the internet is not reachable.
     assert_eq!(

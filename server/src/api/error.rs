@@ -38,6 +38,11 @@ pub fn to_status(e: Error) -> Status {
             m,
             ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
         ),
+        Error::Aborted(m) => Status::with_error_details(
+            Code::Aborted,
+            m,
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100))),
+        ),
         Error::Internal(m) => {
             // The detail may contain driver text: log it, never send it.
             tracing::error!(error = %m, "internal error");

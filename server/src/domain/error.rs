@@ -61,6 +61,12 @@ pub enum Error {
     /// The store is temporarily unable to answer (e.g. locked or unreachable).
     #[error("{0}")]
     Unavailable(String),
+    /// A concurrent write conflicted with this one (a unique constraint, a
+    /// serialization failure or a deadlock the database detected). The
+    /// service layer retries the whole transaction; callers see it only when
+    /// retries ran out.
+    #[error("{0}")]
+    Aborted(String),
     /// A bug or an environment failure. The text is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),

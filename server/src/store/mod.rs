@@ -11,15 +11,16 @@ use crate::domain::{
     config::NetworkView,
     dns::DnsEntry,
     enrollment::EnrollmentKey,
-    event::Event,
-    ext_client::{ExtClient, ExtClientPatch},
-    host::StatusReport,
-    network::{Network, NetworkPatch},
-    node::{Egress, Ingress, Node, NodePatch, Registration},
+    event::{Action, Event, Resource},
+    ext_client::ExtClient,
+    ipam::Family,
+    network::Network,
+    node::{Node, WgKey},
     page::PageRequest,
     token::NewToken,
 };
 
+pub mod rows;
 pub mod sqlite;
 
 /// An admin token's record (never the secret).
@@ -33,191 +34,305 @@ pub struct AdminToken {
     pub create_time: DateTime<Utc>,
 }
 
-/// Everything meshplane keeps: one trait made of one part per resource, each
-/// implemented by every backend. Every method is atomic: it commits all of its
-/// writes or none.
-pub trait Store:
-    NetworkStore + TokenStore + NodeStore + ExtClientStore + DnsStore + EventStore
-{
+/// An enrollment key with the hash of its secret (the service verifies a
+/// presented token against it).
+#[derive(Clone)]
+pub struct StoredKey {
+    /// The key.
+    pub key: EnrollmentKey,
+    /// SHA-256 of its token.
+    pub hash: Vec<u8>,
 }
 
-impl<T: NetworkStore + TokenStore + NodeStore + ExtClientStore + DnsStore + EventStore> Store
-    for T
-{
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
-/// Networks.
+/// What holds a name (or a public key) in a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A node, by id.
+    Node(String),
+    /// An external client, by id.
+    ExtClient(String),
+    /// A custom DNS entry, by its name relative to the zone.
+    DnsEntry(String),
+}
+
+impl Owner {
+    /// Stored kind of an address owner ("node", "ext_client", "dns_entry").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::Node(_) => "node",
+            Owner::ExtClient(_) => "ext_client",
+            Owner::DnsEntry(_) => "dns_entry",
+        }
+    }
+
+    /// The owner's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Owner::Node(id) | Owner::ExtClient(id) | Owner::DnsEntry(id) => id,
+        }
+    }
+}
+
+/// Which external clients' stored config revision a write moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients<'a> {
+    /// One client, by id.
+    One(&'a str),
+    /// The clients of one ingress gateway, by node id.
+    OfIngress(&'a str),
+    /// Every client of a network.
+    OfNetwork(&'a str),
+}
+
+/// The revisions the event log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogBounds {
+    /// The oldest revision still kept (`latest + 1` when the log is empty).
+    pub oldest: u64,
+    /// The newest revision ever appended (0 when nothing happened yet);
+    /// never goes back, even when pruning emptied the log.
+    pub latest: u64,
+}
+
+/// Revisions of changes, as other replicas announce them (PostgreSQL's
+/// LISTEN/NOTIFY); an item is a hint to read the log, never the change.
+pub type Notifications = futures::stream::BoxStream<'static, Result<u64>>;
+
+/// Everything meshplane keeps, behind one trait implemented by every backend
+/// with SQL only: the rules (what is unique, what may be removed, whose
+/// configs change) are the service layer's and the domain's.
+///
+/// Reads here run outside any transaction, each one statement (or one
+/// consistent snapshot for [`Store::load_all`]). Writes go through a
+/// transaction from [`Store::begin`].
 #[async_trait]
-pub trait NetworkStore: Send + Sync + 'static {
-    /// Inserts a validated network; ALREADY_EXISTS on a taken name,
-    /// FAILED_PRECONDITION when a range overlaps another network's.
-    async fn create_network(&self, net: &Network) -> Result<Network>;
+pub trait Store: Send + Sync + 'static {
+    /// "sqlite" or "postgres".
+    fn backend(&self) -> &'static str;
+
+    /// Begins a write transaction. Writes of one transaction commit all
+    /// together or not at all (dropping it uncommitted rolls back).
+    /// SQLite takes its single write lock here (BEGIN IMMEDIATE); PostgreSQL
+    /// runs READ COMMITTED and serialises with row locks
+    /// ([`Tx::lock_network`], [`Tx::enrollment_key`]) and the log append.
+    async fn begin(&self) -> Result<Box<dyn Tx>>;
+
+    // Reads.
+
     /// One network by name.
-    async fn get_network(&self, name: &str) -> Result<Network>;
+    async fn get_network(&self, name: &str) -> Result<Option<Network>>;
     /// Networks ordered by name, after `page.after`, at most
     /// `page.fetch_limit()`.
     async fn list_networks(&self, page: &PageRequest) -> Result<Vec<Network>>;
-    /// Applies a validated patch.
-    async fn update_network(&self, name: &str, patch: &NetworkPatch) -> Result<Network>;
-    /// Deletes a network; FAILED_PRECONDITION while it has nodes unless
-    /// `force`, which deletes them (and everything else in it) too.
-    async fn delete_network(&self, name: &str, force: bool) -> Result<()>;
-}
-
-/// Admin tokens.
-#[async_trait]
-pub trait TokenStore: Send + Sync + 'static {
-    /// Stores a new admin token's hash.
-    async fn create_admin_token(&self, name: &str, token: &NewToken) -> Result<AdminToken>;
-    /// All admin tokens, oldest first.
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>>;
-    /// Deletes an admin token; NOT_FOUND when there is none with that id.
-    async fn revoke_admin_token(&self, id: &str) -> Result<()>;
-    /// The stored hash of an admin token, when it exists.
-    async fn admin_token_hash(&self, id: &str) -> Result<Option<Vec<u8>>>;
-}
-
-/// Enrollment keys and nodes.
-#[async_trait]
-pub trait NodeStore: Send + Sync + 'static {
-    /// Stores a validated key with its token's hash; NOT_FOUND naming a
-    /// network that does not exist.
-    async fn create_enrollment_key(&self, key: &EnrollmentKey, hash: &[u8; 32]) -> Result<()>;
-    /// Keys ordered by id, optionally only those valid for `network`.
-    async fn list_enrollment_keys(
-        &self,
-        network: Option<&str>,
-        page: &PageRequest,
-    ) -> Result<Vec<EnrollmentKey>>;
-    /// Revokes a key.
-    async fn delete_enrollment_key(&self, id: &str) -> Result<()>;
-    /// The key a presented enrollment token (with record id `id`) opens;
-    /// UNAUTHENTICATED when there is none or the secret is wrong.
-    async fn enrollment_key(&self, id: &str, presented: &str) -> Result<EnrollmentKey>;
-
-    /// Registers a node in one transaction: re-checks the key, checks name and
-    /// key uniqueness, allocates the lowest free addresses, stores the node
-    /// and its token hash, and takes one use of the key. On any error nothing
-    /// is written.
-    async fn register_node(&self, reg: &NodeRegistration<'_>) -> Result<Node>;
-    /// One node.
-    async fn get_node(&self, id: &str) -> Result<Node>;
-    /// Nodes ordered by (network, name), optionally of one network.
+    /// One node (with its host report).
+    async fn get_node(&self, id: &str) -> Result<Option<Node>>;
+    /// Nodes ordered by (network, name) after the `network/name` key in
+    /// `page.after`, optionally of one network.
     async fn list_nodes(&self, network: Option<&str>, page: &PageRequest) -> Result<Vec<Node>>;
-    /// All nodes of a network, ordered by name.
-    async fn network_nodes(&self, network: &str) -> Result<Vec<Node>>;
-    /// Applies a validated patch; ALREADY_EXISTS when the new name or key is
-    /// taken in the network.
-    async fn update_node(&self, id: &str, patch: &NodePatch) -> Result<Node>;
-    /// Deletes a node, frees its addresses, revokes its token.
-    async fn delete_node(&self, id: &str) -> Result<Node>;
-    /// The node a presented node token (with record id `id`) belongs to.
-    async fn node_for_token(&self, id: &str, presented: &str) -> Result<Option<String>>;
-    /// Makes a node an egress gateway (replacing its egress) or, with None,
-    /// stops it being one; ALREADY_EXISTS when another gateway of the network
-    /// serves one of the same ranges.
-    async fn set_egress(&self, node_id: &str, egress: Option<&Egress>) -> Result<Node>;
-    /// Makes a node an ingress gateway or, with None, stops it being one:
-    /// FAILED_PRECONDITION while external clients use it, unless `force`,
-    /// which deletes them.
-    async fn set_ingress(
-        &self,
-        node_id: &str,
-        ingress: Option<&Ingress>,
-        force: bool,
-    ) -> Result<Node>;
-    /// Everything configs in a network are computed from, read consistently.
-    async fn network_view(&self, network: &str) -> Result<NetworkView>;
-    /// Records what an agent reported (and that it was heard from now). When
-    /// the report changes a config (the node's interface name, its endpoint;
-    /// see [`StatusReport::apply`]) the write appends an event like any other;
-    /// otherwise it appends none and no revision moves.
-    async fn report_status(&self, node_id: &str, report: &StatusReport) -> Result<Reported>;
-}
-
-/// External clients.
-#[async_trait]
-pub trait ExtClientStore: Send + Sync + 'static {
-    /// Stores a new client (id, keys, name, DNS set; addresses are allocated
-    /// here from the pool nodes use): NOT_FOUND for an unknown ingress node,
-    /// FAILED_PRECONDITION when it is not an ingress gateway, INVALID_ARGUMENT
-    /// when it is in another network, ALREADY_EXISTS for a taken name or key.
-    async fn create_ext_client(&self, client: &ExtClient) -> Result<ExtClient>;
-    /// One client.
-    async fn get_ext_client(&self, id: &str) -> Result<ExtClient>;
-    /// Clients ordered by (network, name).
+    /// One external client.
+    async fn get_ext_client(&self, id: &str) -> Result<Option<ExtClient>>;
+    /// Clients ordered by (network, name) after the `network/name` key in
+    /// `page.after`, optionally of one network and/or one ingress node.
     async fn list_ext_clients(
         &self,
         network: Option<&str>,
         ingress_node_id: Option<&str>,
         page: &PageRequest,
     ) -> Result<Vec<ExtClient>>;
-    /// Applies a validated patch.
-    async fn update_ext_client(&self, id: &str, patch: &ExtClientPatch) -> Result<ExtClient>;
-    /// Deletes a client and frees its addresses.
-    async fn delete_ext_client(&self, id: &str) -> Result<ExtClient>;
-    /// Records that the config at `revision` was downloaded.
-    async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()>;
-}
-
-/// Custom DNS entries.
-#[async_trait]
-pub trait DnsStore: Send + Sync + 'static {
-    /// Stores a custom entry: NOT_FOUND for an unknown network,
-    /// ALREADY_EXISTS when the name is a node's, a client's or another
-    /// entry's.
-    async fn create_dns_entry(&self, entry: &DnsEntry) -> Result<DnsEntry>;
-    /// Deletes a custom entry: FAILED_PRECONDITION for a node's or client's
-    /// automatic name, NOT_FOUND when there is no such name.
-    async fn delete_dns_entry(&self, network: &str, name: &str) -> Result<DnsEntry>;
-}
-
-/// The event log.
-#[async_trait]
-pub trait EventStore: Send + Sync + 'static {
-    /// Events with revision greater than `after`, oldest first, at most
-    /// `limit`.
-    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
-    /// The newest revision (0 when nothing happened yet).
-    async fn latest_revision(&self) -> Result<u64>;
-    /// Every network's view and the newest event revision, read in one
-    /// consistent snapshot (the hub starts from it and follows the log).
+    /// One enrollment key with its hash.
+    async fn get_enrollment_key(&self, id: &str) -> Result<Option<StoredKey>>;
+    /// Keys ordered by id after `page.after`, optionally only those valid
+    /// for `network`.
+    async fn list_enrollment_keys(
+        &self,
+        network: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<EnrollmentKey>>;
+    /// All admin tokens, oldest first.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>>;
+    /// The stored hash of an admin token.
+    async fn admin_token_hash(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    /// The node a node token's record id belongs to, with the token's hash.
+    async fn node_token(&self, token_id: &str) -> Result<Option<(String, Vec<u8>)>>;
+    /// Every network's view (nodes without host reports) and the newest
+    /// revision, read in one consistent snapshot (the hub starts from it and
+    /// follows the log).
     async fn load_all(&self) -> Result<(u64, Vec<NetworkView>)>;
-    /// Records that a node's agent was heard from now.
-    async fn touch_node(&self, node_id: &str) -> Result<()>;
+
+    // The event log.
+
+    /// Events with revision greater than `after`, oldest first, at most
+    /// `limit`. Revisions are dense (each append takes the next one and an
+    /// append that rolls back gives its number back) and commit in order, so
+    /// a reader that has seen revision N never later finds one below N.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+    /// The oldest revision kept and the newest appended.
+    async fn log_bounds(&self) -> Result<LogBounds>;
+    /// Deletes events older than `before`, never the newest one; returns
+    /// how many went.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Other replicas' appends as they commit; None when the backend has no
+    /// such channel (SQLite: one process; the follower polls).
+    async fn notifications(&self) -> Result<Option<Notifications>>;
+
+    // Small writes outside the rules (no event).
+
+    /// Records that a node's agent was heard from at `now`.
+    async fn touch_node(&self, node_id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Records that a client's config at `revision` was downloaded (never
+    /// moves the recorded revision back).
+    async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()>;
+    /// Shared presence: in one transaction, records that `replica` holds a
+    /// config stream of each node in `streaming` as of `now` (and of no
+    /// other node), forgets every replica's entries older than
+    /// `expire_before`, and returns the ids of nodes streaming from any
+    /// replica.
+    async fn presence(
+        &self,
+        replica: &str,
+        streaming: &[String],
+        now: DateTime<Utc>,
+        expire_before: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
 }
 
-/// What [`NodeStore::report_status`] did.
-#[derive(Debug, Clone)]
-pub struct Reported {
-    /// The node after the report.
-    pub node: Node,
-    /// The report changed a config: the hub has an event to follow.
-    pub config_changed: bool,
+/// One write transaction: loads and writes, nothing else. Every method that
+/// inserts or updates maps a unique-constraint violation, a serialization
+/// failure or a detected deadlock to [`Error::Aborted`], which makes the
+/// service retry the whole transaction.
+#[async_trait]
+pub trait Tx: Send {
+    /// Commits every write of the transaction.
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    // Networks.
+
+    /// A network, locked until commit (PostgreSQL: `FOR UPDATE`): every
+    /// write that changes who or what is in a network takes this first, so
+    /// names, keys, addresses and egress ranges are checked and written by
+    /// one transaction at a time per network, across replicas.
+    async fn lock_network(&mut self, name: &str) -> Result<Option<Network>>;
+    /// Every network (for the overlap check), locked against concurrent
+    /// network creation (PostgreSQL: a transaction-level advisory lock).
+    async fn networks_for_create(&mut self) -> Result<Vec<Network>>;
+    /// Inserts a network with config revision 0.
+    async fn insert_network(&mut self, net: &Network) -> Result<()>;
+    /// Writes a network's mutable fields (keepalive, mtu, listen_port,
+    /// ext_client_dns, nameservers, update_time).
+    async fn update_network(&mut self, net: &Network) -> Result<()>;
+    /// Deletes a network and everything in it (nodes, clients, addresses,
+    /// DNS entries, key memberships, presence).
+    async fn delete_network(&mut self, name: &str) -> Result<()>;
+
+    // Admin tokens.
+
+    /// Stores an admin token's record and hash.
+    async fn insert_admin_token(&mut self, token: &AdminToken, hash: &[u8]) -> Result<()>;
+    /// Deletes an admin token; false when there was none.
+    async fn delete_admin_token(&mut self, id: &str) -> Result<bool>;
+
+    // Enrollment keys.
+
+    /// A key with its hash, locked until commit.
+    async fn enrollment_key(&mut self, id: &str) -> Result<Option<StoredKey>>;
+    /// Stores a key, its hash and its networks.
+    async fn insert_enrollment_key(&mut self, key: &EnrollmentKey, hash: &[u8]) -> Result<()>;
+    /// Deletes a key.
+    async fn delete_enrollment_key(&mut self, id: &str) -> Result<()>;
+    /// Takes one use of a key when it has one left (or is unlimited), in
+    /// one conditional update; false when none was left.
+    async fn take_key_use(&mut self, id: &str) -> Result<bool>;
+
+    // Nodes.
+
+    /// One node (with its host report).
+    async fn node(&mut self, id: &str) -> Result<Option<Node>>;
+    /// A network's nodes ordered by name (with host reports).
+    async fn network_nodes(&mut self, network: &str) -> Result<Vec<Node>>;
+    /// What holds `name` in a network's zone: a node, a client or a custom
+    /// DNS entry.
+    async fn name_owner(&mut self, network: &str, name: &str) -> Result<Option<Owner>>;
+    /// The node or client of a network with this public key.
+    async fn key_owner(&mut self, network: &str, key: &WgKey) -> Result<Option<Owner>>;
+    /// Inserts a node with its token's record id and hash.
+    async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()>;
+    /// Writes every mutable field of a node: name, public_key, endpoint,
+    /// listen_port, keepalive, egress, ingress, last_seen, applied_revision,
+    /// wireguard_interface, host (None keeps the stored report),
+    /// apply_error, failed_revision, update_time.
+    async fn update_node(&mut self, node: &Node) -> Result<()>;
+    /// Deletes a node row (its addresses are freed separately).
+    async fn delete_node(&mut self, id: &str) -> Result<()>;
+
+    // Overlay addresses.
+
+    /// The lowest host offset (from 1) no owner holds in a network's range
+    /// of `family`.
+    async fn lowest_free_offset(&mut self, network: &str, family: Family) -> Result<u128>;
+    /// Records that `owner` holds host offset `offset`; the primary key
+    /// (network, family, offset) refuses a second owner.
+    async fn insert_allocation(
+        &mut self,
+        network: &str,
+        family: Family,
+        offset: u128,
+        owner: &Owner,
+    ) -> Result<()>;
+    /// Frees every address an owner holds.
+    async fn free_addresses(&mut self, owner_id: &str) -> Result<()>;
+
+    // External clients.
+
+    /// One client.
+    async fn ext_client(&mut self, id: &str) -> Result<Option<ExtClient>>;
+    /// The clients of an ingress gateway, ordered by name.
+    async fn ext_clients_of(&mut self, ingress_node_id: &str) -> Result<Vec<ExtClient>>;
+    /// Inserts a client (every field as given).
+    async fn insert_ext_client(&mut self, client: &ExtClient) -> Result<()>;
+    /// Writes a client's mutable fields: name, dns, enabled,
+    /// config_revision, update_time.
+    async fn update_ext_client(&mut self, client: &ExtClient) -> Result<()>;
+    /// Deletes a client row (its addresses are freed separately).
+    async fn delete_ext_client(&mut self, id: &str) -> Result<()>;
+    /// Sets the stored config revision of some clients.
+    async fn set_client_revisions(&mut self, which: Clients<'_>, revision: u64) -> Result<()>;
+
+    // Custom DNS entries.
+
+    /// One custom entry.
+    async fn dns_entry(&mut self, network: &str, name: &str) -> Result<Option<DnsEntry>>;
+    /// Inserts a custom entry.
+    async fn insert_dns_entry(&mut self, entry: &DnsEntry) -> Result<()>;
+    /// Deletes a custom entry.
+    async fn delete_dns_entry(&mut self, network: &str, name: &str) -> Result<()>;
+
+    // The event log.
+
+    /// Appends an event and returns its revision; with `config` (and a
+    /// network) the network's config revision becomes it. Appends are
+    /// serialised until commit (SQLite: its one writer; PostgreSQL: a row
+    /// lock on the log head), so revisions commit in order, and PostgreSQL
+    /// announces the revision on commit (NOTIFY). Call it after the other
+    /// writes of the transaction, so the serialised part stays short.
+    async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64>;
 }
 
-/// What [`NodeStore::register_node`] needs.
-#[derive(Debug)]
-pub struct NodeRegistration<'a> {
-    /// Record id of the enrollment key.
-    pub key_id: &'a str,
-    /// The enrollment token as presented.
-    pub key_token: &'a str,
-    /// The validated request.
-    pub registration: &'a Registration,
-    /// Id for the new node.
-    pub node_id: String,
-    /// The node's new token (only its hash is stored).
-    pub token: &'a NewToken,
-}
-
-/// Opens the store a database URL names and runs its migrations.
+/// Opens the store a database URL names and runs its migrations:
+/// `sqlite:PATH` (the embedded default) or `postgres://…`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
         Err(Error::Internal(format!(
-            "unsupported database URL scheme in {:?}: only sqlite: is supported so far",
+            "unsupported database URL scheme in {:?}: use sqlite:PATH or postgres://…",
             url.split(':').next().unwrap_or_default()
         )))
     }
@@ -234,12 +349,19 @@ pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
 }
 
 /// Maps a database failure to a domain error, keeping SQL and driver text out
-/// of what callers see (it is logged).
+/// of what callers see (it is logged). Conflicts a retry resolves (unique
+/// violations, serialization failures, deadlocks) become [`Error::Aborted`].
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    if is_conflict(&e) {
+        tracing::debug!(error = %e, "write conflict; the transaction is retried");
+        return Error::Aborted(
+            "a concurrent change conflicted with this one; retry".into(),
+        );
+    }
     match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             tracing::warn!(error = %e, "database unavailable");
-            Error::Unavailable("the database is busy; retry".into())
+            Error::Unavailable("the database is busy or unreachable; retry".into())
         }
         _ => {
             tracing::error!(error = %e, "database error");
@@ -261,8 +383,17 @@ pub(crate) fn split_ips(s: &str) -> Vec<std::net::IpAddr> {
     s.split(',').filter_map(|p| p.parse().ok()).collect()
 }
 
-/// Whether a database error is a uniqueness violation (same code on SQLite
-/// and PostgreSQL through sqlx's classification).
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+/// Whether a database error is a conflict a retry resolves: a uniqueness
+/// violation (same classification on SQLite and PostgreSQL), a
+/// serialization failure (40001), a detected deadlock (40P01), or SQLite's
+/// busy/locked codes.
+pub(crate) fn is_conflict(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    d.is_unique_violation()
+        || matches!(
+            d.code().as_deref(),
+            Some("40001" | "40P01" | "5" | "6" | "517" | "262")
+        )
 }

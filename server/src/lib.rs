@@ -242,7 +242,7 @@ pub async fn bootstrap_admin_token(
     let token = NewToken::generate(TokenKind::Admin);
     write_secret_file(&data_dir.join("admin.token"), &token.secret)
         .map_err(|e| domain::Error::Internal(format!("writing admin.token: {e}")))?;
-    store.create_admin_token("initial", &token).await?;
+    service::create_admin_token(store, "initial", &token).await?;
     Ok(Some(token.secret))
 }
 

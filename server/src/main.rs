@@ -211,8 +211,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Token { command } => match command {
             TokenCommand::Create { name } => {
                 let token = NewToken::generate(TokenKind::Admin);
-                store
-                    .create_admin_token(&name, &token)
+                meshplane_server::service::create_admin_token(&*store, &name, &token)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("{}", token.secret);
@@ -232,8 +231,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             }
             TokenCommand::Revoke { id } => {
-                store
-                    .revoke_admin_token(&id)
+                meshplane_server::service::revoke_admin_token(&*store, &id)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("revoked {id}");

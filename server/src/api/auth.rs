@@ -147,11 +147,14 @@ async fn authenticate(
             Principal::Admin(id.to_owned())
         }
         TokenKind::Node => {
-            let node = store
-                .node_for_token(id, presented)
+            let (node, hash) = store
+                .node_token(id)
                 .await
                 .map_err(super::error::to_status)?
                 .ok_or_else(invalid)?;
+            if !token::verify(presented, &hash) {
+                return Err(invalid());
+            }
             Principal::Node(node)
         }
         TokenKind::Enrollment => {

@@ -16,6 +16,7 @@ pub mod network;
 pub mod node;
 pub mod page;
 pub mod route;
+pub mod rules;
 pub mod sync;
 pub mod token;
 pub mod wgquick;

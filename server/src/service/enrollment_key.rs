@@ -1,9 +1,10 @@
 //! Enrollment keys.
 
-use super::Service;
+use super::{Service, txn};
 use crate::domain::{
-    Result,
+    Error, Result,
     enrollment::{EnrollmentKey, EnrollmentKeyInput},
+    event::{Action, Resource},
     token::{NewToken, TokenKind},
 };
 
@@ -16,12 +17,24 @@ pub struct CreatedKey {
 }
 
 impl Service {
-    /// CreateEnrollmentKey.
+    /// CreateEnrollmentKey: for networks that exist.
     pub async fn create_enrollment_key(&self, input: EnrollmentKeyInput) -> Result<CreatedKey> {
         let token = NewToken::generate(TokenKind::Enrollment);
         let key = input.validate(token.id.clone(), crate::domain::now())?;
-        self.write(self.store.create_enrollment_key(&key, &token.hash))
-            .await?;
+        self.write(async {
+            txn!(self.store, |tx| {
+                for n in &key.networks {
+                    if tx.lock_network(n.as_str()).await?.is_none() {
+                        return Err(Error::not_found("network", n));
+                    }
+                }
+                tx.insert_enrollment_key(&key, &token.hash).await?;
+                tx.append(Action::Created, &Resource::EnrollmentKey(key.clone()), false)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
         Ok(CreatedKey {
             key,
             secret: token.secret,
@@ -30,6 +43,19 @@ impl Service {
 
     /// DeleteEnrollmentKey.
     pub async fn delete_enrollment_key(&self, id: &str) -> Result<()> {
-        self.write(self.store.delete_enrollment_key(id)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let key = tx
+                    .enrollment_key(id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("enrollment key", id))?
+                    .key;
+                tx.delete_enrollment_key(id).await?;
+                tx.append(Action::Deleted, &Resource::EnrollmentKey(key), false)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 }

@@ -1,12 +1,26 @@
 //! External clients.
 
-use super::Service;
+use super::{Service, node::allocate, txn};
 use crate::domain::{
-    Result,
+    Error, Result,
     crypto::PrivateKey,
+    event::{Action, Resource},
     ext_client::{ExtClient, ExtClientInput, ExtClientPatch},
+    rules::{self, Owner},
     wgquick,
 };
+use crate::store::Clients;
+
+/// Appends a client's event; returns its revision.
+async fn client_event(
+    tx: &mut dyn crate::store::Tx,
+    action: Action,
+    c: &ExtClient,
+    config: bool,
+) -> Result<u64> {
+    tx.append(action, &Resource::ExtClient(Box::new(c.clone())), config)
+        .await
+}
 
 impl Service {
     /// CreateExtClient: with the caller's public key, or a key pair generated
@@ -38,7 +52,33 @@ impl Service {
             create_time: now,
             update_time: now,
         };
-        self.write(self.store.create_ext_client(&client)).await
+        let network = client.network.as_str();
+        self.write(async {
+            txn!(self.store, |tx| {
+                let net = tx
+                    .lock_network(network)
+                    .await?
+                    .ok_or_else(|| Error::not_found("network", network))?;
+                let ingress = tx
+                    .node(&client.ingress_node_id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("node", &client.ingress_node_id))?;
+                rules::ingress_usable(&client, &ingress)?;
+                let owner = tx.name_owner(network, client.name.as_str()).await?;
+                rules::name_free("name", network, &client.name, owner, None)?;
+                let owner = tx.key_owner(network, &client.public_key).await?;
+                rules::key_free("public_key", network, &client.public_key, owner, None)?;
+                let mut c = client.clone();
+                (c.address, c.address6) =
+                    allocate(&mut *tx, &net, &Owner::ExtClient(c.id.clone())).await?;
+                tx.insert_ext_client(&c).await?;
+                c.config_revision = client_event(&mut *tx, Action::Created, &c, true).await?;
+                tx.set_client_revisions(Clients::One(&c.id), c.config_revision)
+                    .await?;
+                Ok(c)
+            })
+        })
+        .await
     }
 
     /// UpdateExtClient: the fields `mask` names.
@@ -51,26 +91,57 @@ impl Service {
         mask: &[String],
     ) -> Result<ExtClient> {
         let patch = ExtClientPatch::from_request(name, dns, enabled, mask)?;
-        self.write(self.store.update_ext_client(id, &patch)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let not_found = || Error::not_found("external client", id);
+                let network = tx.ext_client(id).await?.ok_or_else(not_found)?.network;
+                let network = network.as_str();
+                tx.lock_network(network).await?.ok_or_else(not_found)?;
+                let mut c = tx.ext_client(id).await?.ok_or_else(not_found)?;
+                if let Some(name) = &patch.name {
+                    let owner = tx.name_owner(network, name.as_str()).await?;
+                    rules::name_free("ext_client.name", network, name, owner, Some(id))?;
+                }
+                let network_sees = patch.changes_network(&c);
+                patch.apply(&mut c, crate::domain::now());
+                tx.update_ext_client(&c).await?;
+                c.config_revision =
+                    client_event(&mut *tx, Action::Updated, &c, network_sees).await?;
+                tx.set_client_revisions(Clients::One(id), c.config_revision)
+                    .await?;
+                Ok(c)
+            })
+        })
+        .await
     }
 
     /// DeleteExtClient: frees its addresses.
     pub async fn delete_ext_client(&self, id: &str) -> Result<ExtClient> {
-        self.write(self.store.delete_ext_client(id)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let not_found = || Error::not_found("external client", id);
+                let network = tx.ext_client(id).await?.ok_or_else(not_found)?.network;
+                tx.lock_network(network.as_str())
+                    .await?
+                    .ok_or_else(not_found)?;
+                let c = tx.ext_client(id).await?.ok_or_else(not_found)?;
+                tx.free_addresses(id).await?;
+                tx.delete_ext_client(id).await?;
+                client_event(&mut *tx, Action::Deleted, &c, true).await?;
+                Ok(c)
+            })
+        })
+        .await
     }
 
     /// GetExtClientConfig: the client's wg-quick file and the revision it is
     /// stamped with; records the download (no event: nothing to wake).
     pub async fn ext_client_config(&self, id: &str) -> Result<(String, u64)> {
-        let client = self.store.get_ext_client(id).await?;
-        let view = self.store.network_view(client.network.as_str()).await?;
-        // Render from the same snapshot as the revision it is stamped with.
-        let client = view
-            .ext_clients
-            .iter()
-            .find(|c| c.id == id)
-            .cloned()
-            .unwrap_or(client);
+        // The client as stored (its config revision is the store's), then
+        // the hub's state of its network, caught up after that read, so the
+        // nodes it renders are at least as new as the revision stamped.
+        let client = self.get_ext_client(id).await?;
+        let view = self.network_view(client.network.as_str()).await?;
         let private = client
             .sealed_private_key
             .as_ref()

@@ -4,7 +4,7 @@
 //! and waking is written once, in [`Service::write`], which every write goes
 //! through. `api/` holds no store, so a handler cannot write around it.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use crate::domain::{
     Error, Result, config::NetworkView, crypto::Sealer, enrollment::EnrollmentKey, event::Event,
@@ -13,6 +13,7 @@ use crate::domain::{
 use crate::hub::Hub;
 use crate::store::Store;
 
+mod admin_token;
 mod dns;
 mod enrollment_key;
 mod ext_client;
@@ -20,8 +21,55 @@ mod gateway;
 mod network;
 mod node;
 
+pub use admin_token::{create_admin_token, revoke_admin_token};
 pub use enrollment_key::CreatedKey;
-pub use node::Registered;
+pub use node::{Registered, Reported};
+
+/// How often a write transaction is tried when the database reports a
+/// conflict a retry resolves (see [`Error::Aborted`]).
+const ATTEMPTS: u32 = 10;
+
+/// Runs `$body` (which uses the transaction `$tx`, a `Box<dyn Tx>`, and may
+/// return early with `?`) in a write transaction of `$store` and
+/// commits it; on [`Error::Aborted`] from the body or the commit, rolls
+/// back and runs the whole body again, up to [`ATTEMPTS`] times with a
+/// short random backoff. Evaluates to the body's `Result`.
+macro_rules! txn {
+    ($store:expr, |$tx:ident| $body:block) => {{
+        let mut attempt = 1u32;
+        loop {
+            let out: $crate::domain::Result<_> = async {
+                let mut $tx = $store.begin().await?;
+                let v = $crate::service::typed(async { $body }).await?;
+                $tx.commit().await?;
+                Ok(v)
+            }
+            .await;
+            match out {
+                Err($crate::domain::Error::Aborted(m)) if attempt < $crate::service::ATTEMPTS => {
+                    tracing::debug!(attempt, reason = %m, "write conflicted; retrying");
+                    $crate::service::backoff(attempt).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use txn;
+
+/// Pins a transaction body's error type to the domain's (so `?` inside it
+/// infers).
+pub(crate) async fn typed<T>(body: impl Future<Output = Result<T>>) -> Result<T> {
+    body.await
+}
+
+/// Sleeps a little before retry `attempt` (random, growing).
+pub(crate) async fn backoff(attempt: u32) {
+    let max_ms = 2u64.saturating_mul(u64::from(attempt)).min(50);
+    let ms = 1 + rand::random::<u64>() % max_ms.max(1);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
 
 /// The use cases, over one store, one sealer and one hub.
 #[derive(Clone)]
@@ -35,6 +83,11 @@ impl Service {
     /// A service writing to `store` and waking `hub` after every write.
     pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>, hub: Arc<Hub>) -> Self {
         Self { store, sealer, hub }
+    }
+
+    /// The store (for the auth layer's token lookups and for tests).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Runs a write; when it committed, wakes the hub. Every write use case
@@ -72,7 +125,10 @@ impl Service {
 
     /// One network by name.
     pub async fn get_network(&self, name: &str) -> Result<Network> {
-        self.store.get_network(name).await
+        self.store
+            .get_network(name)
+            .await?
+            .ok_or_else(|| Error::not_found("network", name))
     }
 
     /// A page of networks.
@@ -82,7 +138,10 @@ impl Service {
 
     /// One node.
     pub async fn get_node(&self, id: &str) -> Result<Node> {
-        self.store.get_node(id).await
+        self.store
+            .get_node(id)
+            .await?
+            .ok_or_else(|| Error::not_found("node", id))
     }
 
     /// A page of nodes, optionally of one network.
@@ -92,7 +151,10 @@ impl Service {
 
     /// One external client.
     pub async fn get_ext_client(&self, id: &str) -> Result<ExtClient> {
-        self.store.get_ext_client(id).await
+        self.store
+            .get_ext_client(id)
+            .await?
+            .ok_or_else(|| Error::not_found("external client", id))
     }
 
     /// A page of external clients.
@@ -131,14 +193,19 @@ impl Service {
         self.store.events_after(after, limit).await
     }
 
+    /// The oldest revision the event log keeps and the newest.
+    pub async fn log_bounds(&self) -> Result<crate::store::LogBounds> {
+        self.store.log_bounds().await
+    }
+
     /// The newest event revision.
     pub async fn latest_revision(&self) -> Result<u64> {
-        self.store.latest_revision().await
+        Ok(self.store.log_bounds().await?.latest)
     }
 
     /// Records that a node's agent was heard from now (no event: nothing to
     /// wake).
     pub async fn touch_node(&self, node_id: &str) -> Result<()> {
-        self.store.touch_node(node_id).await
+        self.store.touch_node(node_id, crate::domain::now()).await
     }
 }

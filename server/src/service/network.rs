@@ -1,16 +1,35 @@
 //! Networks.
 
-use super::Service;
+use super::{Service, txn};
 use crate::domain::{
-    Result,
-    network::{Network, NetworkInput, NetworkPatch},
+    Error, Result,
+    event::{Action, Resource},
+    network::{Network, NetworkInput, NetworkPatch, check_no_overlap},
+    rules,
 };
+use crate::store::Clients;
 
 impl Service {
-    /// CreateNetwork.
+    /// CreateNetwork: a new name whose ranges overlap no other network's.
     pub async fn create_network(&self, input: NetworkInput) -> Result<Network> {
         let net = input.validate(crate::domain::now())?;
-        self.write(self.store.create_network(&net)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let existing = tx.networks_for_create().await?;
+                if existing.iter().any(|n| n.name == net.name) {
+                    return Err(Error::already_exists(
+                        "network.name",
+                        format!("network {:?} already exists", net.name.as_str()),
+                    ));
+                }
+                check_no_overlap(&net, &existing)?;
+                tx.insert_network(&net).await?;
+                tx.append(Action::Created, &Resource::Network(net.clone()), true)
+                    .await?;
+                Ok(net.clone())
+            })
+        })
+        .await
     }
 
     /// UpdateNetwork: the fields `mask` names (or every field set).
@@ -21,11 +40,44 @@ impl Service {
         mask: &[String],
     ) -> Result<Network> {
         let patch = NetworkPatch::from_request(input, mask)?;
-        self.write(self.store.update_network(name, &patch)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let mut net = tx
+                    .lock_network(name)
+                    .await?
+                    .ok_or_else(|| Error::not_found("network", name))?;
+                patch.apply(&mut net, crate::domain::now())?;
+                tx.update_network(&net).await?;
+                let rev = tx
+                    .append(Action::Updated, &Resource::Network(net.clone()), true)
+                    .await?;
+                // MTU, keepalive and DNS defaults are in every client's file.
+                tx.set_client_revisions(Clients::OfNetwork(name), rev)
+                    .await?;
+                Ok(net)
+            })
+        })
+        .await
     }
 
     /// DeleteNetwork; with `force`, everything in it too.
     pub async fn delete_network(&self, name: &str, force: bool) -> Result<()> {
-        self.write(self.store.delete_network(name, force)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let net = tx
+                    .lock_network(name)
+                    .await?
+                    .ok_or_else(|| Error::not_found("network", name))?;
+                let nodes = tx.network_nodes(name).await?;
+                rules::network_deletable(name, nodes.len(), force)?;
+                // Nodes, clients, addresses, DNS entries and key memberships
+                // go with it.
+                tx.delete_network(name).await?;
+                tx.append(Action::Deleted, &Resource::Network(net), false)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 }

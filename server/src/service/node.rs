@@ -1,13 +1,22 @@
 //! Nodes: registration, updates, deletion, status reports.
 
-use super::Service;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::{Service, txn};
 use crate::domain::{
     Error, Result,
+    enrollment::EnrollmentKey,
+    event::{Action, Resource},
     host::StatusReportInput,
+    ipam::Family,
+    network::Network,
     node::{Node, NodePatch, NodeUpdateInput, RegistrationInput},
+    rules::{self, Owner},
     token::{self, NewToken, TokenKind},
 };
-use crate::store::{NodeRegistration, Reported};
+use crate::store::{Clients, StoredKey, Tx};
 
 /// A registered node and its token, shown once.
 pub struct Registered {
@@ -15,6 +24,72 @@ pub struct Registered {
     pub node: Node,
     /// The node's token (only its hash is stored).
     pub token: String,
+}
+
+/// What [`Service::report_status`] did.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    /// The node after the report.
+    pub node: Node,
+    /// The report changed a config: an event was appended.
+    pub config_changed: bool,
+}
+
+/// The key a presented enrollment token opens; UNAUTHENTICATED when there
+/// is none or the secret is wrong.
+fn opened(stored: Option<StoredKey>, presented: &str) -> Result<EnrollmentKey> {
+    match stored {
+        Some(s) if token::verify(presented, &s.hash) => Ok(s.key),
+        _ => Err(Error::Unauthenticated(
+            "unknown or revoked enrollment key".into(),
+        )),
+    }
+}
+
+/// Takes the lowest free IPv4 and IPv6 addresses (for the ranges the
+/// network has) for `owner`. Runs under the network's lock, so the lowest
+/// free offset cannot be taken by another writer before the insert; the
+/// allocation's primary key refuses a second owner regardless.
+pub(super) async fn allocate(
+    tx: &mut dyn Tx,
+    net: &Network,
+    owner: &Owner,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let name = net.name.as_str();
+    let (mut v4, mut v6) = (None, None);
+    for range in net.ranges() {
+        let family = match range {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        };
+        let offset = tx.lowest_free_offset(name, family).await?;
+        let address = rules::address_at(name, range, offset)?;
+        tx.insert_allocation(name, family, offset, owner).await?;
+        match address {
+            std::net::IpAddr::V4(a) => v4 = Some(a),
+            std::net::IpAddr::V6(a) => v6 = Some(a),
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// Loads a node and locks its network (which every write in a network
+/// takes first); the node is read again after the lock, so it is current.
+pub(super) async fn lock_node(tx: &mut dyn Tx, id: &str) -> Result<(Network, Node)> {
+    let not_found = || Error::not_found("node", id);
+    let network = tx.node(id).await?.ok_or_else(not_found)?.network;
+    let net = tx
+        .lock_network(network.as_str())
+        .await?
+        .ok_or_else(not_found)?;
+    let node = tx.node(id).await?.ok_or_else(not_found)?;
+    Ok((net, node))
+}
+
+/// Appends a node's event; returns its revision.
+pub(super) async fn node_event(tx: &mut dyn Tx, action: Action, node: &Node) -> Result<u64> {
+    tx.append(action, &Resource::Node(Box::new(node.clone())), true)
+        .await
 }
 
 impl Service {
@@ -36,20 +111,44 @@ impl Service {
                 }));
             }
         };
-        let key = self.store.enrollment_key(&key_id, enrollment_key).await?;
+        let key = opened(self.store.get_enrollment_key(&key_id).await?, enrollment_key)?;
         let now = crate::domain::now();
         key.check_usable(now)?;
-        let registration = input.validate()?;
-        key.admit(&registration.network, now)?;
+        let reg = input.validate()?;
+        key.admit(&reg.network, now)?;
         let token = NewToken::generate(TokenKind::Node);
+        let node_id = uuid::Uuid::new_v4().to_string();
+        let network = reg.network.as_str();
         let node = self
-            .write(self.store.register_node(&NodeRegistration {
-                key_id: &key_id,
-                key_token: enrollment_key,
-                registration: &registration,
-                node_id: uuid::Uuid::new_v4().to_string(),
-                token: &token,
-            }))
+            .write(async {
+                txn!(self.store, |tx| {
+                    let net = tx
+                        .lock_network(network)
+                        .await?
+                        .ok_or_else(|| Error::not_found("network", network))?;
+                    // Again under the key's lock: it may have been used up,
+                    // revoked or expired since.
+                    let key = opened(tx.enrollment_key(&key_id).await?, enrollment_key)?;
+                    key.check_usable(now)?;
+                    key.admit(&reg.network, now)?;
+                    let owner = tx.name_owner(network, reg.name.as_str()).await?;
+                    rules::name_free("name", network, &reg.name, owner, None)?;
+                    let owner = tx.key_owner(network, &reg.public_key).await?;
+                    rules::key_free("public_key", network, &reg.public_key, owner, None)?;
+                    let (address, address6) =
+                        allocate(&mut *tx, &net, &Owner::Node(node_id.clone())).await?;
+                    let mut node =
+                        rules::new_node(node_id.clone(), &reg, &net, address, address6, now);
+                    tx.insert_node(&node, &token).await?;
+                    if !tx.take_key_use(&key.id).await? {
+                        return Err(Error::Unauthenticated(
+                            "enrollment key has no uses left".into(),
+                        ));
+                    }
+                    node.config_revision = node_event(&mut *tx, Action::Created, &node).await?;
+                    Ok(node)
+                })
+            })
             .await?;
         Ok(Registered {
             node,
@@ -65,21 +164,94 @@ impl Service {
         mask: &[String],
     ) -> Result<Node> {
         let patch = NodePatch::from_request(input, mask)?;
-        self.write(self.store.update_node(id, &patch)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let (net, mut node) = lock_node(&mut *tx, id).await?;
+                let network = net.name.as_str();
+                if let Some(name) = &patch.name {
+                    let owner = tx.name_owner(network, name.as_str()).await?;
+                    rules::name_free("node.name", network, name, owner, Some(id))?;
+                }
+                if let Some(key) = &patch.public_key {
+                    let owner = tx.key_owner(network, key).await?;
+                    rules::key_free("node.public_key", network, key, owner, Some(id))?;
+                }
+                let before = node.clone();
+                patch.apply(&mut node, crate::domain::now());
+                tx.update_node(&node).await?;
+                node.config_revision = node_event(&mut *tx, Action::Updated, &node).await?;
+                if rules::client_files_change(&before, &node) {
+                    tx.set_client_revisions(Clients::OfIngress(id), node.config_revision)
+                        .await?;
+                }
+                Ok(node)
+            })
+        })
+        .await
     }
 
-    /// DeleteNode: frees its addresses and revokes its token.
+    /// DeleteNode: its external clients go with it; frees its addresses and
+    /// revokes its token.
     pub async fn delete_node(&self, id: &str) -> Result<Node> {
-        self.write(self.store.delete_node(id)).await
+        self.write(async {
+            txn!(self.store, |tx| {
+                let (_, node) = lock_node(&mut *tx, id).await?;
+                let clients = tx.ext_clients_of(id).await?;
+                for c in &clients {
+                    tx.free_addresses(&c.id).await?;
+                    tx.delete_ext_client(&c.id).await?;
+                }
+                tx.free_addresses(id).await?;
+                tx.delete_node(id).await?;
+                for c in clients {
+                    tx.append(Action::Deleted, &Resource::ExtClient(Box::new(c)), true)
+                        .await?;
+                }
+                node_event(&mut *tx, Action::Deleted, &node).await?;
+                Ok(node)
+            })
+        })
+        .await
     }
 
-    /// ReportStatus: records what the agent reported; wakes the hub only
-    /// when the report changed a config.
+    /// ReportStatus: records what the agent reported (and that it was heard
+    /// from now); wakes the hub only when the report changed a config (the
+    /// node's interface name, its endpoint; see
+    /// [`crate::domain::host::StatusReport::apply`]), which is then a write
+    /// with an event like UpdateNode's. Otherwise no revision moves.
     pub async fn report_status(&self, node_id: &str, input: StatusReportInput) -> Result<Reported> {
         let report = input.validate(crate::domain::now())?;
-        self.write_if(self.store.report_status(node_id, &report), |r| {
-            r.config_changed
-        })
+        self.write_if(
+            async {
+                txn!(self.store, |tx| {
+                    let (_, mut node) = lock_node(&mut *tx, node_id).await?;
+                    let before = node.clone();
+                    let config_changed = report.apply(&mut node);
+                    let now = crate::domain::now();
+                    node.last_seen = Some(now);
+                    if config_changed {
+                        node.update_time = now;
+                    }
+                    tx.update_node(&node).await?;
+                    if config_changed {
+                        node.config_revision =
+                            node_event(&mut *tx, Action::Updated, &node).await?;
+                        if rules::client_files_change(&before, &node) {
+                            tx.set_client_revisions(
+                                Clients::OfIngress(node_id),
+                                node.config_revision,
+                            )
+                            .await?;
+                        }
+                    }
+                    Ok(Reported {
+                        node,
+                        config_changed,
+                    })
+                })
+            },
+            |r| r.config_changed,
+        )
         .await
     }
 }

@@ -52,34 +52,7 @@ impl std::fmt::Debug for StoredKey {
     }
 }
 
-/// What holds a name (or a public key) in a network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// A node, by id.
-    Node(String),
-    /// An external client, by id.
-    ExtClient(String),
-    /// A custom DNS entry, by its name relative to the zone.
-    DnsEntry(String),
-}
-
-impl Owner {
-    /// Stored kind of an address owner ("node", "ext_client", "dns_entry").
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Owner::Node(_) => "node",
-            Owner::ExtClient(_) => "ext_client",
-            Owner::DnsEntry(_) => "dns_entry",
-        }
-    }
-
-    /// The owner's id.
-    pub fn id(&self) -> &str {
-        match self {
-            Owner::Node(id) | Owner::ExtClient(id) | Owner::DnsEntry(id) => id,
-        }
-    }
-}
+pub use crate::domain::rules::Owner;
 
 /// Which external clients' stored config revision a write moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

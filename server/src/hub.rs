@@ -12,7 +12,7 @@
 //! calls, replicas sharing a database can each run one.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, RwLock,
         atomic::{AtomicUsize, Ordering},
@@ -108,6 +108,8 @@ impl Drop for StreamGuard {
 pub struct Hub {
     store: Arc<dyn Store>,
     state: RwLock<State>,
+    /// Nodes streaming from any replica, as shared presence last said.
+    present: RwLock<HashSet<String>>,
     catching_up: Mutex<()>,
     nudge: Notify,
     latest: watch::Sender<u64>,
@@ -120,26 +122,11 @@ impl Hub {
     /// Loads every network from the store, consistently with the event log.
     pub async fn load(store: Arc<dyn Store>, limits: Limits) -> Result<Arc<Hub>> {
         let (cursor, views) = store.load_all().await?;
-        let mut state = State {
-            cursor,
-            ..Default::default()
-        };
-        for view in views {
-            for n in &view.nodes {
-                state
-                    .node_network
-                    .insert(n.id.clone(), view.network.name.to_string());
-                state
-                    .cells
-                    .insert(n.id.clone(), watch::Sender::new(view.revision));
-            }
-            state
-                .networks
-                .insert(view.network.name.to_string(), NetworkState::from_view(view));
-        }
+        let state = State::from_views(cursor, views, HashMap::new());
         Ok(Arc::new(Hub {
             store,
             state: RwLock::new(state),
+            present: RwLock::new(HashSet::new()),
             catching_up: Mutex::new(()),
             nudge: Notify::new(),
             latest: watch::Sender::new(cursor),
@@ -155,19 +142,33 @@ impl Hub {
     }
 
     /// Follows the event log until `stop` flips: applies new events when
-    /// nudged, and at least every `poll` (for writes by other processes).
+    /// nudged (by this process's writes, or by other replicas' through the
+    /// store's notifications), and at least every `poll` as a fallback. While
+    /// the notification channel is up, the fallback poll is 10 times slower.
     pub fn spawn_follower(
         self: &Arc<Self>,
         poll: Duration,
         mut stop: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
+        let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = tokio::spawn(Self::listen(
+            hub.clone(),
+            listening.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(async move {
+            let _listener = AbortOnDrop(listener);
             loop {
+                let wait = if listening.load(Ordering::Relaxed) {
+                    poll.saturating_mul(10)
+                } else {
+                    poll
+                };
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = hub.nudge.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 if let Err(e) = hub.catch_up().await {
                     tracing::warn!(error = %e, "following the event log failed; retrying");
@@ -177,7 +178,45 @@ impl Hub {
         })
     }
 
-    /// Applies every event newer than what the hub holds.
+    /// Nudges the follower whenever the store announces a revision newer
+    /// than the hub's; reconnects (after a pause) when the channel drops,
+    /// and nudges then too, since announcements may have been lost.
+    async fn listen(
+        hub: Arc<Hub>,
+        listening: Arc<std::sync::atomic::AtomicBool>,
+        stop: watch::Receiver<bool>,
+    ) {
+        use futures::StreamExt;
+        while !*stop.borrow() {
+            match hub.store.notifications().await {
+                Ok(None) => return,
+                Ok(Some(mut stream)) => {
+                    listening.store(true, Ordering::Relaxed);
+                    hub.nudge();
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(rev) if rev != 0 && rev <= hub.read().cursor => {}
+                            Ok(_) => hub.nudge(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "change notifications failed");
+                                break;
+                            }
+                        }
+                    }
+                    listening.store(false, Ordering::Relaxed);
+                    hub.nudge();
+                }
+                Err(e) => tracing::warn!(error = %e, "listening for changes failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Applies every event newer than what the hub holds. Revisions are
+    /// dense and commit in order (see [`Store::events_after`]), so the next
+    /// event is always `cursor + 1`; when it is not, the events the hub
+    /// needed were pruned while it was behind, and it reloads everything
+    /// from the store (streams then get snapshots).
     pub async fn catch_up(&self) -> Result<()> {
         let _one = self.catching_up.lock().await;
         loop {
@@ -185,6 +224,23 @@ impl Hub {
             let events = self.store.events_after(cursor, BATCH).await?;
             if events.is_empty() {
                 return Ok(());
+            }
+            if events[0].revision > cursor + 1 {
+                let oldest = self.store.log_bounds().await?.oldest;
+                if oldest > cursor + 1 {
+                    tracing::warn!(
+                        cursor,
+                        oldest,
+                        "events this replica needed were pruned; reloading the whole state"
+                    );
+                    self.reload().await?;
+                    continue;
+                }
+                tracing::error!(
+                    cursor,
+                    next = events[0].revision,
+                    "gap in the event log; applying what is there"
+                );
             }
             let last = events.last().map(|e| e.revision).unwrap_or(cursor);
             {
@@ -196,6 +252,36 @@ impl Hub {
             }
             self.latest.send_replace(last);
         }
+    }
+
+    /// Replaces the whole state with a fresh load; nodes that still exist
+    /// keep their cells (their streams stay open and get snapshots), gone
+    /// ones lose them (their streams end).
+    async fn reload(&self) -> Result<()> {
+        let (cursor, views) = self.store.load_all().await?;
+        {
+            let mut st = self.write();
+            let cells = std::mem::take(&mut st.cells);
+            *st = State::from_views(cursor, views, cells);
+        }
+        self.latest.send_replace(cursor);
+        Ok(())
+    }
+
+    /// Records which nodes stream from any replica (from shared presence).
+    pub fn set_present(&self, nodes: impl IntoIterator<Item = String>) {
+        let set: HashSet<String> = nodes.into_iter().collect();
+        *self.present.write().unwrap_or_else(|p| p.into_inner()) = set;
+    }
+
+    /// Nodes with a config stream open on this replica.
+    pub fn streaming_here(&self) -> Vec<String> {
+        self.read()
+            .cells
+            .iter()
+            .filter(|(_, c)| c.receiver_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -216,12 +302,18 @@ impl Hub {
         self.read().cells.get(node_id).map(|c| c.subscribe())
     }
 
-    /// Whether a config stream of the node is open.
+    /// Whether a config stream of the node is open, on this replica or (as
+    /// shared presence last said) on another.
     pub fn connected(&self, node_id: &str) -> bool {
         self.read()
             .cells
             .get(node_id)
             .is_some_and(|c| c.receiver_count() > 0)
+            || self
+                .present
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(node_id)
     }
 
     /// The revision of a node's current config.
@@ -338,7 +430,48 @@ impl Hub {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl State {
+    /// The state of a fresh load at `cursor`, reusing `cells` of nodes that
+    /// still exist (moved to their network's revision).
+    fn from_views(
+        cursor: u64,
+        views: Vec<NetworkView>,
+        mut cells: HashMap<String, watch::Sender<u64>>,
+    ) -> State {
+        let mut state = State {
+            cursor,
+            ..Default::default()
+        };
+        for view in views {
+            for n in &view.nodes {
+                state
+                    .node_network
+                    .insert(n.id.clone(), view.network.name.to_string());
+                let cell = match cells.remove(&n.id) {
+                    Some(c) => {
+                        c.send_replace(view.revision);
+                        c
+                    }
+                    None => watch::Sender::new(view.revision),
+                };
+                state.cells.insert(n.id.clone(), cell);
+            }
+            state
+                .networks
+                .insert(view.network.name.to_string(), NetworkState::from_view(view));
+        }
+        state
+    }
+
     fn apply(&mut self, ev: &Event) {
         let Some(net) = ev.resource.network() else {
             return;

@@ -74,8 +74,20 @@ pub struct ServeOptions {
     /// Serve DNS on this pre-bound UDP socket.
     pub dns: Option<(std::net::UdpSocket, dns::DnsOptions)>,
     /// How often the hub polls the event log for writes it was not woken
-    /// for (other processes' writes); this process's own writes wake it.
+    /// for (other processes' writes); this process's own writes wake it, and
+    /// on PostgreSQL other replicas' writes do too (LISTEN/NOTIFY), which
+    /// makes this a fallback polled 10 times less often.
     pub follow_poll: Duration,
+    /// How often this replica records the config streams it holds in the
+    /// shared presence table (and reads everyone's).
+    pub presence_interval: Duration,
+    /// How long a replica's presence entry counts without being renewed
+    /// (a replica that died stops counting after this).
+    pub presence_expiry: Duration,
+    /// Events older than this are pruned (None keeps them all).
+    pub event_retention: Option<Duration>,
+    /// How often pruning runs.
+    pub prune_interval: Duration,
 }
 
 impl Default for ServeOptions {
@@ -83,6 +95,68 @@ impl Default for ServeOptions {
         Self {
             dns: None,
             follow_poll: Duration::from_secs(1),
+            presence_interval: Duration::from_secs(2),
+            presence_expiry: Duration::from_secs(10),
+            event_retention: Some(DEFAULT_EVENT_RETENTION),
+            prune_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Events are kept this long by default (7 days).
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Keeps this replica's entries in the shared presence table current and
+/// hands the hub the set of nodes streaming from any replica; on stop,
+/// removes this replica's entries.
+async fn run_presence(
+    store: Arc<dyn Store>,
+    hub: Arc<hub::Hub>,
+    replica: String,
+    every: Duration,
+    expiry: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let expiry = chrono::Duration::from_std(expiry).unwrap_or(chrono::Duration::seconds(10));
+    loop {
+        let now = domain::now();
+        match store
+            .presence(&replica, &hub.streaming_here(), now, now - expiry)
+            .await
+        {
+            Ok(nodes) => hub.set_present(nodes),
+            Err(e) => tracing::warn!(error = %e, "recording presence failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    let now = domain::now();
+    if let Err(e) = store.presence(&replica, &[], now, now - expiry).await {
+        tracing::debug!(error = %e, "clearing presence on shutdown failed");
+    }
+}
+
+/// Prunes events older than `retention` every `every`.
+async fn run_pruning(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    loop {
+        if let Some(before) = domain::now().checked_sub_signed(retention) {
+            match store.prune_events(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "pruned old events"),
+                Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }
@@ -108,6 +182,24 @@ pub async fn serve_with(
     let store = backend.store.clone();
     let hub = hub::Hub::load(store.clone(), backend.limits).await?;
     let follower = hub.spawn_follower(options.follow_poll, drain.clone());
+    let replica = uuid::Uuid::new_v4().to_string();
+    tracing::info!(%replica, backend = store.backend(), "replica starting");
+    let presence = tokio::spawn(run_presence(
+        store.clone(),
+        hub.clone(),
+        replica,
+        options.presence_interval,
+        options.presence_expiry,
+        drain.clone(),
+    ));
+    let pruning = options.event_retention.map(|r| {
+        tokio::spawn(run_pruning(
+            store.clone(),
+            r,
+            options.prune_interval,
+            drain.clone(),
+        ))
+    });
     let dns = match options.dns {
         Some((socket, opts)) => {
             socket.set_nonblocking(true).map_err(ServeError::Dns)?;
@@ -214,6 +306,10 @@ pub async fn serve_with(
         ),
     }
     follower.abort();
+    if let Some(p) = pruning {
+        p.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), presence).await;
     if let Some(d) = dns {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
     }

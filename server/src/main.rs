@@ -1,6 +1,6 @@
 //! `meshplane`: the server binary.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -102,6 +102,12 @@ enum Command {
         /// Port of the networks' upstream resolvers.
         #[arg(long, env = "MESHPLANE_DNS_UPSTREAM_PORT", default_value_t = 53)]
         dns_upstream_port: u16,
+        /// How long the event log keeps events (e.g. 90s, 30m, 12h, 7d; 0
+        /// keeps them all). WatchEvents from a pruned revision fails with
+        /// OUT_OF_RANGE naming the oldest one kept; agents resuming from one
+        /// get a snapshot.
+        #[arg(long, env = "MESHPLANE_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+        event_retention: Duration,
     },
     /// Manages admin tokens.
     Token {
@@ -125,6 +131,29 @@ enum TokenCommand {
         /// The token's id (see `token list`).
         id: String,
     },
+}
+
+/// Parses a duration: a number with a unit of s, m, h or d (a bare 0 is
+/// zero).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 30m or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 fn main() -> ExitCode {
@@ -172,6 +201,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen,
             dns_listen,
             dns_upstream_port,
+            event_retention,
         } => {
             let fds = meshplane_server::raise_fd_limit();
             tracing::debug!(fds, "open-file limit");
@@ -188,7 +218,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("binding {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            let mut options = ServeOptions::default();
+            let mut options = ServeOptions {
+                event_retention: (!event_retention.is_zero()).then_some(event_retention),
+                ..ServeOptions::default()
+            };
             if let Some(d) = dns_listen {
                 let socket =
                     std::net::UdpSocket::bind(d).map_err(|e| format!("binding DNS on {d}: {e}"))?;

@@ -38,6 +38,7 @@ pub fn to_status(e: Error) -> Status {
             m,
             ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
         ),
+        Error::OutOfRange(m) => Status::out_of_range(m),
         Error::Aborted(m) => Status::with_error_details(
             Code::Aborted,
             m,

@@ -7,13 +7,26 @@ use tonic::{Request, Response, Status};
 use meshplane_proto::v1::{self as pb, event_service_server::EventService};
 
 use super::{AppState, BoxStream, convert::ts, error::IntoStatus};
-use crate::domain::event::{Action, Event, Resource};
+use crate::domain::{
+    Error,
+    event::{Action, Event, Resource},
+};
 
 /// The EventService implementation.
 pub struct Events(pub AppState);
 
 /// Events read per query.
 const PAGE: usize = 500;
+
+/// OUT_OF_RANGE for a reader at `after` when the oldest event kept is
+/// `oldest`.
+fn pruned(after: u64, oldest: u64) -> Error {
+    Error::OutOfRange(format!(
+        "events after revision {after} were pruned: the oldest revision available is {oldest}; \
+         resume from revision {} (after reading current state) or from 0 for new events only",
+        oldest - 1
+    ))
+}
 
 fn to_pb(e: &Event, state: &AppState) -> pb::Event {
     use pb::event::Resource as R;
@@ -64,6 +77,12 @@ impl EventStream {
                 continue;
             }
             match self.state.service.events_after(self.cursor, PAGE).await {
+                // Revisions are dense: a jump means the events in between
+                // were pruned while this reader was behind.
+                Ok(events) if events.first().is_some_and(|e| e.revision > self.cursor + 1) => {
+                    let oldest = events[0].revision;
+                    return Some((Err(super::error::to_status(pruned(self.cursor, oldest))), self));
+                }
                 Ok(events) if !events.is_empty() => {
                     self.cursor = events.last().map(|e| e.revision).unwrap_or(self.cursor);
                     self.buffer.extend(events);
@@ -94,8 +113,16 @@ impl EventService for Events {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let r = req.into_inner();
+        let bounds = self.0.service.log_bounds().await.status()?;
         let cursor = if r.after_revision == 0 {
-            self.0.service.latest_revision().await.status()?
+            bounds.latest
+        } else if r.after_revision > bounds.latest {
+            return Err(super::error::to_status(Error::OutOfRange(format!(
+                "after_revision {} was never issued: the newest revision is {}",
+                r.after_revision, bounds.latest
+            ))));
+        } else if r.after_revision + 1 < bounds.oldest {
+            return Err(super::error::to_status(pruned(r.after_revision, bounds.oldest)));
         } else {
             r.after_revision
         };

@@ -61,6 +61,10 @@ pub enum Error {
     /// The store is temporarily unable to answer (e.g. locked or unreachable).
     #[error("{0}")]
     Unavailable(String),
+    /// A position (a revision) outside what exists: pruned, or never
+    /// issued.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A concurrent write conflicted with this one (a unique constraint, a
     /// serialization failure or a deadlock the database detected). The
     /// service layer retries the whole transaction; callers see it only when

@@ -119,6 +119,41 @@ impl TestServer {
         follow_poll: Option<Duration>,
     ) -> Self {
         let url = meshplane_server::default_database_url(data_dir);
+        Self::start_on(&url, data_dir, limits, dns_upstream_port, |o| {
+            if let Some(poll) = follow_poll {
+                o.follow_poll = poll;
+            }
+        })
+        .await
+    }
+
+    /// A replica on the database at `url` (e.g. a PostgreSQL database that
+    /// other replicas share; they must share the secret key file too, so
+    /// pass the same `data_dir` or copy `secret.key`), with `tweak` applied
+    /// to its options.
+    pub async fn start_replica(
+        url: &str,
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut meshplane_server::ServeOptions),
+    ) -> Self {
+        Self::start_on(
+            url,
+            data_dir,
+            meshplane_server::hub::Limits::default(),
+            None,
+            tweak,
+        )
+        .await
+    }
+
+    async fn start_on(
+        url: &str,
+        data_dir: &Path,
+        limits: meshplane_server::hub::Limits,
+        dns_upstream_port: Option<u16>,
+        tweak: impl FnOnce(&mut meshplane_server::ServeOptions),
+    ) -> Self {
+        let url = url.to_owned();
         let mut backend = meshplane_server::Backend::open(&url, &data_dir.join("secret.key"))
             .await
             .expect("open backend");
@@ -135,9 +170,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let mut options = meshplane_server::ServeOptions::default();
-        if let Some(poll) = follow_poll {
-            options.follow_poll = poll;
-        }
+        tweak(&mut options);
         let mut dns_addr = None;
         if let Some(port) = dns_upstream_port {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind dns");

@@ -52,13 +52,17 @@ async fn revoked_and_new_tokens_take_effect_at_once() {
     let t = meshplane_server::domain::token::NewToken::generate(
         meshplane_server::domain::token::TokenKind::Admin,
     );
-    let rec = s.store.create_admin_token("ci", &t).await.unwrap();
+    let rec = meshplane_server::service::create_admin_token(&*s.store, "ci", &t)
+        .await
+        .unwrap();
     let mut c =
         pb::network_service_client::NetworkServiceClient::new(s.authed(Some(&t.secret)).await);
     c.list_networks(pb::ListNetworksRequest::default())
         .await
         .unwrap();
-    s.store.revoke_admin_token(&rec.id).await.unwrap();
+    meshplane_server::service::revoke_admin_token(&*s.store, &rec.id)
+        .await
+        .unwrap();
     expect_code(
         c.list_networks(pb::ListNetworksRequest::default()).await,
         Code::Unauthenticated,

@@ -296,21 +296,22 @@ async fn bad_enrollment_keys_are_refused_and_say_why() {
     // Expired (stored directly: the API refuses to create one in the past).
     let t = NewToken::generate(TokenKind::Enrollment);
     let now = meshplane_server::domain::now();
-    s.store
-        .create_enrollment_key(
-            &EnrollmentKey {
-                id: t.id.clone(),
-                networks: vec![DnsLabel::parse("n", "corp", 32).unwrap()],
-                uses_remaining: 5,
-                unlimited: false,
-                expire_time: Some(now - chrono_secs(5)),
-                description: String::new(),
-                create_time: now - chrono_secs(60),
-            },
-            &t.hash,
-        )
-        .await
-        .unwrap();
+    let mut tx = s.store.begin().await.unwrap();
+    tx.insert_enrollment_key(
+        &EnrollmentKey {
+            id: t.id.clone(),
+            networks: vec![DnsLabel::parse("n", "corp", 32).unwrap()],
+            uses_remaining: 5,
+            unlimited: false,
+            expire_time: Some(now - chrono_secs(5)),
+            description: String::new(),
+            create_time: now - chrono_secs(60),
+        },
+        &t.hash,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let st = expect_code(
         s.register(&t.secret, "corp", "a").await,
         Code::Unauthenticated,

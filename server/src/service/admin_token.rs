@@ -2,7 +2,6 @@
 //! store, since the `token` subcommands and the first token's bootstrap
 //! run without a hub.
 
-use super::txn;
 use crate::domain::{Error, Result, token::NewToken};
 use crate::store::{AdminToken, Store};
 
@@ -17,18 +16,17 @@ pub async fn create_admin_token(
         name: name.to_owned(),
         create_time: crate::domain::now(),
     };
-    txn!(store, |tx| {
-        tx.insert_admin_token(&record, &token.hash).await?;
-        Ok(record.clone())
-    })
+    let mut tx = store.begin().await?;
+    tx.insert_admin_token(&record, &token.hash).await?;
+    tx.commit().await?;
+    Ok(record)
 }
 
 /// Revokes an admin token; NOT_FOUND when there is none with that id.
 pub async fn revoke_admin_token(store: &dyn Store, id: &str) -> Result<()> {
-    txn!(store, |tx| {
-        if !tx.delete_admin_token(id).await? {
-            return Err(Error::not_found("admin token", id));
-        }
-        Ok(())
-    })
+    let mut tx = store.begin().await?;
+    if !tx.delete_admin_token(id).await? {
+        return Err(Error::not_found("admin token", id));
+    }
+    tx.commit().await
 }

@@ -16,7 +16,7 @@ impl Service {
         let entry = input.validate(crate::domain::now())?;
         let network = entry.network.as_str();
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 if tx.lock_network(network).await?.is_none() {
                     return Err(Error::not_found("network", network));
                 }
@@ -38,7 +38,7 @@ impl Service {
             .map_err(|v| Error::InvalidArgument(vec![v]))?;
         let network = network.as_str();
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 if tx.lock_network(network).await?.is_none() {
                     return Err(Error::not_found("network", network));
                 }

@@ -22,7 +22,7 @@ impl Service {
         let token = NewToken::generate(TokenKind::Enrollment);
         let key = input.validate(token.id.clone(), crate::domain::now())?;
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 for n in &key.networks {
                     if tx.lock_network(n.as_str()).await?.is_none() {
                         return Err(Error::not_found("network", n));
@@ -44,7 +44,7 @@ impl Service {
     /// DeleteEnrollmentKey.
     pub async fn delete_enrollment_key(&self, id: &str) -> Result<()> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let key = tx
                     .enrollment_key(id)
                     .await?

@@ -54,7 +54,7 @@ impl Service {
         };
         let network = client.network.as_str();
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let net = tx
                     .lock_network(network)
                     .await?
@@ -92,7 +92,7 @@ impl Service {
     ) -> Result<ExtClient> {
         let patch = ExtClientPatch::from_request(name, dns, enabled, mask)?;
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let not_found = || Error::not_found("external client", id);
                 let network = tx.ext_client(id).await?.ok_or_else(not_found)?.network;
                 let network = network.as_str();
@@ -118,7 +118,7 @@ impl Service {
     /// DeleteExtClient: frees its addresses.
     pub async fn delete_ext_client(&self, id: &str) -> Result<ExtClient> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let not_found = || Error::not_found("external client", id);
                 let network = tx.ext_client(id).await?.ok_or_else(not_found)?.network;
                 tx.lock_network(network.as_str())

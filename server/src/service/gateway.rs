@@ -16,7 +16,7 @@ impl Service {
     /// serve one of the ranges (checked under the network's lock).
     pub async fn create_egress(&self, node_id: &str, input: EgressInput) -> Result<(Node, Egress)> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let (net, mut node) = lock_node(&mut *tx, node_id).await?;
                 let egress = input.clone().validate(&net, &node)?;
                 let nodes = tx.network_nodes(net.name.as_str()).await?;
@@ -37,7 +37,7 @@ impl Service {
     /// DeleteEgressGateway.
     pub async fn delete_egress(&self, node_id: &str) -> Result<Node> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let (net, mut node) = lock_node(&mut *tx, node_id).await?;
                 rules::is_egress(&node)?;
                 node.egress = None;
@@ -56,7 +56,7 @@ impl Service {
     pub async fn create_ingress(&self, node_id: &str, ext_client_dns: &[String]) -> Result<Node> {
         let ingress = ingress(ext_client_dns)?;
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let (_, mut node) = lock_node(&mut *tx, node_id).await?;
                 if node.endpoint.is_none() {
                     return Err(Error::FailedPrecondition(format!(
@@ -81,7 +81,7 @@ impl Service {
     /// DeleteIngressGateway; with `force`, its external clients too.
     pub async fn delete_ingress(&self, node_id: &str, force: bool) -> Result<Node> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let (_, mut node) = lock_node(&mut *tx, node_id).await?;
                 let clients = tx.ext_clients_of(node_id).await?;
                 rules::ingress_removable(&node, clients.len(), force)?;

@@ -14,6 +14,7 @@ use crate::hub::Hub;
 use crate::store::Store;
 
 mod admin_token;
+pub mod commit;
 mod dns;
 mod enrollment_key;
 mod ext_client;
@@ -29,20 +30,25 @@ pub use node::{Registered, Reported};
 /// conflict a retry resolves (see [`Error::Aborted`]).
 const ATTEMPTS: u32 = 10;
 
-/// Runs `$body` (which uses the transaction `$tx`, a `Box<dyn Tx>`, and may
-/// return early with `?`) in a write transaction of `$store` and
-/// commits it; on [`Error::Aborted`] from the body or the commit, rolls
-/// back and runs the whole body again, up to [`ATTEMPTS`] times with a
-/// short random backoff. Evaluates to the body's `Result`.
+/// Runs `$body` (which uses the transaction `$tx`, a `&mut dyn Tx`, and
+/// may return early with `?`) as one write of `$committer`'s group commit
+/// (see [`commit`]): it is acknowledged once its batch committed. On
+/// [`Error::Aborted`] (a conflict the database reported, or its batch
+/// failed) its writes are undone and the whole body runs again, up to
+/// [`ATTEMPTS`] times with a short random backoff. Evaluates to the body's
+/// `Result`.
 macro_rules! txn {
-    ($store:expr, |$tx:ident| $body:block) => {{
+    ($committer:expr, |$tx:ident| $body:block) => {{
         let mut attempt = 1u32;
         loop {
             let out: $crate::domain::Result<_> = async {
-                let mut $tx = $store.begin().await?;
-                let v = $crate::service::typed(async { $body }).await?;
-                $tx.commit().await?;
-                Ok(v)
+                let mut turn = $committer.turn().await?;
+                let result = $crate::service::typed(async {
+                    let $tx: &mut dyn $crate::store::Tx = turn.tx();
+                    $body
+                })
+                .await;
+                turn.finish(result).await
             }
             .await;
             match out {
@@ -75,6 +81,7 @@ pub(crate) async fn backoff(attempt: u32) {
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
+    committer: Arc<commit::Committer>,
     sealer: Arc<Sealer>,
     hub: Arc<Hub>,
 }
@@ -82,7 +89,12 @@ pub struct Service {
 impl Service {
     /// A service writing to `store` and waking `hub` after every write.
     pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>, hub: Arc<Hub>) -> Self {
-        Self { store, sealer, hub }
+        Self {
+            committer: Arc::new(commit::Committer::new(store.clone())),
+            store,
+            sealer,
+            hub,
+        }
     }
 
     /// The store (for the auth layer's token lookups and for tests).

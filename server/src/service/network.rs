@@ -14,7 +14,7 @@ impl Service {
     pub async fn create_network(&self, input: NetworkInput) -> Result<Network> {
         let net = input.validate(crate::domain::now())?;
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let existing = tx.networks_for_create().await?;
                 if existing.iter().any(|n| n.name == net.name) {
                     return Err(Error::already_exists(
@@ -41,7 +41,7 @@ impl Service {
     ) -> Result<Network> {
         let patch = NetworkPatch::from_request(input, mask)?;
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let mut net = tx
                     .lock_network(name)
                     .await?
@@ -63,7 +63,7 @@ impl Service {
     /// DeleteNetwork; with `force`, everything in it too.
     pub async fn delete_network(&self, name: &str, force: bool) -> Result<()> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let net = tx
                     .lock_network(name)
                     .await?

@@ -121,7 +121,7 @@ impl Service {
         let network = reg.network.as_str();
         let node = self
             .write(async {
-                txn!(self.store, |tx| {
+                txn!(self.committer, |tx| {
                     let net = tx
                         .lock_network(network)
                         .await?
@@ -165,7 +165,7 @@ impl Service {
     ) -> Result<Node> {
         let patch = NodePatch::from_request(input, mask)?;
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let (net, mut node) = lock_node(&mut *tx, id).await?;
                 let network = net.name.as_str();
                 if let Some(name) = &patch.name {
@@ -194,7 +194,7 @@ impl Service {
     /// revokes its token.
     pub async fn delete_node(&self, id: &str) -> Result<Node> {
         self.write(async {
-            txn!(self.store, |tx| {
+            txn!(self.committer, |tx| {
                 let (_, node) = lock_node(&mut *tx, id).await?;
                 let clients = tx.ext_clients_of(id).await?;
                 for c in &clients {
@@ -223,7 +223,7 @@ impl Service {
         let report = input.validate(crate::domain::now())?;
         self.write_if(
             async {
-                txn!(self.store, |tx| {
+                txn!(self.committer, |tx| {
                     let (_, mut node) = lock_node(&mut *tx, node_id).await?;
                     let before = node.clone();
                     let config_changed = report.apply(&mut node);

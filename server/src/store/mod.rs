@@ -185,6 +185,16 @@ pub trait Store: Send + Sync + 'static {
 pub trait Tx: Send {
     /// Commits every write of the transaction.
     async fn commit(self: Box<Self>) -> Result<()>;
+    /// Marks a point the transaction can go back to (`SAVEPOINT`); group
+    /// commit runs each write of a batch between one of these and
+    /// [`Tx::release_savepoint`] or [`Tx::rollback_to_savepoint`].
+    async fn savepoint(&mut self) -> Result<()>;
+    /// Keeps the writes since the last savepoint (`RELEASE SAVEPOINT`).
+    async fn release_savepoint(&mut self) -> Result<()>;
+    /// Undoes the writes since the last savepoint and forgets it
+    /// (`ROLLBACK TO SAVEPOINT` then `RELEASE SAVEPOINT`); the transaction
+    /// stays usable, also after a failed statement on PostgreSQL.
+    async fn rollback_to_savepoint(&mut self) -> Result<()>;
 
     // Networks.
 

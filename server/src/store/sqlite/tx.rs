@@ -208,9 +208,13 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
+    /// An unlimited key's count is left alone (it is 0 and ignored): taking
+    /// one below zero would make the key unreadable.
     async fn take_key_use(&mut self, id: &str) -> Result<bool> {
         let took = sqlx::query(
-            "UPDATE enrollment_keys SET uses_remaining = uses_remaining - 1 \
+            "UPDATE enrollment_keys \
+             SET uses_remaining = CASE WHEN unlimited THEN uses_remaining \
+                 ELSE uses_remaining - 1 END \
              WHERE id = ? AND (unlimited OR uses_remaining > 0)",
         )
         .bind(id)

@@ -26,6 +26,9 @@ mod queries;
 mod store;
 mod tx;
 
+#[cfg(test)]
+mod tests;
+
 pub use tx::SqliteTx;
 
 /// SQLite-backed [`super::Store`].

@@ -209,8 +209,9 @@ impl Store for SqliteStore {
         queries::log_bounds(&mut *self.conn().await?).await
     }
 
-    /// Never the newest event: `sqlite_sequence` keeps the newest revision
-    /// anyway, but an event left in the log keeps the log's own view of it.
+    /// Keeps the newest event, as the trait promises, though
+    /// [`Store::log_bounds`] does not depend on it (`sqlite_sequence`
+    /// remembers the newest revision).
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
         let _turn = self.queue.lock().await;
         let done = sqlx::query(

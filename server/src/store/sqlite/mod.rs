@@ -1,29 +1,47 @@
 //! The embedded SQLite store (WAL, foreign keys on, synchronous=FULL so an
-//! acknowledged write survives a crash).
+//! acknowledged write survives a crash). SQL only: the rules are the
+//! service layer's.
+//!
+//! Write transactions begin with `BEGIN IMMEDIATE`, which takes SQLite's
+//! single write lock up front: the database itself serialises writers (of
+//! this process and any other), and a transaction's reads see exactly what
+//! it writes over. Reads outside transactions run concurrently on the pool
+//! (WAL readers never wait for the writer).
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+use sqlx::{
+    Sqlite, Transaction,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::db_err;
 use crate::domain::{Error, Result};
 
-mod dns;
-mod events;
-mod ext_clients;
-mod networks;
-mod nodes;
-mod tokens;
+mod cols;
+mod queries;
+mod store;
+mod tx;
+
+#[cfg(test)]
+mod tests;
+
+pub use tx::SqliteTx;
 
 /// SQLite-backed [`super::Store`].
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// SQLite has one writer; taking this before every write transaction
-    /// makes writers queue here instead of failing with SQLITE_BUSY.
-    write: Mutex<()>,
+    /// A fair (FIFO) queue in front of `BEGIN IMMEDIATE` and the small
+    /// writes outside transactions. Correctness does not rest on it, the
+    /// database's write lock does: it only makes this process's writers
+    /// wait their turn here, in order, instead of spinning in SQLite's busy
+    /// handler (and failing after `busy_timeout`). A [`SqliteTx`] holds its
+    /// turn until commit or drop, so code holding one must not call a
+    /// small write of the same store.
+    queue: Arc<Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -48,14 +66,23 @@ impl SqliteStore {
             .map_err(|e| Error::Internal(format!("migrating the database: {e}")))?;
         Ok(Self {
             pool,
-            write: Mutex::new(()),
+            queue: Arc::new(Mutex::new(())),
         })
     }
 
-    /// Begins a write transaction behind the writer lock.
-    async fn write_tx(&self) -> Result<(MutexGuard<'_, ()>, sqlx::Transaction<'_, sqlx::Sqlite>)> {
-        let guard = self.write.lock().await;
-        let tx = self.pool.begin().await.map_err(db_err)?;
-        Ok((guard, tx))
+    /// Waits for this writer's turn in the queue, then begins a write
+    /// transaction holding SQLite's write lock (`BEGIN IMMEDIATE`; a
+    /// writer of another process makes it wait up to `busy_timeout`, then
+    /// fail as [`Error::Aborted`]).
+    async fn begin_immediate(
+        &self,
+    ) -> Result<(OwnedMutexGuard<()>, Transaction<'static, Sqlite>)> {
+        let turn = Arc::clone(&self.queue).lock_owned().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        Ok((turn, tx))
     }
 }

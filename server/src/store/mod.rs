@@ -361,10 +361,6 @@ pub(crate) fn join_ips(ips: &[std::net::IpAddr]) -> String {
         .join(",")
 }
 
-/// Splits a stored IP list.
-pub(crate) fn split_ips(s: &str) -> Vec<std::net::IpAddr> {
-    s.split(',').filter_map(|p| p.parse().ok()).collect()
-}
 
 /// Whether a database error is a conflict a retry resolves: a uniqueness
 /// violation (same classification on SQLite and PostgreSQL), a

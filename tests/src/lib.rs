@@ -1,8 +1,9 @@
 //! Shared helpers for meshplane's integration tests: an in-process server on
 //! an ephemeral port with its own data directory, authenticated clients, and
-//! access to the built binaries.
+//! access to the built binaries; `pg`: a throwaway PostgreSQL server.
 
 pub mod netns;
+pub mod pg;
 
 use std::{
     path::{Path, PathBuf},

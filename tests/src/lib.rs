@@ -2,6 +2,7 @@
 //! an ephemeral port with its own data directory, authenticated clients, and
 //! access to the built binaries; `pg`: a throwaway PostgreSQL server.
 
+pub mod backend;
 pub mod netns;
 pub mod pg;
 
@@ -119,7 +120,14 @@ impl TestServer {
         dns_upstream_port: Option<u16>,
         follow_poll: Option<Duration>,
     ) -> Self {
-        let url = meshplane_server::default_database_url(data_dir);
+        let url = if backend::servers_on_postgres() {
+            backend::postgres_database().await.expect(
+                "MESHPLANE_TEST_BACKEND=postgres asks for PostgreSQL, but \
+                 MESHPLANE_SKIP_POSTGRES_TESTS=1 opts out of it",
+            )
+        } else {
+            meshplane_server::default_database_url(data_dir)
+        };
         Self::start_on(&url, data_dir, limits, dns_upstream_port, |o| {
             if let Some(poll) = follow_poll {
                 o.follow_poll = poll;

@@ -71,12 +71,20 @@ macro_rules! ext_client_cols {
 }
 
 /// The columns [`rows::enrollment_key`] reads, from `enrollment_keys k`,
-/// with its networks as a `text[]` named `networks`.
+/// with its networks as a `text[]` named `networks`; `key_cols!()` with
+/// the hash, `key_cols!("NULL::bytea")` without (lists do not need it).
 macro_rules! key_cols {
     () => {
-        "k.id, k.hash, k.description, k.uses_remaining, k.unlimited, k.expire_time, \
-         k.create_time, ARRAY(SELECT n.network FROM enrollment_key_networks n \
-         WHERE n.key_id = k.id ORDER BY n.network) AS networks"
+        key_cols!("k.hash")
+    };
+    ($hash:literal) => {
+        concat!(
+            "k.id, ",
+            $hash,
+            " AS hash, k.description, k.uses_remaining, k.unlimited, k.expire_time, \
+             k.create_time, ARRAY(SELECT n.network FROM enrollment_key_networks n \
+             WHERE n.key_id = k.id ORDER BY n.network) AS networks"
+        )
     };
 }
 
@@ -114,8 +122,9 @@ impl PgStore {
         Self::open_with(url, DEFAULT_MAX_CONNECTIONS).await
     }
 
-    /// [`PgStore::open`] with at most `max_connections` connections (one
-    /// more is opened for [`Store::notifications`]).
+    /// [`PgStore::open`] with at most `max_connections` connections (and
+    /// one more for each [`Store::notifications`] stream, which keeps its
+    /// own).
     ///
     /// Replicas starting at once are safe: sqlx's migrator holds a
     /// session-level advisory lock (keyed by the database name) while it
@@ -326,15 +335,13 @@ impl Store for PgStore {
         network: Option<&str>,
         page: &PageRequest,
     ) -> Result<Vec<EnrollmentKey>> {
-        // Lists leave the hash out (NULL).
-        let rows = sqlx::query(
-            "SELECT k.id, NULL::bytea AS hash, k.description, k.uses_remaining, k.unlimited, \
-             k.expire_time, k.create_time, ARRAY(SELECT n.network FROM enrollment_key_networks n \
-             WHERE n.key_id = k.id ORDER BY n.network) AS networks \
-             FROM enrollment_keys k WHERE k.id > $1 AND ($2::text IS NULL OR EXISTS \
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!("NULL::bytea"),
+            " FROM enrollment_keys k WHERE k.id > $1 AND ($2::text IS NULL OR EXISTS \
              (SELECT 1 FROM enrollment_key_networks n WHERE n.key_id = k.id AND n.network = $2)) \
-             ORDER BY k.id LIMIT $3",
-        )
+             ORDER BY k.id LIMIT $3"
+        ))
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(network)
         .bind(page.fetch_limit())
@@ -506,12 +513,14 @@ impl Store for PgStore {
         expire_before: DateTime<Utc>,
     ) -> Result<Vec<String>> {
         let mut tx = self.pool.begin_with(tx::BEGIN).await.map_err(db_err)?;
-        // This replica's rows: refreshed for the nodes it streams (that
-        // still exist; in id order, so replicas lock node rows in one
-        // order), gone for the others.
+        // This replica's rows: refreshed for the nodes it streams, gone
+        // for the others. Only nodes that still exist: FOR KEY SHARE waits
+        // for a concurrent delete and then skips the deleted row (instead
+        // of failing the foreign key check), in id order so replicas lock
+        // node rows in one order.
         sqlx::query(
             "INSERT INTO presence (node_id, replica, seen_time) \
-             SELECT id, $2, $3 FROM nodes WHERE id = ANY($1) ORDER BY id \
+             SELECT id, $2, $3 FROM nodes WHERE id = ANY($1) ORDER BY id FOR KEY SHARE \
              ON CONFLICT (node_id, replica) DO UPDATE SET seen_time = EXCLUDED.seen_time",
         )
         .bind(streaming)

@@ -47,12 +47,7 @@ impl PgTx {
     }
 }
 
-/// The stored code of an address family.
-fn family_code(family: Family) -> i64 {
-    family.as_i64()
-}
-
-/// One owner from `kind` and `id` columns.
+/// The owner a `kind`, `id` row names.
 fn owner_of(row: Option<sqlx::postgres::PgRow>) -> Result<Option<Owner>> {
     let Some(r) = row else {
         return Ok(None);
@@ -62,7 +57,8 @@ fn owner_of(row: Option<sqlx::postgres::PgRow>) -> Result<Option<Owner>> {
     Ok(Some(match kind.as_str() {
         "node" => Owner::Node(id),
         "ext_client" => Owner::ExtClient(id),
-        _ => Owner::DnsEntry(id),
+        "dns_entry" => Owner::DnsEntry(id),
+        _ => return Err(Error::Internal(format!("unknown owner kind {kind:?}"))),
     }))
 }
 
@@ -411,7 +407,7 @@ impl Tx for PgTx {
              END",
         )
         .bind(network)
-        .bind(family_code(family))
+        .bind(family.as_i64())
         .fetch_one(self.conn())
         .await
         .map_err(db_err)?;
@@ -441,7 +437,7 @@ impl Tx for PgTx {
              VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(network)
-        .bind(family_code(family))
+        .bind(family.as_i64())
         .bind(offset)
         .bind(owner.kind())
         .bind(owner.id())

@@ -32,12 +32,18 @@ use crate::domain::{
 use crate::store::{LogBounds, Notifications, db_err, rows};
 
 /// The NOTIFY channel appends announce their revisions on.
-pub(super) const CHANNEL: &str = "meshplane_events";
+macro_rules! channel {
+    () => {
+        "meshplane_events"
+    };
+}
+const CHANNEL: &str = channel!();
 
 /// Takes the next revision, writes the event under it, moves the network's
 /// config revision when `$7`, and queues the notification: one statement,
 /// so the log head stays locked for one round trip plus the commit.
-const APPEND: &str = "WITH head AS (\
+const APPEND: &str = concat!(
+    "WITH head AS (\
         UPDATE log_head SET revision = revision + 1 RETURNING revision\
     ), event AS (\
         INSERT INTO events (revision, network, kind, resource_id, action, payload, event_time) \
@@ -46,7 +52,10 @@ const APPEND: &str = "WITH head AS (\
         UPDATE networks SET revision = event.revision FROM event \
         WHERE $7 AND networks.name = $1\
     ) \
-    SELECT event.revision, pg_notify('meshplane_events', event.revision::text) FROM event";
+    SELECT event.revision, pg_notify('",
+    channel!(),
+    "', event.revision::text) FROM event"
+);
 
 /// Appends an event in the transaction on `conn` and returns its revision.
 pub(super) async fn append(

@@ -1,19 +1,17 @@
 //! The PostgreSQL store, shared by several meshplane replicas.
 //!
-//! Writes run in READ COMMITTED transactions ([`tx::PgTx`]) serialised
-//! where it matters by row locks: a network's row
-//! ([`Tx::lock_network`](super::Tx::lock_network)), an enrollment key's, a
-//! transaction-level advisory lock for network creation, and the one-row
-//! head of the event log, which every append increments and keeps locked
-//! until commit (so revisions are dense and commit in order; see
-//! [`log`]). Each committed append is announced with NOTIFY, which the
-//! other replicas' followers receive through
-//! [`Store::notifications`](super::Store::notifications).
+//! Writes run in READ COMMITTED transactions serialised where it matters
+//! by locks: a network's row ([`Tx::lock_network`]), an enrollment key's,
+//! a transaction-level advisory lock for network creation, and the
+//! one-row head of the event log, which every append increments and keeps
+//! locked until commit, so revisions are dense and commit in order. Each
+//! committed append is announced with NOTIFY, which the other replicas'
+//! followers receive through [`Store::notifications`].
 //!
 //! Columns use PostgreSQL's own types (`inet`, `cidr`, arrays,
-//! `timestamptz`, `bytea`, `jsonb`); [`cols`] decodes them for the shared
-//! row decoders of [`super::rows`]. Identifiers and names are
-//! `COLLATE "C"`, so lists order and page byte-wise, as on SQLite.
+//! `timestamptz`, `bytea`, `jsonb`), decoded for the shared row decoders
+//! of [`super::rows`]. Identifiers and names are `COLLATE "C"`, so lists
+//! order and page byte-wise, as on SQLite.
 
 use std::{collections::HashMap, str::FromStr, time::Duration};
 

@@ -20,6 +20,7 @@ use crate::domain::{
     token::NewToken,
 };
 
+pub mod postgres;
 pub mod rows;
 pub mod sqlite;
 
@@ -313,6 +314,8 @@ pub trait Tx: Send {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(Error::Internal(format!(
             "unsupported database URL scheme in {:?}: use sqlite:PATH or postgres://…",

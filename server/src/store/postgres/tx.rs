@@ -1,0 +1,602 @@
+//! Write transactions on PostgreSQL: loads and writes, in READ COMMITTED,
+//! serialised where it matters by row locks (see [`Tx`]).
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use sqlx::{PgConnection, Postgres, Row, Transaction, postgres::PgPool, types::Json};
+
+use super::{all, fetch_ext_client, fetch_node, key_of, log, one, signed};
+use crate::domain::{
+    Error, Result,
+    dns::DnsEntry,
+    enrollment::EnrollmentKey,
+    event::{Action, Resource},
+    ext_client::ExtClient,
+    ipam::Family,
+    network::Network,
+    node::{Node, WgKey},
+    token::NewToken,
+};
+use crate::store::{AdminToken, Clients, Owner, StoredKey, Tx, db_err, rows};
+
+/// Begins every write transaction. READ COMMITTED (named, whatever the
+/// server's default): each statement sees what committed before it
+/// started, so a transaction that waited for a row lock then reads what
+/// the holder wrote.
+pub(super) const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// The key of the transaction-level advisory lock that serialises network
+/// creation ("mesh" "pnet" in ASCII; sqlx's migration lock is another).
+const NETWORK_CREATE_LOCK: i64 = 0x6d65_7368_706e_6574;
+
+/// One write transaction; dropping it uncommitted rolls it back.
+pub(super) struct PgTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PgTx {
+    /// Begins a transaction on a connection of `pool`.
+    pub(super) async fn begin(pool: &PgPool) -> Result<Self> {
+        Ok(Self {
+            tx: pool.begin_with(BEGIN).await.map_err(db_err)?,
+        })
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// The owner a `kind`, `id` row names.
+fn owner_of(row: Option<sqlx::postgres::PgRow>) -> Result<Option<Owner>> {
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let kind: String = r.try_get("kind").map_err(db_err)?;
+    let id: String = r.try_get("id").map_err(db_err)?;
+    Ok(Some(match kind.as_str() {
+        "node" => Owner::Node(id),
+        "ext_client" => Owner::ExtClient(id),
+        "dns_entry" => Owner::DnsEntry(id),
+        _ => return Err(Error::Internal(format!("unknown owner kind {kind:?}"))),
+    }))
+}
+
+#[async_trait]
+impl Tx for PgTx {
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(db_err)
+    }
+
+    // Networks.
+
+    async fn lock_network(&mut self, name: &str) -> Result<Option<Network>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            network_cols!(),
+            " FROM networks WHERE name = $1 FOR UPDATE"
+        ))
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        one(row, rows::network)
+    }
+
+    async fn networks_for_create(&mut self) -> Result<Vec<Network>> {
+        // Held until the transaction ends; the read below starts after it
+        // is granted, so it sees every network created before.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(NETWORK_CREATE_LOCK)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            network_cols!(),
+            " FROM networks ORDER BY name"
+        ))
+        .fetch_all(self.conn())
+        .await
+        .map_err(db_err)?;
+        all(&rows, rows::network)
+    }
+
+    async fn insert_network(&mut self, net: &Network) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO networks (name, range4, range6, keepalive, mtu, listen_port, \
+             ext_client_dns, nameservers, create_time, update_time, revision) \
+             VALUES ($1, $2::cidr, $3::cidr, $4, $5, $6, $7, $8, $9, $10, 0)",
+        )
+        .bind(net.name.as_str())
+        .bind(net.range4.map(IpNet::V4))
+        .bind(net.range6.map(IpNet::V6))
+        .bind(i64::from(net.keepalive))
+        .bind(i64::from(net.mtu))
+        .bind(i64::from(net.listen_port))
+        .bind(&net.ext_client_dns)
+        .bind(&net.nameservers)
+        .bind(net.create_time)
+        .bind(net.update_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn update_network(&mut self, net: &Network) -> Result<()> {
+        sqlx::query(
+            "UPDATE networks SET keepalive = $2, mtu = $3, listen_port = $4, \
+             ext_client_dns = $5, nameservers = $6, update_time = $7 WHERE name = $1",
+        )
+        .bind(net.name.as_str())
+        .bind(i64::from(net.keepalive))
+        .bind(i64::from(net.mtu))
+        .bind(i64::from(net.listen_port))
+        .bind(&net.ext_client_dns)
+        .bind(&net.nameservers)
+        .bind(net.update_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_network(&mut self, name: &str) -> Result<()> {
+        // Nodes (and their presence), clients, addresses, DNS entries and
+        // key memberships go with it: ON DELETE CASCADE.
+        sqlx::query("DELETE FROM networks WHERE name = $1")
+            .bind(name)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // Admin tokens.
+
+    async fn insert_admin_token(&mut self, token: &AdminToken, hash: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO admin_tokens (id, name, hash, create_time) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&token.id)
+        .bind(&token.name)
+        .bind(hash)
+        .bind(token.create_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_admin_token(&mut self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM admin_tokens WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // Enrollment keys.
+
+    async fn enrollment_key(&mut self, id: &str) -> Result<Option<StoredKey>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM enrollment_keys k WHERE k.id = $1 FOR UPDATE OF k"
+        ))
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(key_of).transpose()
+    }
+
+    async fn insert_enrollment_key(&mut self, key: &EnrollmentKey, hash: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO enrollment_keys (id, hash, description, uses_remaining, unlimited, \
+             expire_time, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(hash)
+        .bind(&key.description)
+        .bind(i64::from(key.uses_remaining))
+        .bind(key.unlimited)
+        .bind(key.expire_time)
+        .bind(key.create_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        let networks: Vec<&str> = key.networks.iter().map(|n| n.as_str()).collect();
+        // A network named twice is one membership, not a conflict to retry.
+        sqlx::query(
+            "INSERT INTO enrollment_key_networks (key_id, network) \
+             SELECT $1, n FROM unnest($2::text[]) AS n ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.id)
+        .bind(networks)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_enrollment_key(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM enrollment_keys WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn take_key_use(&mut self, id: &str) -> Result<bool> {
+        // An unlimited key keeps its count (which may be 0: the CHECK
+        // forbids going below).
+        let done = sqlx::query(
+            "UPDATE enrollment_keys SET uses_remaining = CASE WHEN unlimited \
+             THEN uses_remaining ELSE uses_remaining - 1 END \
+             WHERE id = $1 AND (unlimited OR uses_remaining > 0)",
+        )
+        .bind(id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // Nodes.
+
+    async fn node(&mut self, id: &str) -> Result<Option<Node>> {
+        fetch_node(self.conn(), id).await
+    }
+
+    async fn network_nodes(&mut self, network: &str) -> Result<Vec<Node>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM nodes WHERE network = $1 ORDER BY name"
+        ))
+        .bind(network)
+        .fetch_all(self.conn())
+        .await
+        .map_err(db_err)?;
+        all(&rows, rows::node)
+    }
+
+    async fn name_owner(&mut self, network: &str, name: &str) -> Result<Option<Owner>> {
+        let row = sqlx::query(
+            "SELECT kind, id FROM (\
+             SELECT 1 AS rank, 'node' AS kind, id FROM nodes WHERE network = $1 AND name = $2 \
+             UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
+             WHERE network = $1 AND name = $2 \
+             UNION ALL SELECT 3, 'dns_entry', name FROM dns_entries \
+             WHERE network = $1 AND name = $2) o ORDER BY rank LIMIT 1",
+        )
+        .bind(network)
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        owner_of(row)
+    }
+
+    async fn key_owner(&mut self, network: &str, key: &WgKey) -> Result<Option<Owner>> {
+        let row = sqlx::query(
+            "SELECT kind, id FROM (\
+             SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
+             WHERE network = $1 AND public_key = $2 \
+             UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
+             WHERE network = $1 AND public_key = $2) o ORDER BY rank LIMIT 1",
+        )
+        .bind(network)
+        .bind(key.to_string())
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        owner_of(row)
+    }
+
+    async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()> {
+        let egress = node.egress.as_ref();
+        let ingress = node.ingress.as_ref();
+        sqlx::query(
+            "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
+             address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
+             ingress_dns, token_id, token_hash, last_seen, applied_revision, create_time, \
+             update_time, wireguard_interface, host_report, apply_error, failed_revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::cidr[], $12, $13, $14, $15, \
+             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+        )
+        .bind(&node.id)
+        .bind(node.network.as_str())
+        .bind(node.name.as_str())
+        .bind(node.public_key.to_string())
+        .bind(node.endpoint.as_ref().map(ToString::to_string))
+        .bind(i64::from(node.listen_port))
+        .bind(node.address.map(std::net::IpAddr::V4))
+        .bind(node.address6.map(std::net::IpAddr::V6))
+        .bind(&node.os)
+        .bind(i64::from(node.keepalive))
+        .bind(egress.map(|e| e.ranges.clone()))
+        .bind(egress.map(|e| e.interface.as_str()).unwrap_or_default())
+        .bind(egress.is_none_or(|e| e.nat))
+        .bind(ingress.is_some())
+        .bind(
+            ingress
+                .map(|i| i.ext_client_dns.clone())
+                .unwrap_or_default(),
+        )
+        .bind(&token.id)
+        .bind(&token.hash[..])
+        .bind(node.last_seen)
+        .bind(signed(node.applied_revision, "applied revision")?)
+        .bind(node.create_time)
+        .bind(node.update_time)
+        .bind(node.wireguard_interface.as_deref())
+        .bind(node.host.as_ref().map(Json))
+        .bind(node.apply_error.as_deref())
+        .bind(signed(node.failed_revision, "failed revision")?)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn update_node(&mut self, node: &Node) -> Result<()> {
+        let egress = node.egress.as_ref();
+        let ingress = node.ingress.as_ref();
+        sqlx::query(
+            "UPDATE nodes SET name = $2, public_key = $3, endpoint = $4, listen_port = $5, \
+             keepalive = $6, egress_ranges = $7::cidr[], egress_interface = $8, \
+             egress_nat = $9, ingress = $10, ingress_dns = $11, last_seen = $12, \
+             applied_revision = $13, wireguard_interface = $14, \
+             host_report = COALESCE($15, host_report), apply_error = $16, \
+             failed_revision = $17, update_time = $18 WHERE id = $1",
+        )
+        .bind(&node.id)
+        .bind(node.name.as_str())
+        .bind(node.public_key.to_string())
+        .bind(node.endpoint.as_ref().map(ToString::to_string))
+        .bind(i64::from(node.listen_port))
+        .bind(i64::from(node.keepalive))
+        .bind(egress.map(|e| e.ranges.clone()))
+        .bind(egress.map(|e| e.interface.as_str()).unwrap_or_default())
+        .bind(egress.is_none_or(|e| e.nat))
+        .bind(ingress.is_some())
+        .bind(
+            ingress
+                .map(|i| i.ext_client_dns.clone())
+                .unwrap_or_default(),
+        )
+        .bind(node.last_seen)
+        .bind(signed(node.applied_revision, "applied revision")?)
+        .bind(node.wireguard_interface.as_deref())
+        .bind(node.host.as_ref().map(Json))
+        .bind(node.apply_error.as_deref())
+        .bind(signed(node.failed_revision, "failed revision")?)
+        .bind(node.update_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_node(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // Overlay addresses.
+
+    async fn lowest_free_offset(&mut self, network: &str, family: Family) -> Result<u128> {
+        // 1 when free, else one past the lowest held offset whose
+        // successor is free.
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
+                 WHERE network = $1 AND family = $2 AND host_offset = 1) THEN 1::bigint \
+             ELSE (SELECT MIN(a.host_offset) + 1 FROM ip_allocations a \
+                 WHERE a.network = $1 AND a.family = $2 AND NOT EXISTS (\
+                     SELECT 1 FROM ip_allocations b WHERE b.network = $1 AND b.family = $2 \
+                     AND b.host_offset = a.host_offset + 1)) \
+             END",
+        )
+        .bind(network)
+        .bind(family.as_i64())
+        .fetch_one(self.conn())
+        .await
+        .map_err(db_err)?;
+        next.and_then(|n| u128::try_from(n).ok())
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "bad free host offset {next:?} in network {network:?}"
+                ))
+            })
+    }
+
+    async fn insert_allocation(
+        &mut self,
+        network: &str,
+        family: Family,
+        offset: u128,
+        owner: &Owner,
+    ) -> Result<()> {
+        let offset = i64::try_from(offset).map_err(|_| {
+            Error::Internal(format!(
+                "host offset {offset} is beyond what the store keeps"
+            ))
+        })?;
+        sqlx::query(
+            "INSERT INTO ip_allocations (network, family, host_offset, owner_kind, owner_id) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(network)
+        .bind(family.as_i64())
+        .bind(offset)
+        .bind(owner.kind())
+        .bind(owner.id())
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn free_addresses(&mut self, owner_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM ip_allocations WHERE owner_id = $1")
+            .bind(owner_id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // External clients.
+
+    async fn ext_client(&mut self, id: &str) -> Result<Option<ExtClient>> {
+        fetch_ext_client(self.conn(), id).await
+    }
+
+    async fn ext_clients_of(&mut self, ingress_node_id: &str) -> Result<Vec<ExtClient>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            ext_client_cols!(),
+            " FROM ext_clients WHERE ingress_node_id = $1 ORDER BY name"
+        ))
+        .bind(ingress_node_id)
+        .fetch_all(self.conn())
+        .await
+        .map_err(db_err)?;
+        all(&rows, rows::ext_client)
+    }
+
+    async fn insert_ext_client(&mut self, client: &ExtClient) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO ext_clients (",
+            ext_client_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&client.id)
+        .bind(client.network.as_str())
+        .bind(&client.ingress_node_id)
+        .bind(client.name.as_str())
+        .bind(client.public_key.to_string())
+        .bind(client.sealed_private_key.as_deref())
+        .bind(client.address.map(std::net::IpAddr::V4))
+        .bind(client.address6.map(std::net::IpAddr::V6))
+        .bind(&client.dns)
+        .bind(client.enabled)
+        .bind(signed(client.config_revision, "config revision")?)
+        .bind(signed(client.downloaded_revision, "downloaded revision")?)
+        .bind(client.create_time)
+        .bind(client.update_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn update_ext_client(&mut self, client: &ExtClient) -> Result<()> {
+        sqlx::query(
+            "UPDATE ext_clients SET name = $2, dns = $3, enabled = $4, config_revision = $5, \
+             update_time = $6 WHERE id = $1",
+        )
+        .bind(&client.id)
+        .bind(client.name.as_str())
+        .bind(&client.dns)
+        .bind(client.enabled)
+        .bind(signed(client.config_revision, "config revision")?)
+        .bind(client.update_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_ext_client(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM ext_clients WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn set_client_revisions(&mut self, which: Clients<'_>, revision: u64) -> Result<()> {
+        let (sql, key) = match which {
+            Clients::One(id) => (
+                "UPDATE ext_clients SET config_revision = $1 WHERE id = $2",
+                id,
+            ),
+            Clients::OfIngress(node) => (
+                "UPDATE ext_clients SET config_revision = $1 WHERE ingress_node_id = $2",
+                node,
+            ),
+            Clients::OfNetwork(network) => (
+                "UPDATE ext_clients SET config_revision = $1 WHERE network = $2",
+                network,
+            ),
+        };
+        sqlx::query(sql)
+            .bind(signed(revision, "config revision")?)
+            .bind(key)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // Custom DNS entries.
+
+    async fn dns_entry(&mut self, network: &str, name: &str) -> Result<Option<DnsEntry>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            dns_cols!(),
+            " FROM dns_entries WHERE network = $1 AND name = $2"
+        ))
+        .bind(network)
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        one(row, rows::dns_entry)
+    }
+
+    async fn insert_dns_entry(&mut self, entry: &DnsEntry) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO dns_entries (",
+            dns_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5)"
+        ))
+        .bind(entry.network.as_str())
+        .bind(&entry.name)
+        .bind(entry.address.map(std::net::IpAddr::V4))
+        .bind(entry.address6.map(std::net::IpAddr::V6))
+        .bind(entry.create_time)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_dns_entry(&mut self, network: &str, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM dns_entries WHERE network = $1 AND name = $2")
+            .bind(network)
+            .bind(name)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // The event log.
+
+    async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
+        log::append(self.conn(), action, resource, config).await
+    }
+}

@@ -368,7 +368,9 @@ pub(crate) fn join_ips(ips: &[std::net::IpAddr]) -> String {
 /// Whether a database error is a conflict a retry resolves: a uniqueness
 /// violation (same classification on SQLite and PostgreSQL), a
 /// serialization failure (40001), a detected deadlock (40P01), or SQLite's
-/// busy/locked codes.
+/// busy/locked codes, or a foreign key whose row a concurrent write just
+/// deleted (23503; SQLite's 787): the retry then sees the deletion and
+/// answers NOT_FOUND.
 pub(crate) fn is_conflict(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(d) = e else {
         return false;
@@ -376,6 +378,6 @@ pub(crate) fn is_conflict(e: &sqlx::Error) -> bool {
     d.is_unique_violation()
         || matches!(
             d.code().as_deref(),
-            Some("40001" | "40P01" | "5" | "6" | "517" | "262")
+            Some("40001" | "40P01" | "23503" | "5" | "6" | "517" | "262" | "787")
         )
 }

@@ -68,6 +68,34 @@ impl Tx for PgTx {
         self.tx.commit().await.map_err(db_err)
     }
 
+    async fn savepoint(&mut self) -> Result<()> {
+        sqlx::query("SAVEPOINT mp_write")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        sqlx::query("RELEASE SAVEPOINT mp_write")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        sqlx::query("ROLLBACK TO SAVEPOINT mp_write")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("RELEASE SAVEPOINT mp_write")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     // Networks.
 
     async fn lock_network(&mut self, name: &str) -> Result<Option<Network>> {

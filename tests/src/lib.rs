@@ -121,10 +121,20 @@ impl TestServer {
         follow_poll: Option<Duration>,
     ) -> Self {
         let url = if backend::servers_on_postgres() {
-            backend::postgres_database().await.expect(
-                "MESHPLANE_TEST_BACKEND=postgres asks for PostgreSQL, but \
-                 MESHPLANE_SKIP_POSTGRES_TESTS=1 opts out of it",
-            )
+            // One database per data directory, so a restart on the same
+            // directory finds its data, as with SQLite's file.
+            let saved = data_dir.join("test-database-url");
+            match std::fs::read_to_string(&saved) {
+                Ok(url) => url.trim().to_owned(),
+                Err(_) => {
+                    let url = backend::postgres_database().await.expect(
+                        "MESHPLANE_TEST_BACKEND=postgres asks for PostgreSQL, but \
+                         MESHPLANE_SKIP_POSTGRES_TESTS=1 opts out of it",
+                    );
+                    std::fs::write(&saved, &url).expect("saving the test database URL");
+                    url
+                }
+            }
         } else {
             meshplane_server::default_database_url(data_dir)
         };

@@ -802,7 +802,9 @@ macro_rules! cases {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 each_backend(stringify!($case), |b: Backend| async move {
-                    super::$case(b.store).await
+                    // `b` lives to the end: it owns SQLite's directory.
+                    super::$case(b.store.clone()).await;
+                    drop(b);
                 })
                 .await;
             }

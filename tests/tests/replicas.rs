@@ -114,9 +114,10 @@ async fn the_same_egress_range_at_once_through_both_replicas_goes_to_exactly_one
     let b = rs[1].node(&key, "corp", "b", None).await;
     for round in 0..10 {
         let range = format!("192.168.{round}.0/24");
+        let ranges = [range.as_str()];
         let (ra, rb) = tokio::join!(
-            rs[0].egress(&a.id, &[&range], "eth0", None),
-            rs[1].egress(&b.id, &[&range], "eth0", None),
+            rs[0].egress(&a.id, &ranges, "eth0", None),
+            rs[1].egress(&b.id, &ranges, "eth0", None),
         );
         let won = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
         assert_eq!(won, 1, "round {round}: {ra:?} / {rb:?}");

@@ -152,11 +152,7 @@ impl Hub {
     ) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
         let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let listener = tokio::spawn(Self::listen(
-            hub.clone(),
-            listening.clone(),
-            stop.clone(),
-        ));
+        let listener = tokio::spawn(Self::listen(hub.clone(), listening.clone(), stop.clone()));
         tokio::spawn(async move {
             let _listener = AbortOnDrop(listener);
             loop {

@@ -118,7 +118,10 @@ fn enrollment_key(id: &str, nets: &[&str], uses: u32, unlimited: bool) -> Enroll
 }
 
 fn aborted<T: std::fmt::Debug>(r: Result<T, Error>) {
-    assert!(matches!(r, Err(Error::Aborted(_))), "expected Aborted, got {r:?}");
+    assert!(
+        matches!(r, Err(Error::Aborted(_))),
+        "expected Aborted, got {r:?}"
+    );
 }
 
 /// Inserts a network in its own transaction.
@@ -150,7 +153,11 @@ async fn networks_roundtrip_page_update_delete(s: Arc<dyn Store>) {
         after: after.map(str::to_owned),
         size,
     };
-    let names = |v: Vec<Network>| v.into_iter().map(|n| n.name.to_string()).collect::<Vec<_>>();
+    let names = |v: Vec<Network>| {
+        v.into_iter()
+            .map(|n| n.name.to_string())
+            .collect::<Vec<_>>()
+    };
     // fetch_limit is size + 1: the extra row says whether there is more.
     assert_eq!(
         names(s.list_networks(&page(None, 1)).await.unwrap()),
@@ -209,9 +216,12 @@ async fn deleting_a_network_takes_everything_in_it(s: Arc<dyn Store>) {
     })
     .await
     .unwrap();
-    tx.insert_enrollment_key(&enrollment_key("k1", &["corp", "other"], 3, false), &[7; 32])
-        .await
-        .unwrap();
+    tx.insert_enrollment_key(
+        &enrollment_key("k1", &["corp", "other"], 3, false),
+        &[7; 32],
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let mut tx = s.begin().await.unwrap();
@@ -551,7 +561,10 @@ async fn ext_clients_roundtrip_and_revisions(s: Arc<dyn Store>) {
     for x in [&a, &b, &c, &d] {
         tx.insert_ext_client(x).await.unwrap();
     }
-    aborted(tx.insert_ext_client(&client("e", "corp", "g2", "alice", 14)).await);
+    aborted(
+        tx.insert_ext_client(&client("e", "corp", "g2", "alice", 14))
+            .await,
+    );
     drop(tx);
     let mut tx = s.begin().await.unwrap();
     for x in [&a, &b, &c, &d] {
@@ -564,13 +577,21 @@ async fn ext_clients_roundtrip_and_revisions(s: Arc<dyn Store>) {
         after: None,
         size: 10,
     };
-    let names = |v: Vec<ExtClient>| v.into_iter().map(|c| c.name.to_string()).collect::<Vec<_>>();
+    let names = |v: Vec<ExtClient>| {
+        v.into_iter()
+            .map(|c| c.name.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         names(s.list_ext_clients(None, None, &all).await.unwrap()),
         ["alice", "bob", "carol", "dave"]
     );
     assert_eq!(
-        names(s.list_ext_clients(Some("corp"), Some("g1"), &all).await.unwrap()),
+        names(
+            s.list_ext_clients(Some("corp"), Some("g1"), &all)
+                .await
+                .unwrap()
+        ),
         ["alice", "bob"]
     );
     let after = PageRequest {
@@ -598,9 +619,20 @@ async fn ext_clients_roundtrip_and_revisions(s: Arc<dyn Store>) {
         let s = s.clone();
         async move { s.get_ext_client(id).await.unwrap().unwrap().config_revision }
     };
-    assert_eq!((rev("a").await, rev("b").await, rev("c").await, rev("d").await), (7, 7, 8, 0));
+    assert_eq!(
+        (
+            rev("a").await,
+            rev("b").await,
+            rev("c").await,
+            rev("d").await
+        ),
+        (7, 7, 8, 0)
+    );
     let got = s.get_ext_client("a").await.unwrap().unwrap();
-    assert_eq!((got.name, got.dns, got.enabled), (label("alicia"), vec![], false));
+    assert_eq!(
+        (got.name, got.dns, got.enabled),
+        (label("alicia"), vec![], false)
+    );
     let mut tx = s.begin().await.unwrap();
     tx.set_client_revisions(Clients::OfNetwork("corp"), 9)
         .await
@@ -612,7 +644,11 @@ async fn ext_clients_roundtrip_and_revisions(s: Arc<dyn Store>) {
     s.mark_downloaded("a", 9).await.unwrap();
     s.mark_downloaded("a", 3).await.unwrap();
     assert_eq!(
-        s.get_ext_client("a").await.unwrap().unwrap().downloaded_revision,
+        s.get_ext_client("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .downloaded_revision,
         9,
         "never moves back"
     );
@@ -752,7 +788,10 @@ async fn presence_per_replica_with_expiry(s: Arc<dyn Store>) {
             .is_empty()
     );
     s.touch_node("a", t(77)).await.unwrap();
-    assert_eq!(s.get_node("a").await.unwrap().unwrap().last_seen, Some(t(77)));
+    assert_eq!(
+        s.get_node("a").await.unwrap().unwrap().last_seen,
+        Some(t(77))
+    );
 }
 
 async fn savepoints_and_rollback(s: Arc<dyn Store>) {

@@ -59,7 +59,11 @@ async fn concurrent_registrations_over_two_replicas_get_distinct_addresses() {
     let v6: HashSet<_> = nodes.iter().map(|n| n.address6.clone()).collect();
     assert_eq!(v4.len(), 200, "distinct IPv4 addresses");
     assert_eq!(v6.len(), 200, "distinct IPv6 addresses");
-    assert!(nodes.iter().all(|n| !n.address.is_empty() && !n.address6.is_empty()));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| !n.address.is_empty() && !n.address6.is_empty())
+    );
     // The lowest free ones: .1 to .200, no holes.
     let mut last: Vec<u32> = nodes
         .iter()
@@ -216,10 +220,7 @@ async fn an_agent_follows_writes_of_another_replica_and_moves_replicas_by_revisi
     let b = rs.remove(0);
     a.create_network("corp", "10.20.0.0/16", "").await;
     let key = a.create_key(&["corp"], None).await.token;
-    let agent = a
-        .register(&key, "corp", "laptop")
-        .await
-        .expect("register");
+    let agent = a.register(&key, "corp", "laptop").await.expect("register");
     let (me, token) = (agent.node.unwrap(), agent.node_token);
     let gw = a.node(&key, "corp", "gw", Some("198.51.100.1:51821")).await;
 
@@ -243,7 +244,9 @@ async fn an_agent_follows_writes_of_another_replica_and_moves_replicas_by_revisi
     eprintln!("egress created through A reached the agent on B after {took:?}");
     let cfg = held.clone().unwrap();
     assert!(
-        cfg.routes.iter().any(|r| r.destination == "192.168.50.0/24"),
+        cfg.routes
+            .iter()
+            .any(|r| r.destination == "192.168.50.0/24"),
         "route through {} missing: {cfg:?}",
         created.name
     );
@@ -252,9 +255,14 @@ async fn an_agent_follows_writes_of_another_replica_and_moves_replicas_by_revisi
     // (or nothing new), never a snapshot.
     drop(st);
     b.stop().await;
-    a.egress(&gw.id, &["192.168.50.0/24", "192.168.51.0/24"], "eth0", None)
-        .await
-        .expect("egress changed");
+    a.egress(
+        &gw.id,
+        &["192.168.50.0/24", "192.168.51.0/24"],
+        "eth0",
+        None,
+    )
+    .await
+    .expect("egress changed");
     let rev = a.node_config(&me.id).await.revision;
     let held_rev = held.as_ref().unwrap().revision;
     let mut st = watch(&a, &token, held_rev).await;
@@ -271,7 +279,9 @@ async fn restarting_every_replica_loses_nothing_and_agents_end_current() {
     let Some((dir, url, rs)) = replicas(2).await else {
         return;
     };
-    rs[0].create_network("corp", "10.20.0.0/16", "fd00:20::/64").await;
+    rs[0]
+        .create_network("corp", "10.20.0.0/16", "fd00:20::/64")
+        .await;
     let key = rs[1].create_key(&["corp"], None).await.token;
     let mut agents = Vec::new();
     for i in 0..6 {
@@ -285,7 +295,8 @@ async fn restarting_every_replica_loses_nothing_and_agents_end_current() {
         .egress(&agents[0].0.id, &["192.168.7.0/24"], "eth0", None)
         .await
         .unwrap();
-    let before: Vec<pb::NodeConfig> = join_all(agents.iter().map(|(n, _)| rs[1].node_config(&n.id))).await;
+    let before: Vec<pb::NodeConfig> =
+        join_all(agents.iter().map(|(n, _)| rs[1].node_config(&n.id))).await;
     for r in rs {
         r.stop().await;
     }

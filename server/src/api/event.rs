@@ -81,7 +81,10 @@ impl EventStream {
                 // were pruned while this reader was behind.
                 Ok(events) if events.first().is_some_and(|e| e.revision > self.cursor + 1) => {
                     let oldest = events[0].revision;
-                    return Some((Err(super::error::to_status(pruned(self.cursor, oldest))), self));
+                    return Some((
+                        Err(super::error::to_status(pruned(self.cursor, oldest))),
+                        self,
+                    ));
                 }
                 Ok(events) if !events.is_empty() => {
                     self.cursor = events.last().map(|e| e.revision).unwrap_or(self.cursor);
@@ -122,7 +125,10 @@ impl EventService for Events {
                 r.after_revision, bounds.latest
             ))));
         } else if r.after_revision + 1 < bounds.oldest {
-            return Err(super::error::to_status(pruned(r.after_revision, bounds.oldest)));
+            return Err(super::error::to_status(pruned(
+                r.after_revision,
+                bounds.oldest,
+            )));
         } else {
             r.after_revision
         };

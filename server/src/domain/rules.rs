@@ -296,7 +296,14 @@ mod tests {
         // A custom entry's name is never the node's own, even with the same
         // text as its id.
         assert!(
-            name_free("name", "n", &name, Some(Owner::DnsEntry("a".into())), Some("a")).is_err()
+            name_free(
+                "name",
+                "n",
+                &name,
+                Some(Owner::DnsEntry("a".into())),
+                Some("a")
+            )
+            .is_err()
         );
         assert!(name_free("name", "n", &name, None, None).is_ok());
     }

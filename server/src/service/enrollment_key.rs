@@ -29,8 +29,12 @@ impl Service {
                     }
                 }
                 tx.insert_enrollment_key(&key, &token.hash).await?;
-                tx.append(Action::Created, &Resource::EnrollmentKey(key.clone()), false)
-                    .await?;
+                tx.append(
+                    Action::Created,
+                    &Resource::EnrollmentKey(key.clone()),
+                    false,
+                )
+                .await?;
                 Ok(())
             })
         })

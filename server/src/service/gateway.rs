@@ -26,8 +26,11 @@ impl Service {
                 tx.update_node(&node).await?;
                 node.config_revision = node_event(&mut *tx, Action::Updated, &node).await?;
                 // Egress ranges are in every client's AllowedIPs.
-                tx.set_client_revisions(Clients::OfNetwork(net.name.as_str()), node.config_revision)
-                    .await?;
+                tx.set_client_revisions(
+                    Clients::OfNetwork(net.name.as_str()),
+                    node.config_revision,
+                )
+                .await?;
                 Ok((node, egress))
             })
         })
@@ -44,8 +47,11 @@ impl Service {
                 node.update_time = crate::domain::now();
                 tx.update_node(&node).await?;
                 node.config_revision = node_event(&mut *tx, Action::Updated, &node).await?;
-                tx.set_client_revisions(Clients::OfNetwork(net.name.as_str()), node.config_revision)
-                    .await?;
+                tx.set_client_revisions(
+                    Clients::OfNetwork(net.name.as_str()),
+                    node.config_revision,
+                )
+                .await?;
                 Ok(node)
             })
         })
@@ -96,10 +102,12 @@ impl Service {
                     tx.append(Action::Deleted, &Resource::ExtClient(Box::new(c)), true)
                         .await?;
                 }
-                node_event(&mut *tx, Action::Updated, &node).await.map(|rev| {
-                    node.config_revision = rev;
-                    node
-                })
+                node_event(&mut *tx, Action::Updated, &node)
+                    .await
+                    .map(|rev| {
+                        node.config_revision = rev;
+                        node
+                    })
             })
         })
         .await

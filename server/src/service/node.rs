@@ -111,7 +111,10 @@ impl Service {
                 }));
             }
         };
-        let key = opened(self.store.get_enrollment_key(&key_id).await?, enrollment_key)?;
+        let key = opened(
+            self.store.get_enrollment_key(&key_id).await?,
+            enrollment_key,
+        )?;
         let now = crate::domain::now();
         key.check_usable(now)?;
         let reg = input.validate()?;
@@ -234,8 +237,7 @@ impl Service {
                     }
                     tx.update_node(&node).await?;
                     if config_changed {
-                        node.config_revision =
-                            node_event(&mut *tx, Action::Updated, &node).await?;
+                        node.config_revision = node_event(&mut *tx, Action::Updated, &node).await?;
                         if rules::client_files_change(&before, &node) {
                             tx.set_client_revisions(
                                 Clients::OfIngress(node_id),

@@ -340,9 +340,7 @@ pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
     if is_conflict(&e) {
         tracing::debug!(error = %e, "write conflict; the transaction is retried");
-        return Error::Aborted(
-            "a concurrent change conflicted with this one; retry".into(),
-        );
+        return Error::Aborted("a concurrent change conflicted with this one; retry".into());
     }
     match &e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
@@ -363,7 +361,6 @@ pub(crate) fn join_ips(ips: &[std::net::IpAddr]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
-
 
 /// Whether a database error is a conflict a retry resolves: a uniqueness
 /// violation (same classification on SQLite and PostgreSQL), a

@@ -269,7 +269,8 @@ pub fn event(r: &dyn Cols) -> Result<crate::domain::event::Event> {
         serde_json::from_str(&payload).map_err(|_| corrupt("event", &id, "payload"))?;
     Ok(Event {
         revision: u64::try_from(revision).map_err(|_| corrupt("event", &id, "revision"))?,
-        action: Action::from_i64(r.int("action")?).ok_or_else(|| corrupt("event", &id, "action"))?,
+        action: Action::from_i64(r.int("action")?)
+            .ok_or_else(|| corrupt("event", &id, "action"))?,
         time: r.time("event_time")?,
         resource,
     })

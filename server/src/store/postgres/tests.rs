@@ -1,11 +1,11 @@
-//! Direct checks of the PostgreSQL store: the migrations apply and every
-//! query is valid SQL that round-trips what it writes. They run only when
-//! `MESHPLANE_TEST_DATABASE_URL` names a server where they may create (and
-//! drop) databases, each test in a database of its own, e.g.
-//! `MESHPLANE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres`.
-//!
-//! Interim: the shared conformance suite (run against both backends)
-//! replaces these.
+//! PostgreSQL-only checks of the store, beside the conformance suite that
+//! runs on both backends (`tests/tests/conformance.rs`): concurrency of
+//! appends, NOTIFY and its reconnects, serialised network creation,
+//! concurrent migration. They need `MESHPLANE_TEST_PG_URL`, the admin URL
+//! of a PostgreSQL server where they may create (and drop) databases, each
+//! test in a database of its own; `tests/run` starts a throwaway server and
+//! sets it. Without it they fail saying so, unless
+//! `MESHPLANE_SKIP_POSTGRES_TESTS=1` opts out on purpose.
 
 use std::{str::FromStr, time::Duration};
 
@@ -40,9 +40,20 @@ struct Db {
 }
 
 impl Db {
-    /// None (the test is skipped) without `MESHPLANE_TEST_DATABASE_URL`.
+    /// None only under `MESHPLANE_SKIP_POSTGRES_TESTS=1` (printed).
     async fn new() -> Option<Db> {
-        let url = std::env::var("MESHPLANE_TEST_DATABASE_URL").ok()?;
+        let Ok(url) = std::env::var("MESHPLANE_TEST_PG_URL") else {
+            if std::env::var("MESHPLANE_SKIP_POSTGRES_TESTS").as_deref() == Ok("1") {
+                eprintln!("SKIPPED: MESHPLANE_SKIP_POSTGRES_TESTS=1 (this test did not run)");
+                return None;
+            }
+            panic!(
+                "this test needs a PostgreSQL server: set MESHPLANE_TEST_PG_URL to an admin URL \
+                 where it may create databases (tests/run starts a throwaway server and sets \
+                 it; the Debian package postgresql provides initdb and pg_ctl), or set \
+                 MESHPLANE_SKIP_POSTGRES_TESTS=1 to skip it on purpose"
+            );
+        };
         let admin = PgConnectOptions::from_str(&url).expect("test database URL");
         let name = format!("meshplane_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect_with(&admin)

@@ -74,9 +74,7 @@ impl SqliteStore {
     /// transaction holding SQLite's write lock (`BEGIN IMMEDIATE`; a
     /// writer of another process makes it wait up to `busy_timeout`, then
     /// fail as [`Error::Aborted`]).
-    async fn begin_immediate(
-        &self,
-    ) -> Result<(OwnedMutexGuard<()>, Transaction<'static, Sqlite>)> {
+    async fn begin_immediate(&self) -> Result<(OwnedMutexGuard<()>, Transaction<'static, Sqlite>)> {
         let turn = Arc::clone(&self.queue).lock_owned().await;
         let tx = self
             .pool

@@ -16,14 +16,8 @@ use super::{
     tx::SqliteTx,
 };
 use crate::domain::{
-    Result,
-    config::NetworkView,
-    enrollment::EnrollmentKey,
-    event::Event,
-    ext_client::ExtClient,
-    network::Network,
-    node::Node,
-    page::PageRequest,
+    Result, config::NetworkView, enrollment::EnrollmentKey, event::Event, ext_client::ExtClient,
+    network::Network, node::Node, page::PageRequest,
 };
 use crate::store::{
     AdminToken, LogBounds, Notifications, Store, StoredKey, Tx, db_err,

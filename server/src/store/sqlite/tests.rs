@@ -251,7 +251,10 @@ async fn update_node_writes_every_field_and_keeps_the_host_report_when_none() {
     a.listen_port = 51999;
     a.keepalive = 15;
     a.egress = Some(Egress {
-        ranges: vec!["192.168.0.0/24".parse().unwrap(), "fd10::/64".parse().unwrap()],
+        ranges: vec![
+            "192.168.0.0/24".parse().unwrap(),
+            "fd10::/64".parse().unwrap(),
+        ],
         interface: "eth1".into(),
         nat: false,
     });
@@ -297,7 +300,9 @@ async fn a_one_use_key_is_taken_once_and_unlimited_keys_always() {
     let always = key("k-always", "corp", 0, true);
     let mut tx = s.begin().await.unwrap();
     tx.insert_enrollment_key(&once, b"hash-once").await.unwrap();
-    tx.insert_enrollment_key(&always, b"hash-always").await.unwrap();
+    tx.insert_enrollment_key(&always, b"hash-always")
+        .await
+        .unwrap();
     assert!(tx.take_key_use("k-once").await.unwrap());
     assert!(!tx.take_key_use("k-once").await.unwrap());
     assert!(tx.take_key_use("k-always").await.unwrap());
@@ -334,7 +339,11 @@ async fn a_one_use_key_is_taken_once_and_unlimited_keys_always() {
             .is_empty()
     );
     assert_eq!(
-        s.get_enrollment_key("k-always").await.unwrap().unwrap().hash,
+        s.get_enrollment_key("k-always")
+            .await
+            .unwrap()
+            .unwrap()
+            .hash,
         b"hash-always".to_vec()
     );
 
@@ -488,10 +497,7 @@ async fn presence_is_per_replica_and_expires() {
     // Unknown nodes are ignored.
     let mut streaming = ids(&[&a, &b]);
     streaming.push("node-gone".into());
-    let present = s
-        .presence("r1", &streaming, t0, t0 - minute)
-        .await
-        .unwrap();
+    let present = s.presence("r1", &streaming, t0, t0 - minute).await.unwrap();
     assert_eq!(present, ids(&[&a, &b]));
     let present = s
         .presence("r2", &ids(&[&b]), t0, t0 - minute)
@@ -563,18 +569,44 @@ async fn clients_and_their_revisions() {
         Some(Owner::ExtClient(c2.id.clone()))
     );
 
-    tx.set_client_revisions(Clients::One(&c1.id), 3).await.unwrap();
-    assert_eq!(tx.ext_client(&c1.id).await.unwrap().unwrap().config_revision, 3);
+    tx.set_client_revisions(Clients::One(&c1.id), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.ext_client(&c1.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .config_revision,
+        3
+    );
     tx.set_client_revisions(Clients::OfIngress(&other.id), 4)
         .await
         .unwrap();
-    assert_eq!(tx.ext_client(&c1.id).await.unwrap().unwrap().config_revision, 3);
-    assert_eq!(tx.ext_client(&c2.id).await.unwrap().unwrap().config_revision, 4);
+    assert_eq!(
+        tx.ext_client(&c1.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .config_revision,
+        3
+    );
+    assert_eq!(
+        tx.ext_client(&c2.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .config_revision,
+        4
+    );
     tx.set_client_revisions(Clients::OfNetwork("corp"), 5)
         .await
         .unwrap();
     for c in [&c1, &c2] {
-        assert_eq!(tx.ext_client(&c.id).await.unwrap().unwrap().config_revision, 5);
+        assert_eq!(
+            tx.ext_client(&c.id).await.unwrap().unwrap().config_revision,
+            5
+        );
     }
 
     let mut changed = tx.ext_client(&c1.id).await.unwrap().unwrap();
@@ -631,7 +663,10 @@ async fn dns_entries_and_deleting_a_network_takes_everything_with_it() {
     let a = node("corp", "alpha", 1);
     let mut tx = s.begin().await.unwrap();
     tx.insert_dns_entry(&entry).await.unwrap();
-    assert_eq!(tx.dns_entry("corp", "db").await.unwrap(), Some(entry.clone()));
+    assert_eq!(
+        tx.dns_entry("corp", "db").await.unwrap(),
+        Some(entry.clone())
+    );
     assert_eq!(
         tx.name_owner("corp", "db").await.unwrap(),
         Some(Owner::DnsEntry("db".into()))
@@ -646,9 +681,14 @@ async fn dns_entries_and_deleting_a_network_takes_everything_with_it() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    s.presence("r1", std::slice::from_ref(&a.id), now(), now() - TimeDelta::seconds(60))
-        .await
-        .unwrap();
+    s.presence(
+        "r1",
+        std::slice::from_ref(&a.id),
+        now(),
+        now() - TimeDelta::seconds(60),
+    )
+    .await
+    .unwrap();
 
     let (_, views) = s.load_all().await.unwrap();
     assert_eq!(views[0].dns_entries.len(), 1);
@@ -662,7 +702,12 @@ async fn dns_entries_and_deleting_a_network_takes_everything_with_it() {
 
     assert_eq!(s.get_network("corp").await.unwrap(), None);
     assert_eq!(s.get_node(&a.id).await.unwrap(), None);
-    for table in ["nodes", "ip_allocations", "enrollment_key_networks", "presence"] {
+    for table in [
+        "nodes",
+        "ip_allocations",
+        "enrollment_key_networks",
+        "presence",
+    ] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
             .fetch_one(&s.pool)
             .await
@@ -690,7 +735,10 @@ async fn admin_tokens() {
     tx.insert_admin_token(&t1, b"h1").await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(s.list_admin_tokens().await.unwrap(), vec![t1.clone(), t2]);
-    assert_eq!(s.admin_token_hash("t1").await.unwrap(), Some(b"h1".to_vec()));
+    assert_eq!(
+        s.admin_token_hash("t1").await.unwrap(),
+        Some(b"h1".to_vec())
+    );
     assert_eq!(s.admin_token_hash("t3").await.unwrap(), None);
 
     let mut tx = s.begin().await.unwrap();
@@ -785,7 +833,10 @@ async fn the_database_serialises_writers_of_separate_stores() {
         Ok::<_, Error>(seen)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!second.is_finished(), "a second writer began beside the first");
+    assert!(
+        !second.is_finished(),
+        "a second writer began beside the first"
+    );
     tx.commit().await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(5), second)
         .await

@@ -20,9 +20,7 @@ use crate::domain::{
     node::{Node, WgKey},
     token::NewToken,
 };
-use crate::store::{
-    AdminToken, Clients, Owner, StoredKey, Tx, db_err, join_ips, rows, to_micros,
-};
+use crate::store::{AdminToken, Clients, Owner, StoredKey, Tx, db_err, join_ips, rows, to_micros};
 
 /// The lowest host offset, from 1, no owner holds in a network's range of
 /// one family (?1 network, ?2 family): 1 when it is free, else the first
@@ -401,7 +399,9 @@ impl Tx for SqliteTx {
             .await
             .map_err(db_err)?;
         u128::try_from(next).map_err(|_| {
-            Error::Internal(format!("stored addresses of network {network}: bad host_offset"))
+            Error::Internal(format!(
+                "stored addresses of network {network}: bad host_offset"
+            ))
         })
     }
 
@@ -412,9 +412,8 @@ impl Tx for SqliteTx {
         offset: u128,
         owner: &Owner,
     ) -> Result<()> {
-        let offset = i64::try_from(offset).map_err(|_| {
-            Error::Internal(format!("host offset {offset} is too large to store"))
-        })?;
+        let offset = i64::try_from(offset)
+            .map_err(|_| Error::Internal(format!("host offset {offset} is too large to store")))?;
         sqlx::query(
             "INSERT INTO ip_allocations (network, family, host_offset, owner_kind, owner_id) \
              VALUES (?, ?, ?, ?, ?)",
@@ -512,7 +511,10 @@ impl Tx for SqliteTx {
 
     async fn set_client_revisions(&mut self, which: Clients<'_>, revision: u64) -> Result<()> {
         let (sql, key) = match which {
-            Clients::One(id) => ("UPDATE ext_clients SET config_revision = ? WHERE id = ?", id),
+            Clients::One(id) => (
+                "UPDATE ext_clients SET config_revision = ? WHERE id = ?",
+                id,
+            ),
             Clients::OfIngress(node_id) => (
                 "UPDATE ext_clients SET config_revision = ? WHERE ingress_node_id = ?",
                 node_id,

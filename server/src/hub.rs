@@ -325,6 +325,11 @@ impl Hub {
         self.read().networks.get(network).map(NetworkState::view)
     }
 
+    /// One network as the hub holds it.
+    pub fn network(&self, name: &str) -> Option<crate::domain::network::Network> {
+        self.read().networks.get(name).map(|n| n.network().clone())
+    }
+
     /// A node's whole config.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let st = self.read();

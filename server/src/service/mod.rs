@@ -135,11 +135,19 @@ impl Service {
 
     // Reads: straight through to the store.
 
-    /// One network by name.
+    /// One network by name, from the hub's memory: it holds every write
+    /// this replica acknowledged (a write answers only after the hub applied
+    /// it) and other replicas' writes within their notification's latency.
+    /// A name the hub does not know yet is looked for again after catching
+    /// up, so a network created through another replica a moment ago is
+    /// found, not NOT_FOUND.
     pub async fn get_network(&self, name: &str) -> Result<Network> {
-        self.store
-            .get_network(name)
-            .await?
+        if let Some(n) = self.hub.network(name) {
+            return Ok(n);
+        }
+        self.hub.catch_up().await?;
+        self.hub
+            .network(name)
             .ok_or_else(|| Error::not_found("network", name))
     }
 

@@ -724,3 +724,52 @@ async fn deleting_a_network_with_nodes_needs_force() {
     let again = s.register(&key2.token, "corp", "a").await.unwrap();
     assert_eq!(again.node.unwrap().address, "10.100.0.1");
 }
+
+#[tokio::test]
+async fn control_characters_in_free_text_are_refused_not_stored() {
+    let s = TestServer::start().await;
+    s.create_network("corp", "10.9.0.0/24", "").await;
+    // PostgreSQL cannot store NUL in text: it must never reach the store.
+    let r = s
+        .keys()
+        .await
+        .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+            enrollment_key: Some(pb::EnrollmentKey {
+                networks: vec!["corp".into()],
+                unlimited: true,
+                description: "bad\0key".into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    let why = expect_field(r, "enrollment_key.description");
+    assert!(why.contains("control character"), "{why}");
+    let key = s.create_key(&["corp"], None).await.token;
+    let mut req = register_request(&key, "corp", "n1");
+    req.os = "linux\0".into();
+    let why = expect_field(s.agent(None).await.register(req).await, "os");
+    assert!(why.contains("control character"), "{why}");
+    assert_eq!(node_count(&s).await, 0, "nothing half-written");
+    // An agent's error text is kept, made storable.
+    let reg = s.register(&key, "corp", "n2").await.unwrap();
+    s.agent(Some(&reg.node_token))
+        .await
+        .report_status(pb::ReportStatusRequest {
+            applied_revision: 0,
+            apply_error: "iptables-restore: line 3\0: bad".into(),
+            failed_revision: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+    let n = s
+        .nodes()
+        .await
+        .get_node(pb::GetNodeRequest {
+            id: reg.node.unwrap().id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.apply_error, "iptables-restore: line 3\u{fffd}: bad");
+}

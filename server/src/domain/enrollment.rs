@@ -76,6 +76,10 @@ impl EnrollmentKeyInput {
         if self.description.len() > 256 {
             v.add(format!("{F}.description"), "at most 256 characters");
         }
+        v.check(crate::domain::names::check_plain_text(
+            &format!("{F}.description"),
+            &self.description,
+        ));
         v.finish()?;
         Ok(EnrollmentKey {
             id,

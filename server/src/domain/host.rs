@@ -330,7 +330,7 @@ impl StatusReportInput {
         v.0.finish()?;
         let failure = (!self.apply_error.is_empty()).then(|| {
             (
-                truncate(self.apply_error, APPLY_ERROR_MAX),
+                crate::domain::names::sanitize_text(truncate(self.apply_error, APPLY_ERROR_MAX)),
                 self.failed_revision,
             )
         });

@@ -182,3 +182,51 @@ mod tests {
         assert_eq!(parse_ips("dns", &["::1".into()]).unwrap().len(), 1);
     }
 }
+
+/// Refuses control characters (NUL among them, which PostgreSQL cannot
+/// store) in free text such as a description.
+pub fn check_plain_text(field: &str, s: &str) -> Result<(), FieldViolation> {
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(FieldViolation::new(
+            field,
+            format!("contains the control character {c:?}; use plain text"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Free text from a machine (an agent's error message) made storable:
+/// control characters other than newline and tab become U+FFFD.
+pub fn sanitize_text(s: String) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return s;
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_refused_or_replaced() {
+        assert!(check_plain_text("f", "laptop of ana, 2nd floor").is_ok());
+        for bad in ["a\0b", "\u{7}", "line\nbreak"] {
+            let v = check_plain_text("f", bad).unwrap_err();
+            assert_eq!(v.field, "f");
+        }
+        assert_eq!(sanitize_text("ok\n\tfine".into()), "ok\n\tfine");
+        assert_eq!(
+            sanitize_text("nul\0x\u{1b}[1m".into()),
+            "nul\u{fffd}x\u{fffd}[1m"
+        );
+    }
+}

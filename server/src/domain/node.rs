@@ -288,6 +288,7 @@ impl RegistrationInput {
         if self.os.len() > OS_MAX {
             v.add("os", format!("at most {OS_MAX} characters"));
         }
+        v.check(crate::domain::names::check_plain_text("os", &self.os));
         v.finish()?;
         Ok(Registration {
             network: network.expect("checked"),

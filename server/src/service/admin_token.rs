@@ -11,6 +11,8 @@ pub async fn create_admin_token(
     name: &str,
     token: &NewToken,
 ) -> Result<AdminToken> {
+    crate::domain::names::check_plain_text("name", name)
+        .map_err(|v| Error::InvalidArgument(vec![v]))?;
     let record = AdminToken {
         id: token.id.clone(),
         name: name.to_owned(),

@@ -5,96 +5,155 @@
 //! A write takes its turn on the open batch (beginning one when there is
 //! none), runs between `SAVEPOINT` and `RELEASE` (or `ROLLBACK TO`, when it
 //! fails: its writes vanish, the batch goes on), and then either commits
-//! the batch — when nobody else is queued for a turn, or the batch is full
-//! — or leaves it open for the writes queued behind it and waits for the
-//! commit. The next batch opens while the previous one commits. If the
-//! commit fails, every write of the batch fails with a retryable error and
-//! runs again in a new batch; a write whose caller went away mid-turn
-//! poisons its batch (rolled back, members retried), so a half-run write is
-//! never committed.
+//! the batch — when nobody else is queued for a turn, the batch has had
+//! [`MAX_TURNS`] turns, or it has been open for [`MAX_AGE`] — or leaves it
+//! open for the writes queued behind it and waits for the commit. The next
+//! batch opens while the previous one commits.
+//!
+//! A batch never depends on a caller to be closed: a background task (the
+//! closer) commits a batch left open when the writes queued behind it went
+//! away, or when it grows old. Commits run in tasks of their own, so a
+//! caller that goes away cannot stop one halfway. A write whose caller went
+//! away mid-turn poisons its batch: rolled back, its other writes retried,
+//! so a half-run write is never committed.
+//!
+//! Lock order: a batch first takes the event log's append lock
+//! ([`crate::store::Tx::lock_log`]); its writes then lock networks and rows.
+//! Every write transaction takes locks in that order, so batches of
+//! different replicas cannot deadlock: on PostgreSQL, batches are
+//! serialised cluster-wide, each one amortising its commit over its writes.
+//!
+//! A transaction body must not itself take a turn or use the store's small
+//! writes outside the transaction: it would wait for its own batch.
 
 use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+    Arc, Weak,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio::sync::{Mutex, MutexGuard, Notify, watch};
 
 use crate::domain::{Error, Result};
 use crate::store::{Store, Tx};
 
-/// Writes per batch at most.
-const MAX_BATCH: usize = 128;
+/// Turns (successful or not) per batch at most.
+pub const MAX_TURNS: usize = 128;
+
+/// How long a batch stays open for writes queued behind it, at most.
+pub const MAX_AGE: Duration = Duration::from_millis(10);
 
 /// How a batch ended.
 #[derive(Debug, Clone)]
 enum Outcome {
     Committed,
-    /// Failed or rolled back; its members run again.
-    Failed(String),
+    /// Rolled back or refused: its writes may run again.
+    Retry,
+    /// The commit was sent but its answer was lost: the writes may or may
+    /// not be durable, so they must not run again blindly.
+    Unknown,
 }
-
-type Done = Arc<watch::Sender<Option<Outcome>>>;
 
 struct Batch {
     tx: Box<dyn Tx>,
+    /// Turns taken, failed ones included.
+    turns: usize,
+    /// Writes to acknowledge after the commit.
     members: usize,
-    done: Done,
+    opened: Instant,
+    done: watch::Sender<Option<Outcome>>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    slot: Mutex<Option<Batch>>,
+    queued: AtomicUsize,
+    /// Wakes the closer.
+    kick: Notify,
+    commits: AtomicU64,
+    writes: AtomicU64,
+    max_age: Duration,
 }
 
 /// See the module documentation.
 pub struct Committer {
-    store: Arc<dyn Store>,
-    slot: Mutex<Option<Batch>>,
-    queued: Arc<AtomicUsize>,
+    inner: Arc<Inner>,
 }
 
-/// Counts a write queued for its turn until dropped.
-struct Queued(Arc<AtomicUsize>);
+/// Counts a write queued for its turn until dropped; a write that gives up
+/// waiting wakes the closer, which commits a batch nobody else will.
+struct Queued<'a>(&'a Inner);
 
-impl Drop for Queued {
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.kick.notify_one();
+        }
     }
 }
 
 /// One write's turn on the open batch.
 pub struct Turn<'a> {
-    committer: &'a Committer,
+    inner: &'a Inner,
     slot: Option<MutexGuard<'a, Option<Batch>>>,
 }
 
 impl Committer {
-    /// Group commit over `store`.
+    /// Group commit over `store`; starts the closer task (it ends when the
+    /// committer is dropped).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self {
+        Self::with_max_age(store, MAX_AGE)
+    }
+
+    /// [`Committer::new`] with batches kept open at most `max_age`.
+    pub fn with_max_age(store: Arc<dyn Store>, max_age: Duration) -> Self {
+        let inner = Arc::new(Inner {
             store,
             slot: Mutex::new(None),
-            queued: Arc::new(AtomicUsize::new(0)),
-        }
+            queued: AtomicUsize::new(0),
+            kick: Notify::new(),
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            max_age,
+        });
+        tokio::spawn(closer(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// Commits so far and writes they acknowledged (for tests and
+    /// benchmarks: writes / commits is the mean batch size).
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.inner.commits.load(Ordering::Relaxed),
+            self.inner.writes.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits for a turn on the open batch (beginning one when there is
     /// none) and marks a savepoint.
     pub async fn turn(&self) -> Result<Turn<'_>> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let queued = Queued(self.queued.clone());
-        let mut slot = self.slot.lock().await;
+        let inner = &*self.inner;
+        inner.queued.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued(inner);
+        let mut slot = inner.slot.lock().await;
         drop(queued);
         if slot.is_none() {
+            let mut tx = inner.store.begin().await?;
+            tx.lock_log().await?;
             *slot = Some(Batch {
-                tx: self.store.begin().await?,
+                tx,
+                turns: 0,
                 members: 0,
-                done: Arc::new(watch::Sender::new(None)),
+                opened: Instant::now(),
+                done: watch::Sender::new(None),
             });
         }
         let mut turn = Turn {
-            committer: self,
+            inner,
             slot: Some(slot),
         };
         if let Err(e) = turn.batch().tx.savepoint().await {
-            turn.poison(&e);
+            turn.poison();
             return Err(e);
         }
         Ok(turn)
@@ -115,11 +174,13 @@ impl Turn<'_> {
     }
 
     /// Ends the batch without committing: its members run again.
-    fn poison(&mut self, why: &Error) {
+    fn poison(&mut self) {
         if let Some(batch) = self.slot.as_mut().and_then(|s| s.take()) {
-            batch.done.send_replace(Some(Outcome::Failed(format!(
-                "the batch this write was part of was rolled back ({why}); retry"
-            ))));
+            tracing::debug!(
+                writes = batch.members,
+                "batch rolled back; its writes are retried"
+            );
+            batch.done.send_replace(Some(Outcome::Retry));
             // Dropping the transaction rolls it back.
         }
         self.slot = None;
@@ -134,69 +195,109 @@ impl Turn<'_> {
             Err(_) => self.batch().tx.rollback_to_savepoint().await,
         };
         if let Err(e) = kept {
-            self.poison(&e);
+            self.poison();
             return Err(e);
         }
+        let inner = self.inner;
         let batch = self.batch();
+        batch.turns += 1;
         if result.is_ok() {
             batch.members += 1;
         }
-        let done = batch.done.clone();
-        let mut outcome = done.subscribe();
-        let full = batch.members >= MAX_BATCH;
+        let mut outcome = batch.done.subscribe();
         let mut slot = self.slot.take().expect("a turn holds the slot");
-        if full || self.committer.queued.load(Ordering::Acquire) == 0 {
-            commit(&mut slot);
+        if due(inner, &slot) {
+            commit(inner, &mut slot);
+        } else {
+            // Left open for the writes queued behind: the closer commits it
+            // should they all go away, or when it is old.
+            inner.kick.notify_one();
         }
         drop(slot);
         let value = result?;
-        // Wait for the batch's outcome. Should the writes queued behind
-        // have gone away without committing it, take it over.
-        loop {
-            if let Some(o) = outcome.borrow_and_update().clone() {
-                return match o {
-                    Outcome::Committed => Ok(value),
-                    Outcome::Failed(m) => Err(Error::Aborted(m)),
-                };
-            }
-            tokio::select! {
-                r = outcome.changed() => {
-                    if r.is_err() {
-                        return Err(Error::Aborted("the batch was dropped; retry".into()));
-                    }
-                }
-                () = tokio::time::sleep(Duration::from_millis(2)) => {
-                    let mut slot = self.committer.slot.lock().await;
-                    if slot.as_ref().is_some_and(|b| Arc::ptr_eq(&b.done, &done))
-                        && self.committer.queued.load(Ordering::Acquire) == 0
-                    {
-                        commit(&mut slot);
-                    }
-                }
-            }
+        let ended = match outcome.wait_for(Option::is_some).await {
+            Ok(o) => o.clone(),
+            // The batch was dropped without an outcome (a commit task
+            // panicked): nothing was committed.
+            Err(_) => Some(Outcome::Retry),
+        };
+        match ended {
+            Some(Outcome::Committed) => Ok(value),
+            Some(Outcome::Unknown) => Err(Error::Unavailable(
+                "the database connection was lost while committing; the write may or may not \
+                 have been saved: read it back before retrying"
+                    .into(),
+            )),
+            _ => Err(Error::Aborted(
+                "the batch this write was part of was rolled back; retry".into(),
+            )),
         }
     }
 }
 
+/// Whether the open batch should be committed now.
+fn due(inner: &Inner, slot: &Option<Batch>) -> bool {
+    slot.as_ref().is_some_and(|b| {
+        inner.queued.load(Ordering::Acquire) == 0
+            || b.turns >= MAX_TURNS
+            || b.opened.elapsed() >= inner.max_age
+    })
+}
+
 /// Takes the open batch out of the slot (the next write begins a new one)
-/// and commits it in a task of its own, so a caller that goes away cannot
-/// stop a commit halfway; its members learn the outcome.
-fn commit(slot: &mut MutexGuard<'_, Option<Batch>>) {
+/// and commits it in a task of its own; its members learn the outcome.
+fn commit(inner: &Inner, slot: &mut MutexGuard<'_, Option<Batch>>) {
     let Some(batch) = slot.take() else { return };
     if batch.members == 0 {
+        // Nothing to keep: dropping the transaction rolls it back.
         batch.done.send_replace(Some(Outcome::Committed));
         return;
     }
+    inner.commits.fetch_add(1, Ordering::Relaxed);
+    inner
+        .writes
+        .fetch_add(batch.members as u64, Ordering::Relaxed);
     tokio::spawn(async move {
         let outcome = match batch.tx.commit().await {
             Ok(()) => Outcome::Committed,
+            Err(Error::Unavailable(_)) => {
+                tracing::error!(
+                    writes = batch.members,
+                    "the database connection was lost while committing a batch; its outcome is \
+                     unknown"
+                );
+                Outcome::Unknown
+            }
             Err(e) => {
                 tracing::warn!(error = %e, writes = batch.members, "committing a batch failed; its writes are retried");
-                Outcome::Failed(format!("committing failed ({e}); retry"))
+                Outcome::Retry
             }
         };
         batch.done.send_replace(Some(outcome));
     });
+}
+
+/// Commits batches nobody else will: left open for writes that then gave
+/// up waiting, or open longer than [`MAX_AGE`].
+async fn closer(inner: Weak<Inner>) {
+    while let Some(inner) = inner.upgrade() {
+        let open = inner.slot.try_lock().map(|s| s.is_some()).unwrap_or(true);
+        // With a batch open, look again soon: it may be waiting for writes
+        // that went away, or growing old.
+        let wait = if open {
+            inner.max_age
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            () = inner.kick.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        let mut slot = inner.slot.lock().await;
+        if due(&inner, &slot) {
+            commit(&inner, &mut slot);
+        }
+    }
 }
 
 impl Drop for Turn<'_> {
@@ -204,7 +305,10 @@ impl Drop for Turn<'_> {
         // Still holding the slot: the write stopped mid-turn (its caller
         // went away), so the batch may hold half of it.
         if self.slot.is_some() {
-            self.poison(&Error::Aborted("a write was cancelled mid-way".into()));
+            self.poison();
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -186,6 +186,12 @@ pub trait Store: Send + Sync + 'static {
 pub trait Tx: Send {
     /// Commits every write of the transaction.
     async fn commit(self: Box<Self>) -> Result<()>;
+    /// Takes the event log's append lock now, before any other lock
+    /// (PostgreSQL: the log head's row; SQLite: nothing more, the
+    /// transaction holds the database's write lock already). Group commit
+    /// calls it first in every batch, so write transactions lock in one
+    /// order: log, network, rows.
+    async fn lock_log(&mut self) -> Result<()>;
     /// Marks a point the transaction can go back to (`SAVEPOINT`); group
     /// commit runs each write of a batch between one of these and
     /// [`Tx::release_savepoint`] or [`Tx::rollback_to_savepoint`].

@@ -68,6 +68,14 @@ impl Tx for PgTx {
         self.tx.commit().await.map_err(db_err)
     }
 
+    async fn lock_log(&mut self) -> Result<()> {
+        sqlx::query("SELECT 1 FROM log_head FOR UPDATE")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn savepoint(&mut self) -> Result<()> {
         sqlx::query("SAVEPOINT mp_write")
             .execute(&mut *self.tx)

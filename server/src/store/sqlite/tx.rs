@@ -65,6 +65,11 @@ impl Tx for SqliteTx {
         tx.commit().await.map_err(db_err)
     }
 
+    async fn lock_log(&mut self) -> Result<()> {
+        // BEGIN IMMEDIATE took the write lock: appends are serialised.
+        Ok(())
+    }
+
     async fn savepoint(&mut self) -> Result<()> {
         sqlx::query("SAVEPOINT mp_write")
             .execute(&mut *self.tx)

@@ -209,10 +209,11 @@ impl Hub {
     }
 
     /// Applies every event newer than what the hub holds. Revisions are
-    /// dense and commit in order (see [`Store::events_after`]), so the next
-    /// event is always `cursor + 1`; when it is not, the events the hub
-    /// needed were pruned while it was behind, and it reloads everything
-    /// from the store (streams then get snapshots).
+    /// dense and commit in order (see [`Store::events_after`]), and pruning
+    /// removes only a prefix, so the next event is always `cursor + 1`;
+    /// when it is not, the events the hub needed were pruned while it was
+    /// behind, and it reloads everything from the store (streams then get
+    /// snapshots).
     pub async fn catch_up(&self) -> Result<()> {
         let _one = self.catching_up.lock().await;
         loop {
@@ -222,21 +223,15 @@ impl Hub {
                 return Ok(());
             }
             if events[0].revision > cursor + 1 {
-                let oldest = self.store.log_bounds().await?.oldest;
-                if oldest > cursor + 1 {
-                    tracing::warn!(
-                        cursor,
-                        oldest,
-                        "events this replica needed were pruned; reloading the whole state"
-                    );
-                    self.reload().await?;
-                    continue;
-                }
-                tracing::error!(
+                // Pruning only ever removes a prefix of the log: the
+                // events this hub needed are gone for good.
+                tracing::warn!(
                     cursor,
                     next = events[0].revision,
-                    "gap in the event log; applying what is there"
+                    "events this replica needed were pruned; reloading the whole state"
                 );
+                self.reload().await?;
+                continue;
             }
             let last = events.last().map(|e| e.revision).unwrap_or(cursor);
             {

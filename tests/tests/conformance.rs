@@ -360,9 +360,31 @@ async fn nodes_every_field_roundtrips(s: Arc<dyn Store>) {
     n.update_time = t(42);
     let mut tx = s.begin().await.unwrap();
     tx.update_node(&n).await.unwrap();
+    // update_node writes what operators own, not what agents report.
+    let half = tx.node("n1").await.unwrap().unwrap();
+    assert_eq!((half.name.as_str(), half.applied_revision), ("gateway", 0));
+    assert_eq!((half.host.clone(), half.last_seen), (None, None));
+    tx.save_report(&n).await.unwrap();
     assert_eq!(tx.node("n1").await.unwrap(), Some(n.clone()));
     tx.commit().await.unwrap();
     assert_eq!(s.get_node("n1").await.unwrap(), Some(n.clone()));
+
+    // Reports never move last_seen back; a report with no host report
+    // keeps the stored one.
+    let mut older = n.clone();
+    older.last_seen = Some(t(1));
+    older.host = None;
+    older.applied_revision = 19;
+    s.save_report(&older).await.unwrap();
+    let got = s.get_node("n1").await.unwrap().unwrap();
+    assert_eq!((got.last_seen, got.applied_revision), (Some(t(40)), 19));
+    assert_eq!(got.host, n.host);
+    s.touch_node("n1", t(2)).await.unwrap();
+    assert_eq!(
+        s.get_node("n1").await.unwrap().unwrap().last_seen,
+        Some(t(40))
+    );
+    s.save_report(&n).await.unwrap();
 
     // A write without a host report keeps the stored one.
     let mut without = n.clone();
@@ -373,6 +395,7 @@ async fn nodes_every_field_roundtrips(s: Arc<dyn Store>) {
     without.failed_revision = 0;
     let mut tx = s.begin().await.unwrap();
     tx.update_node(&without).await.unwrap();
+    tx.save_report(&without).await.unwrap();
     tx.commit().await.unwrap();
     let got = s.get_node("n1").await.unwrap().unwrap();
     assert_eq!(got.host, n.host);
@@ -825,6 +848,18 @@ async fn savepoints_and_rollback(s: Arc<dyn Store>) {
         .map(|n| n.name.to_string())
         .collect();
     assert_eq!(names, ["also", "kept"]);
+    // An append undone with its savepoint gives its revision back.
+    let mut tx = s.begin().await.unwrap();
+    tx.savepoint().await.unwrap();
+    let key = Resource::EnrollmentKey(enrollment_key("k", &[], 1, false));
+    let undone = tx.append(Action::Created, &key, false).await.unwrap();
+    tx.rollback_to_savepoint().await.unwrap();
+    tx.savepoint().await.unwrap();
+    let kept = tx.append(Action::Created, &key, false).await.unwrap();
+    tx.release_savepoint().await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(undone, kept);
+    assert_eq!(s.log_bounds().await.unwrap().latest, kept);
     // A transaction dropped without commit leaves nothing.
     let mut tx = s.begin().await.unwrap();
     tx.insert_network(&network("dropped", "10.5.0.0/24", ""))

@@ -145,6 +145,8 @@ CREATE TABLE events (
     payload      jsonb NOT NULL,
     event_time   timestamptz NOT NULL
 );
+-- Pruning looks for the newest event older than its cutoff.
+CREATE INDEX events_time ON events(event_time);
 
 -- The newest revision ever appended, in one row. An append increments it
 -- and holds the row lock until its transaction ends: appends are

@@ -218,25 +218,34 @@ impl Service {
     }
 
     /// ReportStatus: records what the agent reported (and that it was heard
-    /// from now); wakes the hub only when the report changed a config (the
-    /// node's interface name, its endpoint; see
-    /// [`crate::domain::host::StatusReport::apply`]), which is then a write
-    /// with an event like UpdateNode's. Otherwise no revision moves.
+    /// from now). A report that changes no config (most of them) is one
+    /// statement writing only what reports own, with no lock but the node
+    /// row's. One that changes a config (the node's interface name, its
+    /// endpoint; see [`crate::domain::host::StatusReport::apply`]) is a
+    /// write like UpdateNode's, with an event, and wakes the hub.
     pub async fn report_status(&self, node_id: &str, input: StatusReportInput) -> Result<Reported> {
-        let report = input.validate(crate::domain::now())?;
+        let now = crate::domain::now();
+        let report = input.validate(now)?;
+        let mut node = self.get_node(node_id).await?;
+        if !report.apply(&mut node) {
+            node.last_seen = Some(now);
+            self.store.save_report(&node).await?;
+            return Ok(Reported {
+                node,
+                config_changed: false,
+            });
+        }
         self.write_if(
             async {
                 txn!(self.committer, |tx| {
                     let (_, mut node) = lock_node(&mut *tx, node_id).await?;
                     let before = node.clone();
                     let config_changed = report.apply(&mut node);
-                    let now = crate::domain::now();
                     node.last_seen = Some(now);
+                    tx.save_report(&node).await?;
                     if config_changed {
                         node.update_time = now;
-                    }
-                    tx.update_node(&node).await?;
-                    if config_changed {
+                        tx.update_node(&node).await?;
                         node.config_revision = node_event(&mut *tx, Action::Updated, &node).await?;
                         if rules::client_files_change(&before, &node) {
                             tx.set_client_revisions(

@@ -150,8 +150,9 @@ pub trait Store: Send + Sync + 'static {
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
     /// The oldest revision kept and the newest appended.
     async fn log_bounds(&self) -> Result<LogBounds>;
-    /// Deletes events older than `before`, never the newest one; returns
-    /// how many went.
+    /// Deletes the events up to (and including) the newest one older than
+    /// `before` — a prefix of the log, even when event times are out of
+    /// revision order — never the newest event; returns how many went.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Other replicas' appends as they commit; None when the backend has no
     /// such channel (SQLite: one process; the follower polls).
@@ -159,8 +160,13 @@ pub trait Store: Send + Sync + 'static {
 
     // Small writes outside the rules (no event).
 
-    /// Records that a node's agent was heard from at `now`.
+    /// Records that a node's agent was heard from at `now` (never moves
+    /// last_seen back).
     async fn touch_node(&self, node_id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// [`Tx::save_report`] in one statement of its own: a report that
+    /// changes no config takes no lock but the node row's (what it writes
+    /// no other write does).
+    async fn save_report(&self, node: &Node) -> Result<()>;
     /// Records that a client's config at `revision` was downloaded (never
     /// moves the recorded revision back).
     async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()>;
@@ -254,11 +260,14 @@ pub trait Tx: Send {
     async fn key_owner(&mut self, network: &str, key: &WgKey) -> Result<Option<Owner>>;
     /// Inserts a node with its token's record id and hash.
     async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()>;
-    /// Writes every mutable field of a node: name, public_key, endpoint,
-    /// listen_port, keepalive, egress, ingress, last_seen, applied_revision,
-    /// wireguard_interface, host (None keeps the stored report),
-    /// apply_error, failed_revision, update_time.
+    /// Writes a node's fields that operators and configs own: name,
+    /// public_key, endpoint, listen_port, keepalive, egress, ingress,
+    /// update_time. (What its agent reports is [`Tx::save_report`]'s.)
     async fn update_node(&mut self, node: &Node) -> Result<()>;
+    /// Writes a node's fields that its agent reports: applied_revision,
+    /// wireguard_interface, host (None keeps the stored report),
+    /// apply_error, failed_revision, and last_seen (never moved back).
+    async fn save_report(&mut self, node: &Node) -> Result<()>;
     /// Deletes a node row (its addresses are freed separately).
     async fn delete_node(&mut self, id: &str) -> Result<()>;
 

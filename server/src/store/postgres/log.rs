@@ -128,10 +128,14 @@ pub(super) async fn bounds<'c>(ex: impl PgExecutor<'c>) -> Result<LogBounds> {
     })
 }
 
-/// Deletes events older than `before` except the newest.
+/// Deletes the events up to the newest one older than `before`, except
+/// the newest event: always a prefix of the log, even when event times are
+/// not in revision order (clocks of replicas differ), so the log has no
+/// holes.
 pub(super) async fn prune<'c>(ex: impl PgExecutor<'c>, before: DateTime<Utc>) -> Result<u64> {
     let done = sqlx::query(
-        "DELETE FROM events WHERE event_time < $1 \
+        "DELETE FROM events WHERE \
+         revision <= (SELECT MAX(revision) FROM events WHERE event_time < $1) \
          AND revision < (SELECT MAX(revision) FROM events)",
     )
     .bind(before)

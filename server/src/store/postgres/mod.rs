@@ -174,6 +174,27 @@ fn unsigned(v: i64, what: &str) -> Result<u64> {
 }
 
 /// A count or revision as stored (`bigint`).
+/// [`crate::store::Tx::save_report`]: the columns an agent's reports own;
+/// last_seen never moves back (GREATEST skips NULL).
+async fn save_report<'c>(ex: impl PgExecutor<'c>, node: &crate::domain::node::Node) -> Result<()> {
+    sqlx::query(
+        "UPDATE nodes SET applied_revision = $2, wireguard_interface = $3, \
+         host_report = COALESCE($4, host_report), apply_error = $5, failed_revision = $6, \
+         last_seen = GREATEST(last_seen, $7) WHERE id = $1",
+    )
+    .bind(&node.id)
+    .bind(signed(node.applied_revision, "applied revision")?)
+    .bind(node.wireguard_interface.as_deref())
+    .bind(node.host.as_ref().map(sqlx::types::Json))
+    .bind(node.apply_error.as_deref())
+    .bind(signed(node.failed_revision, "failed revision")?)
+    .bind(node.last_seen)
+    .execute(ex)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
 fn signed(v: u64, what: &str) -> Result<i64> {
     i64::try_from(v)
         .map_err(|_| Error::Internal(format!("{what} {v} is beyond what the store keeps")))
@@ -488,6 +509,10 @@ impl Store for PgStore {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn save_report(&self, node: &crate::domain::node::Node) -> Result<()> {
+        save_report(&self.pool, node).await
     }
 
     async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()> {

@@ -380,6 +380,7 @@ async fn every_write_and_read_round_trips() {
     upd.failed_revision = 6;
     upd.update_time = time(21);
     tx.update_node(&upd).await.unwrap();
+    tx.save_report(&upd).await.unwrap();
     commit(tx).await;
     assert_eq!(s.get_node("n2").await.unwrap(), Some(upd.clone()));
     let mut tx = s.begin().await.unwrap();
@@ -389,6 +390,7 @@ async fn every_write_and_read_round_trips() {
     again.egress = None;
     again.ingress = None;
     tx.update_node(&again).await.unwrap();
+    tx.save_report(&again).await.unwrap();
     commit(tx).await;
     let read = s.get_node("n2").await.unwrap().unwrap();
     assert_eq!(read.host, upd.host);

@@ -386,10 +386,8 @@ impl Tx for PgTx {
         sqlx::query(
             "UPDATE nodes SET name = $2, public_key = $3, endpoint = $4, listen_port = $5, \
              keepalive = $6, egress_ranges = $7::cidr[], egress_interface = $8, \
-             egress_nat = $9, ingress = $10, ingress_dns = $11, last_seen = $12, \
-             applied_revision = $13, wireguard_interface = $14, \
-             host_report = COALESCE($15, host_report), apply_error = $16, \
-             failed_revision = $17, update_time = $18 WHERE id = $1",
+             egress_nat = $9, ingress = $10, ingress_dns = $11, update_time = $12 \
+             WHERE id = $1",
         )
         .bind(&node.id)
         .bind(node.name.as_str())
@@ -406,17 +404,15 @@ impl Tx for PgTx {
                 .map(|i| i.ext_client_dns.clone())
                 .unwrap_or_default(),
         )
-        .bind(node.last_seen)
-        .bind(signed(node.applied_revision, "applied revision")?)
-        .bind(node.wireguard_interface.as_deref())
-        .bind(node.host.as_ref().map(Json))
-        .bind(node.apply_error.as_deref())
-        .bind(signed(node.failed_revision, "failed revision")?)
         .bind(node.update_time)
         .execute(self.conn())
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn save_report(&mut self, node: &Node) -> Result<()> {
+        super::save_report(self.conn(), node).await
     }
 
     async fn delete_node(&mut self, id: &str) -> Result<()> {

@@ -287,3 +287,27 @@ pub(super) fn page_key(after: Option<&str>) -> (String, String) {
         None => (String::new(), String::new()),
     }
 }
+
+/// [`crate::store::Tx::save_report`]: the columns an agent's reports own;
+/// last_seen never moves back.
+pub(super) async fn save_report<'e, E>(ex: E, node: &Node) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "UPDATE nodes SET applied_revision = ?, wireguard_interface = ?, \
+         host_report = COALESCE(?, host_report), apply_error = ?, failed_revision = ?, \
+         last_seen = COALESCE(MAX(COALESCE(last_seen, 0), ?), last_seen) WHERE id = ?",
+    )
+    .bind(int(node.applied_revision, "applied revision")?)
+    .bind(node.wireguard_interface.as_deref())
+    .bind(host_json(node)?)
+    .bind(node.apply_error.as_deref().unwrap_or_default())
+    .bind(int(node.failed_revision, "failed revision")?)
+    .bind(node.last_seen.map(crate::store::to_micros))
+    .bind(&node.id)
+    .execute(ex)
+    .await
+    .map_err(crate::store::db_err)?;
+    Ok(())
+}

@@ -209,7 +209,8 @@ impl Store for SqliteStore {
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
         let _turn = self.queue.lock().await;
         let done = sqlx::query(
-            "DELETE FROM events WHERE event_time < ? \
+            "DELETE FROM events WHERE \
+             revision <= (SELECT MAX(revision) FROM events WHERE event_time < ?) \
              AND revision < (SELECT MAX(revision) FROM events)",
         )
         .bind(to_micros(before))
@@ -228,13 +229,18 @@ impl Store for SqliteStore {
 
     async fn touch_node(&self, node_id: &str, now: DateTime<Utc>) -> Result<()> {
         let _turn = self.queue.lock().await;
-        sqlx::query("UPDATE nodes SET last_seen = ? WHERE id = ?")
+        sqlx::query("UPDATE nodes SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
             .bind(to_micros(now))
             .bind(node_id)
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn save_report(&self, node: &Node) -> Result<()> {
+        let _turn = self.queue.lock().await;
+        queries::save_report(&self.pool, node).await
     }
 
     async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()> {

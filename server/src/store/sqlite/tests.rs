@@ -269,6 +269,7 @@ async fn update_node_writes_every_field_and_keeps_the_host_report_when_none() {
     a.failed_revision = 6;
     a.update_time = now();
     tx.update_node(&a).await.unwrap();
+    tx.save_report(&a).await.unwrap();
     assert_eq!(tx.node(&a.id).await.unwrap(), Some(a.clone()));
 
     // None keeps the stored report; egress and ingress can be removed.
@@ -278,6 +279,7 @@ async fn update_node_writes_every_field_and_keeps_the_host_report_when_none() {
     b.ingress = None;
     b.apply_error = None;
     tx.update_node(&b).await.unwrap();
+    tx.save_report(&b).await.unwrap();
     let stored = tx.node(&a.id).await.unwrap().unwrap();
     assert_eq!(stored.host, Some(report));
     assert_eq!(stored.egress, None);

@@ -355,9 +355,7 @@ impl Tx for SqliteTx {
         sqlx::query(
             "UPDATE nodes SET name = ?, public_key = ?, endpoint = ?, listen_port = ?, \
              keepalive = ?, egress_ranges = ?, egress_interface = ?, egress_nat = ?, \
-             ingress = ?, ingress_dns = ?, last_seen = ?, applied_revision = ?, \
-             wireguard_interface = ?, host_report = COALESCE(?, host_report), \
-             apply_error = ?, failed_revision = ?, update_time = ? WHERE id = ?",
+             ingress = ?, ingress_dns = ?, update_time = ? WHERE id = ?",
         )
         .bind(node.name.as_str())
         .bind(node.public_key.to_string())
@@ -369,18 +367,16 @@ impl Tx for SqliteTx {
         .bind(egress_nat)
         .bind(ingress)
         .bind(ingress_dns)
-        .bind(node.last_seen.map(to_micros))
-        .bind(int(node.applied_revision, "applied revision")?)
-        .bind(node.wireguard_interface.as_deref())
-        .bind(host_json(node)?)
-        .bind(node.apply_error.as_deref().unwrap_or_default())
-        .bind(int(node.failed_revision, "failed revision")?)
         .bind(to_micros(node.update_time))
         .bind(&node.id)
         .execute(&mut *self.tx)
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn save_report(&mut self, node: &Node) -> Result<()> {
+        queries::save_report(&mut *self.tx, node).await
     }
 
     /// Deletes the node row; its presence goes with it, and so would its

@@ -110,6 +110,8 @@ pub struct Hub {
     state: RwLock<State>,
     /// Nodes streaming from any replica, as shared presence last said.
     present: RwLock<HashSet<String>>,
+    /// The newest revision other replicas announced (0: none, or unknown).
+    announced: std::sync::atomic::AtomicU64,
     catching_up: Mutex<()>,
     nudge: Notify,
     latest: watch::Sender<u64>,
@@ -127,6 +129,7 @@ impl Hub {
             store,
             state: RwLock::new(state),
             present: RwLock::new(HashSet::new()),
+            announced: std::sync::atomic::AtomicU64::new(0),
             catching_up: Mutex::new(()),
             nudge: Notify::new(),
             latest: watch::Sender::new(cursor),
@@ -192,7 +195,10 @@ impl Hub {
                     while let Some(item) = stream.next().await {
                         match item {
                             Ok(rev) if rev != 0 && rev <= hub.read().cursor => {}
-                            Ok(_) => hub.nudge(),
+                            Ok(rev) => {
+                                hub.announced.fetch_max(rev, Ordering::Relaxed);
+                                hub.nudge();
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "change notifications failed");
                                 break;
@@ -318,6 +324,12 @@ impl Hub {
     /// computed from); None when there is no such network.
     pub fn network_view(&self, network: &str) -> Option<NetworkView> {
         self.read().networks.get(network).map(NetworkState::view)
+    }
+
+    /// Whether another replica announced a revision this hub has not
+    /// applied yet.
+    pub fn behind(&self) -> bool {
+        self.announced.load(Ordering::Relaxed) > self.read().cursor
     }
 
     /// One network as the hub holds it.

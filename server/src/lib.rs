@@ -118,21 +118,36 @@ async fn run_presence(
     mut stop: watch::Receiver<bool>,
 ) {
     let expiry = chrono::Duration::from_std(expiry).unwrap_or(chrono::Duration::seconds(10));
+    let mut last_ok = std::time::Instant::now();
     loop {
-        let now = domain::now();
-        match store
-            .presence(&replica, &hub.streaming_here(), now, now - expiry)
-            .await
-        {
-            Ok(nodes) => hub.set_present(nodes),
-            Err(e) => tracing::warn!(error = %e, "recording presence failed; retrying"),
+        // The database's clock: one clock for every replica's entries.
+        let renewed = match store.clock().await {
+            Ok(now) => {
+                store
+                    .presence(&replica, &hub.streaming_here(), now, now - expiry)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match renewed {
+            Ok(nodes) => {
+                hub.set_present(nodes);
+                last_ok = std::time::Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording presence failed; retrying");
+                // What other replicas said is stale by now: forget it.
+                if last_ok.elapsed() > expiry.to_std().unwrap_or_default() {
+                    hub.set_present(Vec::new());
+                }
+            }
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(every) => {}
         }
     }
-    let now = domain::now();
+    let now = store.clock().await.unwrap_or_else(|_| domain::now());
     if let Err(e) = store.presence(&replica, &[], now, now - expiry).await {
         tracing::debug!(error = %e, "clearing presence on shutdown failed");
     }

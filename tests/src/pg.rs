@@ -112,7 +112,14 @@ fn failed(msg: impl Into<String>) -> PgError {
 }
 
 fn skip_requested() -> bool {
-    std::env::var(SKIP_ENV).as_deref() == Ok("1")
+    let skip = std::env::var(SKIP_ENV).as_deref() == Ok("1");
+    // CI never skips: an opt-out that leaked into CI's environment is a
+    // failure, not a quietly shorter run.
+    assert!(
+        !(skip && std::env::var("CI").as_deref() == Ok("true")),
+        "{SKIP_ENV}=1 is set under CI=true: CI must run the PostgreSQL tests"
+    );
+    skip
 }
 
 /// The name of the running test (libtest names each test's thread after it).

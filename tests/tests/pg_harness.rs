@@ -154,6 +154,8 @@ fn the_opt_out_skips_with_a_notice() {
         false,
     )
     .env(SKIP_ENV, "1")
+    // The opt-out is refused under CI=true; this child checks the opt-out.
+    .env_remove("CI")
     .output()
     .expect("run the test binary");
     let text = format!(

@@ -32,10 +32,23 @@ async fn watch_events(
 }
 
 #[tokio::test]
-async fn watch_events_from_a_pruned_or_unissued_revision_is_out_of_range() {
+async fn watch_events_from_a_pruned_or_unissued_revision_is_out_of_range_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = meshplane_server::default_database_url(dir.path());
-    let s = pruning(&url, dir.path()).await;
+    out_of_range(&url, dir.path()).await;
+}
+
+#[tokio::test]
+async fn watch_events_from_a_pruned_or_unissued_revision_is_out_of_range_on_postgres() {
+    let Some(url) = meshplane_tests::backend::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    out_of_range(&url, dir.path()).await;
+}
+
+async fn out_of_range(url: &str, dir: &std::path::Path) {
+    let s = pruning(url, dir).await;
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
         s.create_network(name, &format!("10.{i}.0.0/24"), "").await;
     }

@@ -23,7 +23,11 @@ impl Service {
         let key = input.validate(token.id.clone(), crate::domain::now())?;
         self.write(async {
             txn!(self.committer, |tx| {
-                for n in &key.networks {
+                // In name order, like every write that locks several
+                // networks: two such writes cannot deadlock.
+                let mut networks: Vec<_> = key.networks.iter().collect();
+                networks.sort();
+                for n in networks {
                     if tx.lock_network(n.as_str()).await?.is_none() {
                         return Err(Error::not_found("network", n));
                     }

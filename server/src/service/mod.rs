@@ -137,11 +137,16 @@ impl Service {
 
     /// One network by name, from the hub's memory: it holds every write
     /// this replica acknowledged (a write answers only after the hub applied
-    /// it) and other replicas' writes within their notification's latency.
-    /// A name the hub does not know yet is looked for again after catching
-    /// up, so a network created through another replica a moment ago is
-    /// found, not NOT_FOUND.
+    /// it); when another replica announced a write the hub has not applied
+    /// yet, it catches up first. A name the hub does not know yet is looked
+    /// for again after catching up, so a network created through another
+    /// replica a moment ago is found, not NOT_FOUND. (A write another
+    /// replica committed whose announcement is still in flight, a matter of
+    /// milliseconds, may not be seen yet.)
     pub async fn get_network(&self, name: &str) -> Result<Network> {
+        if self.hub.behind() {
+            self.hub.catch_up().await?;
+        }
         if let Some(n) = self.hub.network(name) {
             return Ok(n);
         }

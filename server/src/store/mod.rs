@@ -170,6 +170,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records that a client's config at `revision` was downloaded (never
     /// moves the recorded revision back).
     async fn mark_downloaded(&self, id: &str, revision: u64) -> Result<()>;
+    /// The time by the database's clock (SQLite: this host's): shared
+    /// presence stamps and expires entries by one clock for every replica.
+    async fn clock(&self) -> Result<DateTime<Utc>>;
     /// Shared presence: in one transaction, records that `replica` holds a
     /// config stream of each node in `streaming` as of `now` (and of no
     /// other node), forgets every replica's entries older than

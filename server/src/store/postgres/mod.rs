@@ -528,6 +528,14 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn clock(&self) -> Result<DateTime<Utc>> {
+        let t: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t))
+    }
+
     async fn presence(
         &self,
         replica: &str,

@@ -259,6 +259,10 @@ impl Store for SqliteStore {
     /// The node ids travel as one JSON array (`json_each`), so any number of
     /// them takes one statement and no bind-parameter limit applies. Ids of
     /// nodes that no longer exist are skipped.
+    async fn clock(&self) -> Result<DateTime<Utc>> {
+        Ok(crate::domain::now())
+    }
+
     async fn presence(
         &self,
         replica: &str,

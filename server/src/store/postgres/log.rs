@@ -67,11 +67,10 @@ pub(super) async fn append(
     let network = resource.network();
     let config = config && network.is_some();
     if config {
-        // Lock the network's row before the log head (which the statement
-        // below locks first): a transaction that locked the network
-        // earlier (`lock_network`) and appends to it never waits for the
-        // log head while holding it against an append that waits for the
-        // network row.
+        // The network's row, in case the caller has not locked it: the
+        // service's writes lock the log head first (group commit's
+        // `lock_log`), then networks, then rows, and an append keeps to that
+        // order.
         sqlx::query("SELECT 1 FROM networks WHERE name = $1 FOR NO KEY UPDATE")
             .bind(&network)
             .execute(&mut *conn)

@@ -205,12 +205,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let fds = meshplane_server::raise_fd_limit();
             tracing::debug!(fds, "open-file limit");
-            if let Some(token) = bootstrap_admin_token(&*store, &cli.data_dir)
+            // The token itself never goes to the output (a service manager
+            // keeps that in its journal): only where to read it.
+            if bootstrap_admin_token(&*store, &cli.data_dir)
                 .await
                 .map_err(|e| e.to_string())?
+                .is_some()
             {
                 println!(
-                    "created the first admin token (shown once; also in {}):\n{token}",
+                    "created the first admin token in {} (mode 0600; read it from there)",
                     cli.data_dir.join("admin.token").display()
                 );
             }

@@ -14,7 +14,8 @@ use meshplane_tests::{built_binary, grpcurl};
 struct Server {
     child: Child,
     addr: String,
-    printed_token: String,
+    /// What it printed before its ready line.
+    printed: String,
 }
 
 impl Server {
@@ -30,21 +31,19 @@ impl Server {
             .spawn()
             .expect("spawn meshplane");
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut printed_token = String::new();
+        let mut printed = String::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "no ready line within 30 s");
             let mut line = String::new();
             assert!(out.read_line(&mut line).unwrap() > 0, "server exited early");
+            printed.push_str(&line);
             let line = line.trim();
-            if line.starts_with("mpa_") {
-                printed_token = line.to_owned();
-            }
             if let Some(addr) = line.strip_prefix("meshplane ready: serving gRPC on ") {
                 return Server {
                     child,
                     addr: addr.to_owned(),
-                    printed_token,
+                    printed,
                 };
             }
         }
@@ -110,10 +109,16 @@ fn grpcurl_lists_describes_creates_and_checks_health() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
 
-    // The first start printed the admin token once and wrote it 0600.
+    // The first start wrote the admin token 0600 and printed where, never
+    // the token.
     let file = dir.path().join("admin.token");
     let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
-    assert_eq!(token, s.printed_token);
+    assert!(!s.printed.contains(&token), "{}", s.printed);
+    assert!(
+        s.printed.contains(&file.display().to_string()),
+        "{}",
+        s.printed
+    );
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600

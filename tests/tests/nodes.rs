@@ -204,7 +204,7 @@ async fn token_scope_matrix() {
     let mut agent_a = s.agent(Some(&a.node_token)).await;
     agent_a
         .report_status(pb::ReportStatusRequest {
-            applied_revision: 7,
+            applied_revision: 3,
             endpoint: "203.0.113.5:51821".into(),
             ..Default::default()
         })
@@ -221,7 +221,7 @@ async fn token_scope_matrix() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got_a.applied_revision, 7);
+    assert_eq!(got_a.applied_revision, 3);
     assert_eq!(got_a.endpoint, "203.0.113.5:51821");
     assert!(got_a.last_seen.is_some());
     assert_eq!(got_b.applied_revision, 0);
@@ -772,4 +772,52 @@ async fn control_characters_in_free_text_are_refused_not_stored() {
         .unwrap()
         .into_inner();
     assert_eq!(n.apply_error, "iptables-restore: line 3\u{fffd}: bad");
+}
+
+#[tokio::test]
+async fn a_report_of_a_revision_never_sent_is_refused_and_changes_nothing() {
+    let s = TestServer::start().await;
+    s.create_network("corp", "10.9.0.0/24", "").await;
+    let key = s.create_key(&["corp"], None).await.token;
+    let reg = s.register(&key, "corp", "n1").await.unwrap();
+    let id = reg.node.unwrap().id;
+    let get = async || {
+        s.nodes()
+            .await
+            .get_node(pb::GetNodeRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = get().await;
+    let mut agent = s.agent(Some(&reg.node_token)).await;
+    let why = expect_field(
+        agent
+            .report_status(pb::ReportStatusRequest {
+                applied_revision: 999_999,
+                ..Default::default()
+            })
+            .await,
+        "applied_revision",
+    );
+    assert!(
+        why.contains(&format!("config is at revision {}", before.config_revision)),
+        "{why}"
+    );
+    let why = expect_field(
+        agent
+            .report_status(pb::ReportStatusRequest {
+                applied_revision: before.config_revision,
+                apply_error: "boom".into(),
+                failed_revision: 999_999,
+                ..Default::default()
+            })
+            .await,
+        "failed_revision",
+    );
+    assert!(why.contains("never sent"), "{why}");
+    let after = get().await;
+    assert_eq!(after.applied_revision, before.applied_revision);
+    assert_eq!(after.last_seen, before.last_seen, "nothing written");
+    assert_eq!(after.apply_error, "");
 }

@@ -234,6 +234,40 @@ pub fn client_files_change(before: &Node, after: &Node) -> bool {
             || before.ingress != after.ingress)
 }
 
+/// INVALID_ARGUMENT when a report names a revision the node was never
+/// sent: its config is at `config_revision` (the newest revision of its
+/// network), so nothing above it can have been applied or have failed.
+pub fn report_revisions_sent(
+    config_revision: u64,
+    applied_revision: u64,
+    failed_revision: Option<u64>,
+) -> Result<()> {
+    let mut bad = Vec::new();
+    if applied_revision > config_revision {
+        bad.push(crate::domain::FieldViolation::new(
+            "applied_revision",
+            format!(
+                "revision {applied_revision} was never sent to this node: its config is at \
+                 revision {config_revision}"
+            ),
+        ));
+    }
+    if let Some(f) = failed_revision.filter(|f| *f > config_revision) {
+        bad.push(crate::domain::FieldViolation::new(
+            "failed_revision",
+            format!(
+                "revision {f} was never sent to this node: its config is at revision \
+                 {config_revision}"
+            ),
+        ));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(bad))
+    }
+}
+
 /// FAILED_PRECONDITION when a DNS name is a node's or client's automatic
 /// name (those go with their owner), NOT_FOUND when nobody holds it.
 pub fn custom_entry_deletable(network: &str, name: &str, owner: Option<Owner>) -> Result<()> {

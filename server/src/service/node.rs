@@ -227,6 +227,11 @@ impl Service {
         let now = crate::domain::now();
         let report = input.validate(now)?;
         let mut node = self.get_node(node_id).await?;
+        rules::report_revisions_sent(
+            node.config_revision,
+            report.applied_revision,
+            report.failure.as_ref().map(|(_, r)| *r),
+        )?;
         if !report.apply(&mut node) {
             node.last_seen = Some(now);
             self.store.save_report(&node).await?;

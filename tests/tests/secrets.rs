@@ -1,0 +1,212 @@
+//! No secret in what the server writes: the real `meshplane serve` runs a
+//! full scenario at trace level, and everything it printed is searched for
+//! every secret the scenario created or presented.
+
+use std::{
+    io::Read,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use meshplane_proto::v1 as pb;
+use meshplane_tests::{Authed, Bearer, built_binary, register_request};
+use tonic::{service::interceptor::InterceptedService, transport::Endpoint};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, out: &Path, err: &Path) -> Server {
+    let child = Command::new(built_binary("meshplane"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("MESHPLANE_DATA_DIR", dir)
+        .env_remove("MESHPLANE_DATABASE_URL")
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .expect("spawn meshplane");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("meshplane ready: serving gRPC on "))
+        {
+            return Server {
+                child,
+                addr: addr.trim().to_owned(),
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ready line within 30 s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn authed(addr: &str, token: Option<&str>) -> Authed {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    InterceptedService::new(ch, Bearer::new(token))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_writes_no_secret_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let data = dir.path().join("data");
+    let mut server = start(&data, &out, &err);
+    let addr = server.addr.clone();
+    let admin_token = std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut secrets = vec![
+        admin_token.clone(),
+        std::fs::read_to_string(data.join("secret.key"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    ];
+    let admin = || authed(&addr, Some(&admin_token));
+
+    pb::network_service_client::NetworkServiceClient::new(admin().await)
+        .create_network(pb::CreateNetworkRequest {
+            network: Some(meshplane_tests::network("corp", "10.9.0.0/24", "")),
+        })
+        .await
+        .unwrap();
+    let key = pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin().await)
+        .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+            enrollment_key: Some(pb::EnrollmentKey {
+                networks: vec!["corp".into()],
+                unlimited: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    secrets.push(key.clone());
+    let mut agent = pb::agent_service_client::AgentServiceClient::new(authed(&addr, None).await);
+    let mut req = register_request(&key, "corp", "gw");
+    req.endpoint = "198.51.100.1:51821".into();
+    let reg = agent.register(req).await.unwrap().into_inner();
+    secrets.push(reg.node_token.clone());
+    let node = reg.node.unwrap();
+    // The agent's calls with its token: a stream and a report.
+    let mut agent = pb::agent_service_client::AgentServiceClient::new(
+        authed(&addr, Some(&reg.node_token)).await,
+    );
+    let mut st = agent
+        .watch_config(pb::WatchConfigRequest { last_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = st.message().await.unwrap().unwrap();
+    agent
+        .report_status(pb::ReportStatusRequest {
+            applied_revision: first.revision,
+            apply_error: format!("a failure mentioning nothing secret {}", node.name),
+            failed_revision: first.revision,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An external client with a server-generated key: its private key
+    // leaves the server only in its config file.
+    let gw = pb::gateway_service_client::GatewayServiceClient::new(admin().await);
+    gw.clone()
+        .create_ingress_gateway(pb::CreateIngressGatewayRequest {
+            node_id: node.id.clone(),
+            ext_client_dns: vec![],
+        })
+        .await
+        .unwrap();
+    let mut ext = pb::ext_client_service_client::ExtClientServiceClient::new(admin().await);
+    let client = ext
+        .create_ext_client(pb::CreateExtClientRequest {
+            network: "corp".into(),
+            ingress_node_id: node.id.clone(),
+            name: "phone".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let file = ext
+        .get_ext_client_config(pb::GetExtClientConfigRequest {
+            id: client.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config;
+    let private = file
+        .lines()
+        .find_map(|l| l.strip_prefix("PrivateKey = "))
+        .expect("a private key in the file")
+        .trim()
+        .to_owned();
+    secrets.push(private);
+    // Wrong credentials are secrets too: someone's typo of a real one.
+    let (id, _) = admin_token.rsplit_once('_').unwrap();
+    let wrong = format!("{id}_ThisIsAWrongSecretThatMustNotBeLogged0000000");
+    let bad =
+        pb::network_service_client::NetworkServiceClient::new(authed(&addr, Some(&wrong)).await)
+            .list_networks(pb::ListNetworksRequest::default())
+            .await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::Unauthenticated);
+    secrets.push(wrong);
+    drop(st);
+
+    // Stop it cleanly so everything is flushed.
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "meshplane ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut text = String::new();
+    for f in [&out, &err] {
+        std::fs::File::open(f)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+    }
+    assert!(
+        text.lines().count() > 100,
+        "trace level wrote little; is RUST_LOG honoured? {text}"
+    );
+    for s in &secrets {
+        // The whole secret, and (for tokens) its secret part alone.
+        let part = s.rsplit('_').next().unwrap();
+        for needle in [s.as_str(), part] {
+            assert!(
+                !text.contains(needle),
+                "the server's output contains a secret ({}…): line {:?}",
+                &needle[..6.min(needle.len())],
+                text.lines().find(|l| l.contains(needle))
+            );
+        }
+    }
+}

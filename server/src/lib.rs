@@ -40,13 +40,19 @@ impl Backend {
     /// Opens the store at `database_url` and the secret key at
     /// `secret_key_file` (created when missing).
     pub async fn open(database_url: &str, secret_key_file: &Path) -> domain::Result<Self> {
-        let store = store::open(database_url).await?;
         let secret = load_or_create_secret(secret_key_file).map_err(|e| {
             domain::Error::Internal(format!(
                 "secret key file {}: {e}",
                 secret_key_file.display()
             ))
         })?;
+        Self::open_with_secret(database_url, secret).await
+    }
+
+    /// [`Backend::open`] with the secret key given (e.g. from the
+    /// environment) instead of read from a file.
+    pub async fn open_with_secret(database_url: &str, secret: [u8; 32]) -> domain::Result<Self> {
+        let store = store::open(database_url).await?;
         Ok(Self {
             store,
             sealer: Arc::new(Sealer::new(&secret)),
@@ -376,28 +382,37 @@ pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
 /// (mode 0600) when missing. It seals external clients' private keys: every
 /// replica sharing a database needs the same file.
 pub fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
-    use base64::{Engine, engine::general_purpose::STANDARD};
     match std::fs::read_to_string(path) {
-        Ok(text) => STANDARD
-            .decode(text.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "expected base64 of 32 bytes",
-                )
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key: [u8; 32] = rand::random();
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            write_secret_file(path, &STANDARD.encode(key))?;
-            Ok(key)
-        }
+        Ok(text) => decode_secret(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_secret(path),
         Err(e) => Err(e),
     }
+}
+
+/// Decodes a secret key: base64 of 32 bytes (surrounding white space
+/// ignored).
+pub fn decode_secret(text: &str) -> std::io::Result<[u8; 32]> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "expected base64 of 32 bytes",
+            )
+        })
+}
+
+fn create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let key: [u8; 32] = rand::random();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_secret_file(path, &STANDARD.encode(key))?;
+    Ok(key)
 }
 
 /// Raises this process's open-file limit to its hard limit (each agent

@@ -157,6 +157,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: read the secret key from the environment
+    // and remove it, so nothing else (a child process, a crash report)
+    // sees it.
+    let secret_from_env = std::env::var("MESHPLANE_SECRET_KEY").ok();
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::remove_var("MESHPLANE_SECRET_KEY") };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -172,7 +178,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, secret_from_env)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshplane: {e}");
@@ -181,7 +187,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
     std::fs::create_dir_all(&cli.data_dir)
         .map_err(|e| format!("creating data dir {}: {e}", cli.data_dir.display()))?;
     let url = cli
@@ -192,9 +198,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         .secret_key_file
         .clone()
         .unwrap_or_else(|| cli.data_dir.join("secret.key"));
-    let backend = Backend::open(&url, &secret)
-        .await
-        .map_err(|e| e.to_string())?;
+    // The secret key from the environment (a secret manager's injection)
+    // wins over the file; it is read once and removed from the
+    // environment, so child processes do not inherit it.
+    let backend = match secret_from_env {
+        Some(text) => {
+            let key = meshplane_server::decode_secret(&text)
+                .map_err(|e| format!("MESHPLANE_SECRET_KEY: {e}"))?;
+            Backend::open_with_secret(&url, key).await
+        }
+        None => Backend::open(&url, &secret).await,
+    }
+    .map_err(|e| e.to_string())?;
     let store = backend.store.clone();
     match cli.command {
         Command::Serve {

@@ -26,7 +26,15 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, out: &Path, err: &Path) -> Server {
-    let child = Command::new(built_binary("meshplane"))
+    start_with(dir, out, err, None)
+}
+
+fn start_with(dir: &Path, out: &Path, err: &Path, secret_env: Option<&str>) -> Server {
+    let mut cmd = Command::new(built_binary("meshplane"));
+    if let Some(k) = secret_env {
+        cmd.env("MESHPLANE_SECRET_KEY", k);
+    }
+    let child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("MESHPLANE_DATA_DIR", dir)
         .env_remove("MESHPLANE_DATABASE_URL")
@@ -208,5 +216,91 @@ async fn the_server_writes_no_secret_at_trace_level() {
                 text.lines().find(|l| l.contains(needle))
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_key_can_come_from_the_environment() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let data = dir.path().join("data");
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let mut config = None;
+    for round in 0..2 {
+        let server = start_with(&data, &out, &err, Some(&key));
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+        let admin = authed(&server.addr, Some(token.trim())).await;
+        let mut ext = pb::ext_client_service_client::ExtClientServiceClient::new(admin.clone());
+        if round == 0 {
+            pb::network_service_client::NetworkServiceClient::new(admin.clone())
+                .create_network(pb::CreateNetworkRequest {
+                    network: Some(meshplane_tests::network("corp", "10.9.0.0/24", "")),
+                })
+                .await
+                .unwrap();
+            let k =
+                pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin.clone())
+                    .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+                        enrollment_key: Some(pb::EnrollmentKey {
+                            networks: vec!["corp".into()],
+                            unlimited: true,
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .token;
+            let mut req = register_request(&k, "corp", "gw");
+            req.endpoint = "198.51.100.1:51821".into();
+            let node =
+                pb::agent_service_client::AgentServiceClient::new(authed(&server.addr, None).await)
+                    .register(req)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .node
+                    .unwrap();
+            pb::gateway_service_client::GatewayServiceClient::new(admin.clone())
+                .create_ingress_gateway(pb::CreateIngressGatewayRequest {
+                    node_id: node.id.clone(),
+                    ext_client_dns: vec![],
+                })
+                .await
+                .unwrap();
+            ext.create_ext_client(pb::CreateExtClientRequest {
+                network: "corp".into(),
+                ingress_node_id: node.id,
+                name: "phone".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let id = ext
+            .list_ext_clients(pb::ListExtClientsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ext_clients[0]
+            .id
+            .clone();
+        let file = ext
+            .get_ext_client_config(pb::GetExtClientConfigRequest { id })
+            .await
+            .expect("the sealed key opens with the key from the environment")
+            .into_inner()
+            .config;
+        // The same key after a restart: the same private key comes out.
+        match &config {
+            None => config = Some(file),
+            Some(first) => assert_eq!(first, &file),
+        }
+        assert!(
+            !data.join("secret.key").exists(),
+            "no key file written when the key comes from the environment"
+        );
+        drop(server);
     }
 }

@@ -5,7 +5,7 @@
 use std::{
     io::Read,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -29,6 +29,8 @@ fn start(dir: &Path, out: &Path, err: &Path) -> Server {
     start_with(dir, out, err, None)
 }
 
+// The child is owned by the returned Server, whose Drop kills and reaps it.
+#[allow(clippy::zombie_processes)]
 fn start_with(dir: &Path, out: &Path, err: &Path, secret_env: Option<&str>) -> Server {
     let mut cmd = Command::new(built_binary("meshplane"));
     if let Some(k) = secret_env {

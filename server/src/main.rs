@@ -366,3 +366,47 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_with_their_units() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("4GB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn serve_flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["meshplane", "serve"]).unwrap();
+        let Command::Serve {
+            limits,
+            metrics_listen,
+            ..
+        } = cli.command
+        else {
+            panic!("serve");
+        };
+        assert_eq!(metrics_listen, None);
+        let l = limits.request_limits();
+        assert_eq!(l.unary_deadline, Some(Duration::from_secs(30)));
+        assert_eq!(l.max_message_size, 4 << 20);
+        assert_eq!(limits.max_streams_per_node, 2);
+        assert!(
+            Cli::try_parse_from(["meshplane", "serve", "--max-streams-per-node", "0"]).is_err()
+        );
+        let cli = Cli::try_parse_from(["meshplane", "serve", "--unary-deadline", "0"]).unwrap();
+        let Command::Serve { limits, .. } = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!(limits.request_limits().unary_deadline, None);
+    }
+}

@@ -151,13 +151,26 @@ async fn unary_calls_past_the_concurrency_limit_get_resource_exhausted_with_retr
             })
         })
         .collect();
-    // Both slow calls hold their slots.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = std::time::Instant::now();
-    let status = expect_code(list(&s).await, Code::ResourceExhausted);
+    // Once both slow calls hold their slots, a third call waits for one and
+    // is refused.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (status, waited) = loop {
+        let started = std::time::Instant::now();
+        match list(&s).await {
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slow calls never held their slots"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => break (e, started.elapsed()),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        started.elapsed() >= Duration::from_millis(150),
-        "waited for a slot first"
+        waited >= Duration::from_millis(150),
+        "waited for a slot first: {waited:?}"
     );
     assert!(
         status.message().contains("limit of 2"),
@@ -234,7 +247,7 @@ async fn a_third_config_stream_of_one_node_is_refused() {
 
 #[tokio::test]
 async fn failed_authentication_throttles_the_address_for_every_call_until_it_cools_down() {
-    let window = Duration::from_secs(2);
+    let window = Duration::from_secs(3);
     let s = TestServer::start_with_options(limits(|l| {
         l.auth_failure_limit = 5;
         l.auth_failure_window = window;

@@ -15,11 +15,12 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::domain::{
@@ -38,6 +39,10 @@ const BATCH: usize = 1000;
 pub struct Limits {
     /// Config streams open at once.
     pub max_streams: usize,
+    /// Config streams one node may hold open at once (two lets an agent
+    /// reconnect while the server has not yet noticed its old stream is
+    /// gone).
+    pub max_streams_per_node: usize,
     /// Snapshots being built at once.
     pub snapshot_concurrency: usize,
     /// How long a stream waits for a snapshot slot before it is told to
@@ -49,8 +54,99 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_streams: 100_000,
+            max_streams_per_node: DEFAULT_STREAMS_PER_NODE,
             snapshot_concurrency: 64,
             snapshot_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Config streams one node may hold by default.
+pub const DEFAULT_STREAMS_PER_NODE: usize = 2;
+
+/// Updates a stream may fall behind before the oldest events it owes stop
+/// waiting for it (see [`Owed`]).
+const MAX_OWED: usize = 256;
+
+/// One event's fan-out, measured when the fan-out histogram is on: held by
+/// every node stream it woke (through [`Owed`]); when the last of them has
+/// sent an update covering it (or gone away), the slowest send is
+/// observed.
+struct Fanout {
+    applied: Instant,
+    /// Microseconds from `applied` to the slowest send so far, plus one (0:
+    /// nothing sent yet).
+    slowest_us: AtomicU64,
+    histogram: Histogram,
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        let us = self.slowest_us.load(Ordering::Relaxed);
+        if us > 0 {
+            self.histogram.observe((us - 1) as f64 / 1e6);
+        }
+    }
+}
+
+/// An event a node's streams have not yet sent an update for.
+struct Owed {
+    revision: u64,
+    fanout: Arc<Fanout>,
+}
+
+/// What a node's streams owe, oldest first (one queue per node: the first
+/// of its streams to send an update covering an event settles it).
+pub struct OwedQueue(std::sync::Mutex<Vec<Owed>>);
+
+impl OwedQueue {
+    fn new() -> Arc<Self> {
+        Arc::new(OwedQueue(std::sync::Mutex::new(Vec::new())))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Owed>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, owed: Owed) {
+        let mut q = self.lock();
+        if q.len() >= MAX_OWED {
+            // A stalled stream stops holding the oldest events open.
+            q.remove(0);
+        }
+        q.push(owed);
+    }
+
+    /// A stream of the node has sent an update at `revision`: every event
+    /// it covers is settled for this node.
+    pub fn sent(&self, revision: u64) {
+        let settled: Vec<Owed> = {
+            let mut q = self.lock();
+            if q.is_empty() {
+                return;
+            }
+            let n = q.partition_point(|o| o.revision <= revision);
+            q.drain(..n).collect()
+        };
+        let now = Instant::now();
+        for o in settled {
+            let us = now.saturating_duration_since(o.fanout.applied).as_micros() as u64;
+            o.fanout.slowest_us.fetch_max(us + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A node's latest-revision cell and what its streams owe.
+struct Cell {
+    tx: watch::Sender<u64>,
+    owed: Arc<OwedQueue>,
+}
+
+impl Cell {
+    fn new(revision: u64) -> Self {
+        Cell {
+            tx: watch::Sender::new(revision),
+            owed: OwedQueue::new(),
         }
     }
 }
@@ -62,7 +158,7 @@ struct State {
     networks: HashMap<String, NetworkState>,
     node_network: HashMap<String, String>,
     /// Latest config revision per node; streams watch these.
-    cells: HashMap<String, watch::Sender<u64>>,
+    cells: HashMap<String, Cell>,
 }
 
 /// What a config stream sends next.
@@ -95,12 +191,23 @@ pub enum DnsAnswer {
     NotOurs,
 }
 
-/// Counts an open config stream until dropped.
-pub struct StreamGuard(Arc<AtomicUsize>);
+/// Counts an open config stream (in all and for its node) until dropped.
+pub struct StreamGuard {
+    total: Arc<AtomicUsize>,
+    per_node: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    node: String,
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per_node = self.per_node.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_node.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                per_node.remove(&self.node);
+            }
+        }
     }
 }
 
@@ -116,8 +223,12 @@ pub struct Hub {
     nudge: Notify,
     latest: watch::Sender<u64>,
     streams: Arc<AtomicUsize>,
+    /// Config streams open per node.
+    per_node: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     snapshots: Arc<Semaphore>,
     limits: Limits,
+    /// Where fan-out latencies go (set when metrics are on).
+    fanout: std::sync::OnceLock<Histogram>,
 }
 
 impl Hub {
@@ -134,9 +245,23 @@ impl Hub {
             nudge: Notify::new(),
             latest: watch::Sender::new(cursor),
             streams: Arc::new(AtomicUsize::new(0)),
+            per_node: Arc::default(),
             snapshots: Arc::new(Semaphore::new(limits.snapshot_concurrency)),
             limits,
+            fanout: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Measures fan-out from now on: for each event that wakes config
+    /// streams, the time from the hub applying it to the last woken node
+    /// having been sent an update covering it goes into `histogram`.
+    pub fn measure_fanout(&self, histogram: Histogram) {
+        let _ = self.fanout.set(histogram);
+    }
+
+    /// Revision of the last event applied.
+    pub fn cursor(&self) -> u64 {
+        self.read().cursor
     }
 
     /// Tells the follower new events are there.
@@ -241,9 +366,10 @@ impl Hub {
             }
             let last = events.last().map(|e| e.revision).unwrap_or(cursor);
             {
+                let fanout = self.fanout.get().map(|h| (h, Instant::now()));
                 let mut st = self.write();
                 for ev in &events {
-                    st.apply(ev);
+                    st.apply(ev, fanout);
                 }
                 st.cursor = last;
             }
@@ -276,7 +402,7 @@ impl Hub {
         self.read()
             .cells
             .iter()
-            .filter(|(_, c)| c.receiver_count() > 0)
+            .filter(|(_, c)| c.tx.receiver_count() > 0)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -294,9 +420,14 @@ impl Hub {
         self.latest.subscribe()
     }
 
-    /// A node's latest-revision cell; None when the node does not exist.
-    pub fn subscribe(&self, node_id: &str) -> Option<watch::Receiver<u64>> {
-        self.read().cells.get(node_id).map(|c| c.subscribe())
+    /// A node's latest-revision cell, and the queue of events its streams
+    /// owe an update for (see [`OwedQueue::sent`]); None when the node does
+    /// not exist.
+    pub fn subscribe(&self, node_id: &str) -> Option<(watch::Receiver<u64>, Arc<OwedQueue>)> {
+        self.read()
+            .cells
+            .get(node_id)
+            .map(|c| (c.tx.subscribe(), c.owed.clone()))
     }
 
     /// Whether a config stream of the node is open, on this replica or (as
@@ -305,7 +436,7 @@ impl Hub {
         self.read()
             .cells
             .get(node_id)
-            .is_some_and(|c| c.receiver_count() > 0)
+            .is_some_and(|c| c.tx.receiver_count() > 0)
             || self
                 .present
                 .read()
@@ -392,10 +523,27 @@ impl Hub {
         out
     }
 
-    /// Counts a new config stream; RESOURCE_EXHAUSTED past the limit.
-    pub fn admit(&self) -> Result<StreamGuard> {
+    /// Counts a new config stream of `node`; RESOURCE_EXHAUSTED past the
+    /// server's limit or the node's.
+    pub fn admit(&self, node: &str) -> Result<StreamGuard> {
+        {
+            let mut per_node = self.per_node.lock().unwrap_or_else(|p| p.into_inner());
+            let held = per_node.entry(node.to_owned()).or_insert(0);
+            let most = self.limits.max_streams_per_node.max(1);
+            if *held >= most {
+                return Err(Error::ResourceExhausted(format!(
+                    "node {node} already holds {held} config streams, the most one node may \
+                     hold at once ({most}); close one first"
+                )));
+            }
+            *held += 1;
+        }
         let n = self.streams.fetch_add(1, Ordering::Relaxed);
-        let guard = StreamGuard(self.streams.clone());
+        let guard = StreamGuard {
+            total: self.streams.clone(),
+            per_node: self.per_node.clone(),
+            node: node.to_owned(),
+        };
         if n >= self.limits.max_streams {
             return Err(Error::ResourceExhausted(format!(
                 "this server holds its limit of {} config streams; retry with backoff",
@@ -408,6 +556,14 @@ impl Hub {
     /// Config streams open now.
     pub fn open_streams(&self) -> usize {
         self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Nodes with at least one config stream open on this replica.
+    pub fn connected_here(&self) -> usize {
+        self.per_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// What a node holding revision `from` (0: nothing) needs next: a delta
@@ -450,11 +606,7 @@ impl Drop for AbortOnDrop {
 impl State {
     /// The state of a fresh load at `cursor`, reusing `cells` of nodes that
     /// still exist (moved to their network's revision).
-    fn from_views(
-        cursor: u64,
-        views: Vec<NetworkView>,
-        mut cells: HashMap<String, watch::Sender<u64>>,
-    ) -> State {
+    fn from_views(cursor: u64, views: Vec<NetworkView>, mut cells: HashMap<String, Cell>) -> State {
         let mut state = State {
             cursor,
             ..Default::default()
@@ -466,10 +618,10 @@ impl State {
                     .insert(n.id.clone(), view.network.name.to_string());
                 let cell = match cells.remove(&n.id) {
                     Some(c) => {
-                        c.send_replace(view.revision);
+                        c.tx.send_replace(view.revision);
                         c
                     }
-                    None => watch::Sender::new(view.revision),
+                    None => Cell::new(view.revision),
                 };
                 state.cells.insert(n.id.clone(), cell);
             }
@@ -480,7 +632,10 @@ impl State {
         state
     }
 
-    fn apply(&mut self, ev: &Event) {
+    /// Applies one event and bumps the cells of the nodes whose config it
+    /// changed; with `fanout` (the histogram and when the batch was
+    /// applied), the nodes streaming here owe the event an update.
+    fn apply(&mut self, ev: &Event, fanout: Option<(&Histogram, Instant)>) {
         let Some(net) = ev.resource.network() else {
             return;
         };
@@ -523,18 +678,34 @@ impl State {
                     self.node_network.insert(n.id.clone(), net.clone());
                     self.cells
                         .entry(n.id.clone())
-                        .or_insert_with(|| watch::Sender::new(ev.revision));
+                        .or_insert_with(|| Cell::new(ev.revision));
                 }
             }
         }
         if affected == Affected::Nobody {
             return;
         }
+        let mut measured: Option<Arc<Fanout>> = None;
         for id in state.node_ids() {
             if affected.contains(id)
                 && let (Some(cell), Some(rev)) = (self.cells.get(id), state.node_revision(id))
             {
-                cell.send_replace(rev);
+                cell.tx.send_replace(rev);
+                if let Some((histogram, applied)) = fanout
+                    && cell.tx.receiver_count() > 0
+                {
+                    let f = measured.get_or_insert_with(|| {
+                        Arc::new(Fanout {
+                            applied,
+                            slowest_us: AtomicU64::new(0),
+                            histogram: histogram.clone(),
+                        })
+                    });
+                    cell.owed.push(Owed {
+                        revision: rev,
+                        fanout: f.clone(),
+                    });
+                }
             }
         }
     }

@@ -15,10 +15,15 @@ pub mod api;
 pub mod dns;
 pub mod domain;
 pub mod hub;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
-use api::{AppState, auth::AuthLayer};
+use api::{
+    AppState,
+    auth::{AuthLayer, Throttle},
+    limits::{DeadlineLayer, RequestLimits, UnaryLimitLayer},
+};
 use domain::{
     crypto::Sealer,
     token::{NewToken, TokenKind},
@@ -73,12 +78,21 @@ pub enum ServeError {
     /// The DNS socket could not be used.
     #[error("DNS socket: {0}")]
     Dns(std::io::Error),
+    /// The metrics listener could not be used.
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Optional parts of a running server.
 pub struct ServeOptions {
     /// Serve DNS on this pre-bound UDP socket.
     pub dns: Option<(std::net::UdpSocket, dns::DnsOptions)>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this pre-bound TCP
+    /// listener.
+    pub metrics: Option<std::net::TcpListener>,
+    /// Limits on calls (deadline, message size, concurrency, failed
+    /// authentication).
+    pub limits: RequestLimits,
     /// How often the hub polls the event log for writes it was not woken
     /// for (other processes' writes); this process's own writes wake it, and
     /// on PostgreSQL other replicas' writes do too (LISTEN/NOTIFY), which
@@ -100,6 +114,8 @@ impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             dns: None,
+            metrics: None,
+            limits: RequestLimits::default(),
             follow_poll: Duration::from_secs(1),
             presence_interval: Duration::from_secs(2),
             presence_expiry: Duration::from_secs(10),
@@ -202,6 +218,14 @@ pub async fn serve_with(
     let (drain_tx, drain) = watch::channel(false);
     let store = backend.store.clone();
     let hub = hub::Hub::load(store.clone(), backend.limits).await?;
+    let methods = api::methods::Methods::load();
+    let metrics = options
+        .metrics
+        .is_some()
+        .then(|| metrics::Metrics::new(methods.clone()));
+    if let Some(m) = &metrics {
+        hub.measure_fanout(m.fanout());
+    }
     let follower = hub.spawn_follower(options.follow_poll, drain.clone());
     let replica = uuid::Uuid::new_v4().to_string();
     tracing::info!(%replica, backend = store.backend(), "replica starting");
@@ -239,6 +263,32 @@ pub async fn serve_with(
         hub,
         drain,
     };
+    let metrics_server = match (options.metrics, &metrics) {
+        (Some(listener), Some(m)) => {
+            listener
+                .set_nonblocking(true)
+                .map_err(ServeError::Metrics)?;
+            let listener = TcpListener::from_std(listener).map_err(ServeError::Metrics)?;
+            let registry = m.registry(metrics::Live {
+                hub: state.hub.clone(),
+                service: state.service.clone(),
+            });
+            let scrape = Arc::new(metrics::Scrape {
+                registry,
+                metrics: m.clone(),
+                hub: state.hub.clone(),
+                store: store.clone(),
+            });
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                scrape,
+                state.drain.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let limits = options.limits;
+    let max_message = limits.max_message_size;
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES {
@@ -288,36 +338,63 @@ pub async fn serve_with(
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(AuthLayer::new(store))
+        // Outermost first: every call is counted (refusals too), the
+        // deadline covers authentication and the wait for a slot, and a
+        // throttled or unauthenticated call takes no slot.
+        .layer(metrics::MetricsLayer::new(metrics))
+        .layer(DeadlineLayer::new(methods.clone(), limits.unary_deadline))
+        .layer(AuthLayer::with_throttle(
+            store,
+            Throttle::new(limits.auth_failure_limit, limits.auth_failure_window),
+        ))
+        .layer(UnaryLimitLayer::new(
+            methods,
+            limits.max_concurrent_unary,
+            limits.unary_queue_wait,
+        ))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::network_service_server::NetworkServiceServer::new(
-            api::network::Networks(state.clone()),
-        ))
+        .add_service(
+            pb::network_service_server::NetworkServiceServer::new(api::network::Networks(
+                state.clone(),
+            ))
+            .max_decoding_message_size(max_message),
+        )
         .add_service(
             pb::enrollment_key_service_server::EnrollmentKeyServiceServer::new(
                 api::enrollment_key::EnrollmentKeys(state.clone()),
-            ),
+            )
+            .max_decoding_message_size(max_message),
         )
-        .add_service(pb::node_service_server::NodeServiceServer::new(
-            api::node::Nodes(state.clone()),
-        ))
-        .add_service(pb::gateway_service_server::GatewayServiceServer::new(
-            api::gateway::Gateways(state.clone()),
-        ))
-        .add_service(pb::ext_client_service_server::ExtClientServiceServer::new(
-            api::ext_client::ExtClients(state.clone()),
-        ))
-        .add_service(pb::dns_service_server::DnsServiceServer::new(
-            api::dns::Dns(state.clone()),
-        ))
-        .add_service(pb::agent_service_server::AgentServiceServer::new(
-            api::agent::Agents(state.clone()),
-        ))
-        .add_service(pb::event_service_server::EventServiceServer::new(
-            api::event::Events(state.clone()),
-        ))
+        .add_service(
+            pb::node_service_server::NodeServiceServer::new(api::node::Nodes(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::gateway_service_server::GatewayServiceServer::new(api::gateway::Gateways(
+                state.clone(),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::ext_client_service_server::ExtClientServiceServer::new(
+                api::ext_client::ExtClients(state.clone()),
+            )
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::dns_service_server::DnsServiceServer::new(api::dns::Dns(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::agent_service_server::AgentServiceServer::new(api::agent::Agents(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::event_service_server::EventServiceServer::new(api::event::Events(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
         r = server => r?,
@@ -333,6 +410,9 @@ pub async fn serve_with(
     let _ = tokio::time::timeout(Duration::from_secs(2), presence).await;
     if let Some(d) = dns {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+    }
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }
     Ok(())
 }

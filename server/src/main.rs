@@ -108,12 +108,82 @@ enum Command {
         /// get a snapshot.
         #[arg(long, env = "MESHPLANE_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
         event_retention: Duration,
+        /// Serve Prometheus metrics (GET /metrics) on this address (e.g.
+        /// 127.0.0.1:9090); off by default.
+        #[arg(long, env = "MESHPLANE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Manages admin tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+/// Limits on calls; each refusal has its own status code.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// How long a unary call may run before it ends with
+    /// DEADLINE_EXCEEDED (e.g. 500ms, 30s; 0: no limit). Streams
+    /// (WatchConfig, WatchEvents) are exempt.
+    #[arg(long, env = "MESHPLANE_UNARY_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    unary_deadline: Duration,
+    /// The largest request message accepted (e.g. 4MiB, 512KiB, 65536);
+    /// a larger one is refused with OUT_OF_RANGE.
+    #[arg(long, env = "MESHPLANE_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size)]
+    max_message_size: usize,
+    /// Unary calls running at once (0: no limit); a call that finds no
+    /// slot within --unary-queue-wait gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MESHPLANE_MAX_CONCURRENT_UNARY", default_value_t = meshplane_server::api::limits::DEFAULT_MAX_CONCURRENT_UNARY)]
+    max_concurrent_unary: usize,
+    /// How long a unary call waits for a slot.
+    #[arg(long, env = "MESHPLANE_UNARY_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    unary_queue_wait: Duration,
+    /// Config streams one node may hold open at once; the next gets
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MESHPLANE_MAX_STREAMS_PER_NODE", default_value_t = meshplane_server::hub::DEFAULT_STREAMS_PER_NODE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_streams_per_node: usize,
+    /// Failed authentications from one address within
+    /// --auth-failure-window after which every call from it gets
+    /// RESOURCE_EXHAUSTED for a window (0: never).
+    #[arg(long, env = "MESHPLANE_AUTH_FAILURE_LIMIT", default_value_t = meshplane_server::api::limits::DEFAULT_AUTH_FAILURE_LIMIT)]
+    auth_failure_limit: u32,
+    /// The failed-authentication window, also how long a throttled
+    /// address waits.
+    #[arg(long, env = "MESHPLANE_AUTH_FAILURE_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    auth_failure_window: Duration,
+}
+
+impl LimitArgs {
+    fn request_limits(&self) -> meshplane_server::api::limits::RequestLimits {
+        meshplane_server::api::limits::RequestLimits {
+            unary_deadline: (!self.unary_deadline.is_zero()).then_some(self.unary_deadline),
+            max_message_size: self.max_message_size,
+            max_concurrent_unary: self.max_concurrent_unary,
+            unary_queue_wait: self.unary_queue_wait,
+            auth_failure_limit: self.auth_failure_limit,
+            auth_failure_window: self.auth_failure_window,
+        }
+    }
+}
+
+/// Parses a size in bytes: a number, optionally with B, KiB or MiB.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number of bytes, e.g. 4MiB or 65536"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        _ => return Err(format!("{s:?}: the unit must be B, KiB or MiB")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Subcommand)]
@@ -133,8 +203,8 @@ enum TokenCommand {
     },
 }
 
-/// Parses a duration: a number with a unit of s, m, h or d (a bare 0 is
-/// zero).
+/// Parses a duration: a number with a unit of ms, s, m, h or d (a bare 0
+/// is zero).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
@@ -144,15 +214,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = n
         .parse()
         .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 30m or 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
     };
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
@@ -201,7 +272,7 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
     // The secret key from the environment (a secret manager's injection)
     // wins over the file; it is read once and removed from the
     // environment, so child processes do not inherit it.
-    let backend = match secret_from_env {
+    let mut backend = match secret_from_env {
         Some(text) => {
             let key = meshplane_server::decode_secret(&text)
                 .map_err(|e| format!("MESHPLANE_SECRET_KEY: {e}"))?;
@@ -210,6 +281,9 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
         None => Backend::open(&url, &secret).await,
     }
     .map_err(|e| e.to_string())?;
+    if let Command::Serve { limits, .. } = &cli.command {
+        backend.limits.max_streams_per_node = limits.max_streams_per_node;
+    }
     let store = backend.store.clone();
     match cli.command {
         Command::Serve {
@@ -217,6 +291,8 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
             dns_listen,
             dns_upstream_port,
             event_retention,
+            metrics_listen,
+            limits,
         } => {
             let fds = meshplane_server::raise_fd_limit();
             tracing::debug!(fds, "open-file limit");
@@ -238,8 +314,16 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             let mut options = ServeOptions {
                 event_retention: (!event_retention.is_zero()).then_some(event_retention),
+                limits: limits.request_limits(),
                 ..ServeOptions::default()
             };
+            if let Some(m) = metrics_listen {
+                let listener = std::net::TcpListener::bind(m)
+                    .map_err(|e| format!("binding metrics on {m}: {e}"))?;
+                let bound = listener.local_addr().map_err(|e| e.to_string())?;
+                println!("meshplane metrics: serving Prometheus metrics on http://{bound}/metrics");
+                options.metrics = Some(listener);
+            }
             if let Some(d) = dns_listen {
                 let socket =
                     std::net::UdpSocket::bind(d).map_err(|e| format!("binding DNS on {d}: {e}"))?;
@@ -298,5 +382,49 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_with_their_units() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("4GB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn serve_flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["meshplane", "serve"]).unwrap();
+        let Command::Serve {
+            limits,
+            metrics_listen,
+            ..
+        } = cli.command
+        else {
+            panic!("serve");
+        };
+        assert_eq!(metrics_listen, None);
+        let l = limits.request_limits();
+        assert_eq!(l.unary_deadline, Some(Duration::from_secs(30)));
+        assert_eq!(l.max_message_size, 4 << 20);
+        assert_eq!(limits.max_streams_per_node, 2);
+        assert!(
+            Cli::try_parse_from(["meshplane", "serve", "--max-streams-per-node", "0"]).is_err()
+        );
+        let cli = Cli::try_parse_from(["meshplane", "serve", "--unary-deadline", "0"]).unwrap();
+        let Command::Serve { limits, .. } = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!(limits.request_limits().unary_deadline, None);
     }
 }

@@ -78,7 +78,7 @@ impl TestServer {
 
     /// Starts a server on `data_dir` with the given stream limits.
     pub async fn start_with(data_dir: &Path, limits: meshplane_server::hub::Limits) -> Self {
-        Self::start_full(data_dir, limits, None, None).await
+        Self::start_full(data_dir, limits, None, |_| {}).await
     }
 
     /// Starts a server on a fresh data directory whose hub polls the event
@@ -87,12 +87,9 @@ impl TestServer {
     pub async fn start_without_polling() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let mut s = Self::start_full(
-            &dir,
-            meshplane_server::hub::Limits::default(),
-            None,
-            Some(Duration::from_secs(3600)),
-        )
+        let mut s = Self::start_full(&dir, meshplane_server::hub::Limits::default(), None, |o| {
+            o.follow_poll = Duration::from_secs(3600)
+        })
         .await;
         s._tmp = Some(tmp);
         s
@@ -107,9 +104,22 @@ impl TestServer {
             &dir,
             meshplane_server::hub::Limits::default(),
             Some(upstream_port),
-            None,
+            |_| {},
         )
         .await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on a fresh data directory (on the test backend)
+    /// with `tweak` applied to its options (limits, metrics).
+    pub async fn start_with_options(
+        tweak: impl FnOnce(&mut meshplane_server::ServeOptions),
+    ) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s =
+            Self::start_full(&dir, meshplane_server::hub::Limits::default(), None, tweak).await;
         s._tmp = Some(tmp);
         s
     }
@@ -118,7 +128,7 @@ impl TestServer {
         data_dir: &Path,
         limits: meshplane_server::hub::Limits,
         dns_upstream_port: Option<u16>,
-        follow_poll: Option<Duration>,
+        tweak: impl FnOnce(&mut meshplane_server::ServeOptions),
     ) -> Self {
         let url = if backend::servers_on_postgres() {
             // One database per data directory, so a restart on the same
@@ -138,12 +148,7 @@ impl TestServer {
         } else {
             meshplane_server::default_database_url(data_dir)
         };
-        Self::start_on(&url, data_dir, limits, dns_upstream_port, |o| {
-            if let Some(poll) = follow_poll {
-                o.follow_poll = poll;
-            }
-        })
-        .await
+        Self::start_on(&url, data_dir, limits, dns_upstream_port, tweak).await
     }
 
     /// A replica on the database at `url` (e.g. a PostgreSQL database that

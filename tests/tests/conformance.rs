@@ -869,6 +869,36 @@ async fn savepoints_and_rollback(s: Arc<dyn Store>) {
     assert_eq!(s.get_network("dropped").await.unwrap(), None);
 }
 
+async fn applied_revisions_of_nodes_heard_from_and_pool_use(s: Arc<dyn Store>) {
+    with_network(&*s, &network("corp", "10.1.0.0/16", "")).await;
+    with_node(
+        &*s,
+        &node("quiet", "corp", "quiet", 1, Some("10.1.0.1"), None),
+    )
+    .await;
+    with_node(
+        &*s,
+        &node("heard", "corp", "heard", 2, Some("10.1.0.2"), None),
+    )
+    .await;
+    let mut reported = node("reported", "corp", "reported", 3, Some("10.1.0.3"), None);
+    with_node(&*s, &reported).await;
+    assert_eq!(s.applied_revisions().await.unwrap(), vec![]);
+    s.touch_node("heard", t(5)).await.unwrap();
+    reported.applied_revision = 7;
+    reported.last_seen = Some(t(6));
+    s.save_report(&reported).await.unwrap();
+    let mut got = s.applied_revisions().await.unwrap();
+    got.sort();
+    assert_eq!(got, vec![("heard".into(), 0), ("reported".into(), 7)]);
+
+    // A transaction holds a connection of the pool.
+    let tx = s.begin().await.unwrap();
+    let during = s.pool_stats();
+    assert!(during.in_use >= 1, "{during:?}");
+    drop(tx);
+}
+
 /// Generates one test per backend for each case.
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
@@ -901,5 +931,6 @@ mod on_each_backend {
         event_log_dense_ordered_pruned,
         presence_per_replica_with_expiry,
         savepoints_and_rollback,
+        applied_revisions_of_nodes_heard_from_and_pool_use,
     );
 }

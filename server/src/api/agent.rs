@@ -16,7 +16,7 @@ use crate::domain::{
     host::{HostInterfaceInput, HostReportInput, HostRouteInput, StatusReportInput},
     node::RegistrationInput,
 };
-use crate::hub::{Hub, StreamGuard};
+use crate::hub::{Hub, OwedQueue, StreamGuard};
 use crate::service::Registered;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -78,10 +78,10 @@ impl AgentService for Agents {
         tracing::Span::current().record("node", id.as_str());
         let last = req.into_inner().last_revision;
         let hub = self.0.hub.clone();
-        let guard = hub.admit().map_err(retry_later)?;
+        let guard = hub.admit(&id).map_err(retry_later)?;
         // Include every write acknowledged before this call.
         hub.catch_up().await.status()?;
-        let cell = hub
+        let (cell, owed) = hub
             .subscribe(&id)
             .ok_or_else(|| to_status(Error::not_found("node", &id)))?;
         let first = hub
@@ -101,6 +101,7 @@ impl AgentService for Agents {
             sent: first.revision(),
             parts: Some(Parts::new(first)),
             cell,
+            owed,
             drain: self.0.drain.clone(),
             done: false,
             state: self.0.clone(),
@@ -198,6 +199,8 @@ struct ConfigStream {
     /// Parts of the update being sent.
     parts: Option<Parts>,
     cell: watch::Receiver<u64>,
+    /// Events this node's streams owe an update for (fan-out metrics).
+    owed: Arc<OwedQueue>,
     drain: watch::Receiver<bool>,
     done: bool,
     state: AppState,
@@ -211,6 +214,10 @@ impl ConfigStream {
         }
         loop {
             if let Some(p) = self.parts.as_mut().and_then(Iterator::next) {
+                if !p.partial {
+                    // The update's last part goes out now.
+                    self.owed.sent(self.sent);
+                }
                 return Some((Ok(p), self));
             }
             self.parts = None;

@@ -1,9 +1,23 @@
 //! Authentication in one tower layer: every request's path decides which kind
 //! of token it needs, and handlers never look at credentials themselves.
+//!
+//! The layer also throttles guessing: an address whose calls failed
+//! authentication (`UNAUTHENTICATED`: a bad, unknown or revoked token, or
+//! AgentService.Register's bad enrollment key) `limit` times within a window
+//! is refused for a window: every call of meshplane's API from it, good
+//! credentials or not, gets `RESOURCE_EXHAUSTED` with a `RetryInfo` saying
+//! when it may come back. Throttling by address alone, whatever the call
+//! carries, is the simple and safe choice: a guesser learns nothing while
+//! throttled. Health and reflection (no credentials) are never throttled.
+//! Clients behind one NAT share an address, and so a throttle; IPv6
+//! addresses are counted by their /64.
 
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
@@ -44,16 +58,133 @@ fn need(path: &str) -> Need {
     }
 }
 
+/// Addresses tracked at most; past this, addresses seen for the first time
+/// are not throttled until old entries expire.
+const MAX_TRACKED: usize = 65_536;
+
+/// Counts failed authentications per address (see the module
+/// documentation).
+pub struct Throttle {
+    limit: u32,
+    window: Duration,
+    peers: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Throttle {
+    /// Throttles an address for `window` after `limit` failures within
+    /// `window` (a limit of 0 never throttles).
+    pub fn new(limit: u32, window: Duration) -> Arc<Self> {
+        Arc::new(Throttle {
+            limit,
+            window,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ok, or how long `ip` must still wait.
+    fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut peers = self.peers();
+        let Some(f) = peers.get_mut(&ip) else {
+            return Ok(());
+        };
+        match f.blocked_until {
+            Some(until) if until > now => Err(until - now),
+            Some(_) => {
+                peers.remove(&ip);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed authentication from `ip`.
+    fn failed(&self, ip: IpAddr) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let window = self.window;
+        let mut peers = self.peers();
+        if peers.len() >= MAX_TRACKED && !peers.contains_key(&ip) {
+            peers.retain(|_, f| match f.blocked_until {
+                Some(until) => until > now,
+                None => now.duration_since(f.since) < window,
+            });
+            if peers.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let f = peers.entry(ip).or_insert(Failures {
+            count: 0,
+            since: now,
+            blocked_until: None,
+        });
+        if f.blocked_until.is_some() {
+            return;
+        }
+        if now.duration_since(f.since) >= window {
+            *f = Failures {
+                count: 0,
+                since: now,
+                blocked_until: None,
+            };
+        }
+        f.count += 1;
+        if f.count >= self.limit {
+            tracing::warn!(peer = %ip, failures = f.count, "throttling an address after failed authentications");
+            f.blocked_until = Some(now + window);
+        }
+    }
+}
+
+/// The key an address is throttled by: IPv4 as it is (also when mapped
+/// into IPv6), IPv6 by its /64 (one host usually has a whole /64).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(seg.into())
+            }
+        },
+    }
+}
+
 /// The tower layer that authenticates every request.
 #[derive(Clone)]
 pub struct AuthLayer {
     store: Arc<dyn Store>,
+    throttle: Arc<Throttle>,
 }
 
 impl AuthLayer {
-    /// A layer checking tokens against `store`.
+    /// A layer checking tokens against `store`, never throttling.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self::with_throttle(store, Throttle::new(0, Duration::ZERO))
+    }
+
+    /// A layer checking tokens against `store` and throttling addresses
+    /// with `throttle`.
+    pub fn with_throttle(store: Arc<dyn Store>, throttle: Arc<Throttle>) -> Self {
+        Self { store, throttle }
     }
 }
 
@@ -64,6 +195,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             store: self.store.clone(),
+            throttle: self.throttle.clone(),
         }
     }
 }
@@ -73,6 +205,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     store: Arc<dyn Store>,
+    throttle: Arc<Throttle>,
 }
 
 impl<S> Service<http::Request<Body>> for Auth<S>
@@ -89,23 +222,63 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let need = need(req.uri().path());
+        let path = req.uri().path();
+        let need = need(path);
+        let api = path.starts_with("/meshplane.v1.");
         // The clone that was polled ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if need == Need::Nothing {
-            return Box::pin(inner.call(req));
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .map(|a| peer_key(a.ip()));
+        let (Some(peer), true) = (peer, api) else {
+            // Health and reflection; or no address to throttle by.
+            if need == Need::Nothing {
+                return Box::pin(inner.call(req));
+            }
+            let store = self.store.clone();
+            return Box::pin(async move {
+                match authenticate(&*store, bearer(&req).as_deref(), need).await {
+                    Ok(p) => {
+                        req.extensions_mut().insert(p);
+                        inner.call(req).await
+                    }
+                    Err(status) => Ok(status.into_http()),
+                }
+            });
+        };
+        if let Err(wait) = self.throttle.check(peer) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let status = super::limits::exhausted(
+                format!("too many failed authentications from this address; retry in {secs} s"),
+                Duration::from_secs(secs),
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
         }
         let store = self.store.clone();
+        let throttle = self.throttle.clone();
         Box::pin(async move {
-            let bearer = bearer(&req);
-            match authenticate(&*store, bearer.as_deref(), need).await {
-                Ok(p) => {
-                    req.extensions_mut().insert(p);
-                    inner.call(req).await
+            if need != Need::Nothing {
+                match authenticate(&*store, bearer(&req).as_deref(), need).await {
+                    Ok(p) => {
+                        req.extensions_mut().insert(p);
+                    }
+                    Err(status) => {
+                        if status.code() == tonic::Code::Unauthenticated {
+                            throttle.failed(peer);
+                        }
+                        return Ok(status.into_http());
+                    }
                 }
-                Err(status) => Ok(status.into_http()),
             }
+            let response = inner.call(req).await?;
+            // Register's bad enrollment key fails in the handler.
+            if crate::metrics::grpc_code(response.headers()) == Some(tonic::Code::Unauthenticated) {
+                throttle.failed(peer);
+            }
+            Ok(response)
         })
     }
 }
@@ -185,6 +358,34 @@ pub fn principal<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_is_throttled_after_its_limit_for_a_window() {
+        let t = Throttle::new(3, Duration::from_millis(200));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..2 {
+            t.failed(a);
+        }
+        assert!(t.check(a).is_ok());
+        t.failed(a);
+        let wait = t.check(a).unwrap_err();
+        assert!(wait <= Duration::from_millis(200));
+        assert!(t.check(b).is_ok(), "other addresses are not throttled");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(t.check(a).is_ok(), "the throttle cools down");
+    }
+
+    #[test]
+    fn ipv6_peers_are_counted_by_their_64() {
+        let a = peer_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = peer_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            peer_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn paths_map_to_needs() {

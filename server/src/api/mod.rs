@@ -19,6 +19,8 @@ pub mod error;
 pub mod event;
 pub mod ext_client;
 pub mod gateway;
+pub mod limits;
+pub mod methods;
 pub mod network;
 pub mod node;
 

@@ -102,6 +102,12 @@ impl Service {
         &self.store
     }
 
+    /// Group commit's batches committed so far and the writes they
+    /// acknowledged.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        self.committer.stats()
+    }
+
     /// Runs a write; when it committed, wakes the hub. Every write use case
     /// goes through here (or [`Service::write_if`]).
     async fn write<T>(&self, write: impl Future<Output = Result<T>>) -> Result<T> {

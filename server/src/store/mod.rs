@@ -76,6 +76,15 @@ pub struct LogBounds {
     pub latest: u64,
 }
 
+/// How the store's connection pool is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Connections open and waiting to be used.
+    pub idle: usize,
+    /// Connections open and in use.
+    pub in_use: usize,
+}
+
 /// Revisions of changes, as other replicas announce them (PostgreSQL's
 /// LISTEN/NOTIFY); an item is a hint to read the log, never the change.
 pub type Notifications = futures::stream::BoxStream<'static, Result<u64>>;
@@ -140,6 +149,12 @@ pub trait Store: Send + Sync + 'static {
     /// revision, read in one consistent snapshot (the hub starts from it and
     /// follows the log).
     async fn load_all(&self) -> Result<(u64, Vec<NetworkView>)>;
+
+    /// Every node heard from (`last_seen` set) with the revision its agent
+    /// last reported applied, in no particular order (the drift gauge).
+    async fn applied_revisions(&self) -> Result<Vec<(String, u64)>>;
+    /// The connection pool's use now.
+    fn pool_stats(&self) -> PoolStats;
 
     // The event log.
 

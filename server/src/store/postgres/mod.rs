@@ -528,6 +528,27 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn applied_revisions(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, applied_revision FROM nodes WHERE last_seen IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, r)| (id, u64::try_from(r).unwrap_or(0)))
+            .collect())
+    }
+
+    fn pool_stats(&self) -> super::PoolStats {
+        let size = self.pool.size() as usize;
+        let idle = self.pool.num_idle().min(size);
+        super::PoolStats {
+            idle,
+            in_use: size - idle,
+        }
+    }
+
     async fn clock(&self) -> Result<DateTime<Utc>> {
         let t: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
             .fetch_one(&self.pool)

@@ -20,7 +20,7 @@ use crate::domain::{
     network::Network, node::Node, page::PageRequest,
 };
 use crate::store::{
-    AdminToken, LogBounds, Notifications, Store, StoredKey, Tx, db_err,
+    AdminToken, LogBounds, Notifications, PoolStats, Store, StoredKey, Tx, db_err,
     rows::{self, Cols},
     to_micros,
 };
@@ -259,6 +259,27 @@ impl Store for SqliteStore {
     /// The node ids travel as one JSON array (`json_each`), so any number of
     /// them takes one statement and no bind-parameter limit applies. Ids of
     /// nodes that no longer exist are skipped.
+    async fn applied_revisions(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, applied_revision FROM nodes WHERE last_seen IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, r)| (id, u64::try_from(r).unwrap_or(0)))
+            .collect())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size() as usize;
+        let idle = self.pool.num_idle().min(size);
+        PoolStats {
+            idle,
+            in_use: size - idle,
+        }
+    }
+
     async fn clock(&self) -> Result<DateTime<Utc>> {
         Ok(crate::domain::now())
     }

@@ -1,5 +1,11 @@
 //! Authentication in one tower layer: every request's path decides which kind
 //! of token it needs, and handlers never look at credentials themselves.
+//!
+//! With TLS and a client CA (`serve --client-ca`), AgentService calls
+//! (`Register` included) also need a client certificate; the handshake has
+//! verified it against the CA already, so here it only has to be there.
+//! Admin services and health/reflection take one when presented (verified
+//! likewise) but do not need it: their callers hold admin tokens.
 
 use std::{
     sync::Arc,
@@ -44,16 +50,35 @@ fn need(path: &str) -> Need {
     }
 }
 
+fn is_agent_service(path: &str) -> bool {
+    path.starts_with("/meshplane.v1.AgentService/")
+}
+
+/// What an agent without a client certificate is told.
+pub const CLIENT_CERT_REQUIRED: &str = "AgentService needs a client certificate: this server \
+     verifies agents against its --client-ca, and this connection presented none; run the agent \
+     with --client-cert and --client-key (a certificate signed by that CA)";
+
 /// The tower layer that authenticates every request.
 #[derive(Clone)]
 pub struct AuthLayer {
     store: Arc<dyn Store>,
+    agent_certs: bool,
 }
 
 impl AuthLayer {
     /// A layer checking tokens against `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            agent_certs: false,
+        }
+    }
+
+    /// Whether AgentService calls need a (verified) client certificate.
+    pub fn require_agent_certificates(mut self, required: bool) -> Self {
+        self.agent_certs = required;
+        self
     }
 }
 
@@ -64,6 +89,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             store: self.store.clone(),
+            agent_certs: self.agent_certs,
         }
     }
 }
@@ -73,6 +99,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     store: Arc<dyn Store>,
+    agent_certs: bool,
 }
 
 impl<S> Service<http::Request<Body>> for Auth<S>
@@ -93,6 +120,11 @@ where
         // The clone that was polled ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        if self.agent_certs && is_agent_service(req.uri().path()) && !has_client_cert(&req) {
+            return Box::pin(async {
+                Ok(Status::unauthenticated(CLIENT_CERT_REQUIRED).into_http())
+            });
+        }
         if need == Need::Nothing {
             return Box::pin(inner.call(req));
         }
@@ -108,6 +140,16 @@ where
             }
         })
     }
+}
+
+/// Whether the connection presented a client certificate (which the TLS
+/// handshake verified against the client CA).
+fn has_client_cert(req: &http::Request<Body>) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .is_some_and(|c| !c.is_empty())
 }
 
 fn bearer(req: &http::Request<Body>) -> Option<String> {
@@ -195,6 +237,8 @@ mod tests {
         assert_eq!(need("/meshplane.v1.AgentService/Register"), Need::Nothing);
         assert_eq!(need("/meshplane.v1.AgentService/WatchConfig"), Need::Node);
         assert_eq!(need("/grpc.health.v1.Health/Check"), Need::Nothing);
+        assert!(is_agent_service("/meshplane.v1.AgentService/Register"));
+        assert!(!is_agent_service("/meshplane.v1.NodeService/GetNode"));
         assert_eq!(
             need("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
             Need::Nothing

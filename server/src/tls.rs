@@ -11,8 +11,9 @@
 //! The server runs its own acceptor over the listener instead of tonic's
 //! static `ServerTlsConfig`: each connection's handshake uses the
 //! configuration current when it arrives, runs in a task of its own
-//! (bounded by [`HANDSHAKE_TIMEOUT`]), and a plaintext HTTP/2 client is
-//! told in words, in a GOAWAY frame, that the port needs TLS.
+//! (bounded by [`HANDSHAKE_TIMEOUT`]), and a plaintext gRPC client has its
+//! calls refused with FAILED_PRECONDITION and words saying the port needs
+//! TLS.
 
 use std::{
     io,
@@ -29,12 +30,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use sha2::{Digest, Sha256};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::watch,
-    task::JoinSet,
-};
+use tokio::{net::TcpStream, sync::watch, task::JoinSet};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::transport::server::TcpIncoming;
 
@@ -375,12 +371,10 @@ pub(crate) fn incoming(
     )
 }
 
-/// The first bytes an HTTP/2 client without TLS sends.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// What a plaintext client is told.
+/// What a plaintext gRPC client is told, with FAILED_PRECONDITION.
 pub const PLAINTEXT_REFUSED: &str = "this meshplane port serves TLS only: connect with https:// \
-     (meshctl --server, the SDK) and trust the server's CA (--ca-file); grpcurl without -plaintext";
+     (meshctl --server, the SDK) and trust the server's CA (--ca-file); grpcurl: -cacert FILE \
+     instead of -plaintext";
 
 async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>) -> Option<TlsStream<TcpStream>> {
     let peer = tcp.peer_addr().ok();
@@ -388,6 +382,7 @@ async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>) -> Option<TlsStrea
         // A TLS connection starts with a handshake record (0x16).
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await? == 1 && first[0] != 0x16 {
+            tracing::info!(?peer, "refusing a plaintext connection on the TLS port");
             refuse_plaintext(tcp).await;
             return Ok(None);
         }
@@ -395,14 +390,12 @@ async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>) -> Option<TlsStrea
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await {
         Ok(Ok(Some(stream))) => Some(stream),
-        Ok(Ok(None)) => {
-            tracing::info!(?peer, "refused a plaintext connection on the TLS port");
-            None
-        }
+        Ok(Ok(None)) => None,
         Ok(Err(e)) => {
             tracing::debug!(?peer, error = %e, "tls handshake failed");
             None
         }
+        // Also where a refused plaintext client's connection ends.
         Err(_) => {
             tracing::debug!(?peer, "tls handshake timed out");
             None
@@ -410,35 +403,28 @@ async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>) -> Option<TlsStrea
     }
 }
 
-/// Tells a plaintext HTTP/2 client why it is refused: a SETTINGS frame and
-/// a GOAWAY with INADEQUATE_SECURITY and [`PLAINTEXT_REFUSED`] as its debug
-/// data (gRPC clients show it in their error); other clients are just
-/// disconnected.
-async fn refuse_plaintext(mut tcp: TcpStream) {
-    let mut preface = [0u8; H2_PREFACE.len()];
-    let read = tokio::time::timeout(Duration::from_secs(2), tcp.read_exact(&mut preface)).await;
-    if !matches!(read, Ok(Ok(_))) || preface != H2_PREFACE {
+/// Tells a plaintext gRPC client why it is refused: every call it makes
+/// (until [`HANDSHAKE_TIMEOUT`] ends the connection) fails with
+/// FAILED_PRECONDITION and [`PLAINTEXT_REFUSED`]; nothing is served. Other
+/// clients (HTTP/1, garbage) are just disconnected.
+async fn refuse_plaintext(tcp: TcpStream) {
+    let mut first = [0u8; 4];
+    if !matches!(tcp.peek(&mut first).await, Ok(4)) || &first != b"PRI " {
         return;
     }
-    let debug = PLAINTEXT_REFUSED.as_bytes();
-    let mut frames = Vec::with_capacity(9 + 9 + 8 + debug.len());
-    // SETTINGS, empty: the server's connection preface.
-    frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-    // GOAWAY: last stream 0, INADEQUATE_SECURITY (0xc), debug data.
-    let len = (8 + debug.len()) as u32;
-    frames.extend_from_slice(&len.to_be_bytes()[1..]);
-    frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
-    frames.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0xc]);
-    frames.extend_from_slice(debug);
-    let _ = tcp.write_all(&frames).await;
-    let _ = tcp.shutdown().await;
-    // Read what the client still sends until it closes, so the close is a
-    // FIN and not a reset that could overtake the GOAWAY.
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((_, mut respond))) = conn.accept().await {
+        let refusal = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "9")
+            .header("grpc-message", PLAINTEXT_REFUSED)
+            .body(())
+            .expect("a valid response");
+        let _ = respond.send_response(refusal, true);
+    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,7 @@ impl TlsConfig {
     /// system's; fails naming the file when it cannot be read.
     pub fn ca_certificate_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
         let pem = read_file("CA file", path.as_ref())?;
+        check_certificates(&format!("CA file {}", path.as_ref().display()), &pem)?;
         Ok(self.ca_certificate(pem))
     }
 
@@ -118,8 +119,14 @@ impl TlsConfig {
         cert: impl AsRef<std::path::Path>,
         key: impl AsRef<std::path::Path>,
     ) -> Result<Self> {
-        let cert = read_file("client certificate", cert.as_ref())?;
-        let key = read_file("client key", key.as_ref())?;
+        let (cert_path, key_path) = (cert.as_ref(), key.as_ref());
+        let cert = read_file("client certificate", cert_path)?;
+        let key = read_file("client key", key_path)?;
+        check_certificates(
+            &format!("client certificate {}", cert_path.display()),
+            &cert,
+        )?;
+        check_key(&format!("client key {}", key_path.display()), &key)?;
         Ok(self.identity(cert, key))
     }
 
@@ -129,6 +136,41 @@ impl TlsConfig {
         self.domain = Some(name.into());
         self
     }
+}
+
+/// Fails unless `pem` holds at least one certificate.
+#[cfg(feature = "tls")]
+fn check_certificates(what: &str, pem: &[u8]) -> Result<()> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
+        Ok(c) if !c.is_empty() => Ok(()),
+        Ok(_) => Err(Error::config(format!(
+            "the {what} holds no certificate (expected a -----BEGIN CERTIFICATE----- block)"
+        ))),
+        Err(e) => Err(Error::config(format!("the {what} is not valid PEM: {e}"))),
+    }
+}
+
+/// Fails unless `pem` holds a private key.
+#[cfg(feature = "tls")]
+fn check_key(what: &str, pem: &[u8]) -> Result<()> {
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    PrivateKeyDer::from_pem_slice(pem).map(drop).map_err(|_| {
+        Error::config(format!(
+            "the {what} holds no private key (expected a -----BEGIN PRIVATE KEY-----, RSA \
+             PRIVATE KEY or EC PRIVATE KEY block)"
+        ))
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn check_certificates(_: &str, _: &[u8]) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn check_key(_: &str, _: &[u8]) -> Result<()> {
+    Ok(())
 }
 
 fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -275,33 +317,18 @@ impl ClientBuilder {
 
 #[cfg(feature = "tls")]
 fn tls_endpoint(ep: Endpoint, tls: TlsConfig) -> Result<Endpoint> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let certs = |what: &str, pem: &[u8]| -> Result<()> {
-        match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
-            Ok(c) if !c.is_empty() => Ok(()),
-            Ok(_) => Err(Error::config(format!(
-                "the {what} holds no certificate (expected a -----BEGIN CERTIFICATE----- block)"
-            ))),
-            Err(e) => Err(Error::config(format!("the {what} is not valid PEM: {e}"))),
-        }
-    };
     let mut cfg = ClientTlsConfig::new();
     cfg = match tls.ca_pem {
         Some(pem) => {
-            certs("CA file", &pem)?;
+            check_certificates("CA PEM", &pem)?;
             cfg.ca_certificate(Certificate::from_pem(pem))
         }
         None => cfg.with_native_roots(),
     };
     if let Some((cert, key)) = tls.identity {
-        certs("client certificate", &cert)?;
-        PrivateKeyDer::from_pem_slice(&key).map_err(|_| {
-            Error::config(
-                "the client key holds no private key (expected a -----BEGIN PRIVATE KEY-----, \
-                 RSA PRIVATE KEY or EC PRIVATE KEY block)",
-            )
-        })?;
+        check_certificates("client certificate PEM", &cert)?;
+        check_key("client key PEM", &key)?;
         cfg = cfg.identity(Identity::from_pem(cert, key));
     }
     if let Some(d) = tls.domain {
@@ -315,6 +342,11 @@ fn tls_endpoint(ep: Endpoint, tls: TlsConfig) -> Result<Endpoint> {
                  CA that signed the server's certificate (--ca-file, MESHCTL_CA_FILE; SDK: \
                  TlsConfig::ca_certificate_file) or install the system's CA certificates \
                  (Debian: ca-certificates)",
+            )
+        } else if detail.contains("KeyMismatch") {
+            Error::config(
+                "the client key does not match the client certificate (the first certificate \
+                 in the file must be the one the key was made for)",
             )
         } else {
             Error::config(format!("TLS settings: {detail}"))

@@ -244,13 +244,23 @@ async fn plaintext_clients_are_refused_on_a_tls_port_with_the_reason() {
         .timeout(Duration::from_secs(10))
         .connect_lazy()
         .unwrap();
+    let started = Instant::now();
     let e = plain.networks().list_all().await.unwrap_err();
-    // The server answers an HTTP/2 client without TLS with a GOAWAY
-    // (INADEQUATE_SECURITY) saying why; gRPC maps that reason to
-    // PERMISSION_DENIED, which is not retried.
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Every call of a gRPC client without TLS is refused, saying why, with
+    // a code that is not retried.
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::Status, "{e:?}");
     assert!(e.message().contains("serves TLS only"), "{e:?}");
     assert!(e.message().contains("https://"), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "retried: {e:?}");
+    // Registering (no token needed) is refused the same way: nothing is
+    // served in plaintext.
+    let e = plain
+        .agent()
+        .register(register_request("mpk_x", "corp", "n"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     // The same server, over TLS with its CA, works.
     let nets = admin(&server, certs.trust()).networks().list_all().await;
     assert_eq!(nets.unwrap().len(), 0);
@@ -312,6 +322,25 @@ async fn the_sdk_verifies_the_server_against_its_ca_and_says_what_failed() {
         .ca_certificate_file(certs.path("missing.pem"))
         .unwrap_err();
     assert!(e.message().contains("missing.pem"), "{e:?}");
+    let e = TlsConfig::new()
+        .ca_certificate_file(certs.path("server.key"))
+        .unwrap_err();
+    assert!(
+        e.message().contains("server.key holds no certificate"),
+        "{e:?}"
+    );
+    // A client key that is not the certificate's.
+    let (cert, _, _) = certs.ca.client_cert("a");
+    let (_, other_key, _) = certs.ca.client_cert("b");
+    let e = Client::builder(server.url())
+        .tls(certs.trust().identity(cert, other_key))
+        .connect_lazy()
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains("does not match the client certificate"),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -626,11 +655,22 @@ async fn grpcurl_verifies_with_cacert_and_plaintext_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("unknown authority"), "{stderr}");
-    // -plaintext against the TLS port: refused.
-    let out = grpcurl_run(vec!["-plaintext".into(), addr.clone(), "list".into()])
-        .await
-        .unwrap();
+    // -plaintext against the TLS port: refused, saying what to do.
+    let out = grpcurl_run(vec![
+        "-plaintext".into(),
+        "-H".into(),
+        auth.clone(),
+        "-d".into(),
+        "{}".into(),
+        addr.clone(),
+        "meshplane.v1.NetworkService/ListNetworks".into(),
+    ])
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(stderr.contains("FailedPrecondition"), "{stderr}");
+    assert!(stderr.contains("serves TLS only"), "{stderr}");
 }
 
 /// A `meshplane serve` process with TLS.

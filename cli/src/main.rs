@@ -13,7 +13,7 @@ mod wgquick;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use meshplane_sdk::Client;
+use meshplane_sdk::{Client, ClientBuilder, TlsConfig};
 
 use output::Format;
 
@@ -56,6 +56,29 @@ pub struct Global {
     /// Deadline of each call in seconds, retries included.
     #[arg(long, default_value_t = 30, global = true, value_name = "SECONDS")]
     timeout: u64,
+    /// CA certificate(s) (PEM) to verify an https:// server with, instead
+    /// of the system's.
+    #[arg(long, env = "MESHCTL_CA_FILE", global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present over https://, for servers that
+    /// verify clients (`serve --client-ca`; agents need one there).
+    #[arg(
+        long,
+        env = "MESHCTL_CLIENT_CERT",
+        global = true,
+        requires = "client_key",
+        value_name = "FILE"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "MESHCTL_CLIENT_KEY",
+        global = true,
+        requires = "client_cert",
+        value_name = "FILE"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +153,9 @@ pub struct Ctx {
     pub format: Format,
     /// `--server`, for messages.
     pub server: String,
+    /// The TLS flags given (`--ca-file FILE` …), for the commands meshctl
+    /// prints for other hosts to run.
+    pub tls_args: Vec<String>,
 }
 
 impl Global {
@@ -151,8 +177,52 @@ impl Global {
         }
     }
 
+    /// A client builder for `--server` with the TLS flags applied (and no
+    /// token: the agent sends its node's).
+    pub fn builder(&self) -> Result<ClientBuilder, Failure> {
+        let b = Client::builder(self.server.clone()).timeout(Duration::from_secs(self.timeout));
+        let https = self.server.starts_with("https://");
+        if !https {
+            let flag = if self.ca_file.is_some() {
+                Some("--ca-file (MESHCTL_CA_FILE)")
+            } else if self.client_cert.is_some() {
+                Some("--client-cert (MESHCTL_CLIENT_CERT)")
+            } else {
+                None
+            };
+            return match flag {
+                Some(flag) => Err(Failure::Usage(format!(
+                    "{flag} is for TLS, but --server {} is not https://; use https://HOST:PORT \
+                     (the server prints its URL in its ready line)",
+                    self.server
+                ))),
+                None => Ok(b),
+            };
+        }
+        let mut tls = TlsConfig::new();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate_file(ca)?;
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity_files(cert, key)?;
+        }
+        Ok(b.tls(tls))
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        [
+            ("--ca-file", &self.ca_file),
+            ("--client-cert", &self.client_cert),
+            ("--client-key", &self.client_key),
+        ]
+        .into_iter()
+        .filter_map(|(flag, path)| Some([flag.to_owned(), path.as_ref()?.display().to_string()]))
+        .flatten()
+        .collect()
+    }
+
     fn connect(&self) -> Result<Ctx, Failure> {
-        let mut b = Client::builder(self.server.clone()).timeout(Duration::from_secs(self.timeout));
+        let mut b = self.builder()?;
         if let Some(t) = self.token()? {
             b = b.token(t);
         }
@@ -160,6 +230,7 @@ impl Global {
             client: b.connect_lazy()?,
             format: self.output,
             server: self.server.clone(),
+            tls_args: self.tls_args(),
         })
     }
 }
@@ -173,6 +244,13 @@ fn report(f: Failure) -> ExitCode {
             }
             if let Some(d) = e.retry_delay() {
                 eprintln!("  retry in {} s", d.as_secs().max(1));
+            }
+            if e.kind() == meshplane_sdk::ErrorKind::Tls {
+                eprintln!(
+                    "  (TLS flags: --ca-file / MESHCTL_CA_FILE for the server's CA, \
+                     --client-cert and --client-key / MESHCTL_CLIENT_CERT and MESHCTL_CLIENT_KEY \
+                     for this client's certificate)"
+                );
             }
             if e.code() == meshplane_sdk::Code::Unauthenticated {
                 eprintln!(
@@ -227,7 +305,7 @@ fn main() -> ExitCode {
             Command::Route(c) => c.run(&ctx).await,
             Command::Events(c) => c.run(&ctx).await,
             Command::Quickstart(c) => c.run(&ctx).await,
-            Command::Agent(c) => c.run(&ctx.server).await,
+            Command::Agent(c) => c.run(&ctx.server, cli.global.builder()?).await,
             Command::Completion { .. } => unreachable!("handled above"),
         }
     });

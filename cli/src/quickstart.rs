@@ -588,6 +588,7 @@ impl VpnArgs {
         drop(p);
         let agent = AgentLine {
             server: &ctx.server,
+            tls_args: &ctx.tls_args,
             interface: &ifname,
             state_dir: &agent_dir,
         };
@@ -615,14 +616,21 @@ impl VpnArgs {
 /// state directory (no enrollment key needed).
 struct AgentLine<'a> {
     server: &'a str,
+    /// `--ca-file FILE` and the like, as given to this meshctl.
+    tls_args: &'a [String],
     interface: &'a str,
     state_dir: &'a Path,
 }
 
 impl AgentLine<'_> {
     fn command(&self) -> String {
+        let tls: String = self
+            .tls_args
+            .iter()
+            .map(|w| format!(" {}", sh_word(w)))
+            .collect();
         format!(
-            "meshctl agent run --server {} --interface {} --state-dir {}",
+            "meshctl agent run --server {}{tls} --interface {} --state-dir {}",
             sh_word(self.server),
             sh_word(self.interface),
             sh_word(&self.state_dir.display().to_string())
@@ -738,6 +746,7 @@ mod tests {
     fn the_agent_line_names_every_flag_and_quotes_for_the_shell() {
         let line = AgentLine {
             server: "http://127.0.0.1:50051",
+            tls_args: &[],
             interface: "mp-vpn",
             state_dir: Path::new("/srv/my state/agent-vpn"),
         };
@@ -745,6 +754,17 @@ mod tests {
             line.command(),
             "meshctl agent run --server http://127.0.0.1:50051 --interface mp-vpn \
              --state-dir '/srv/my state/agent-vpn'"
+        );
+        let tls = ["--ca-file".to_owned(), "/etc/mesh ca.pem".to_owned()];
+        let line = AgentLine {
+            server: "https://mesh.example.net:50051",
+            tls_args: &tls,
+            ..line
+        };
+        assert_eq!(
+            line.command(),
+            "meshctl agent run --server https://mesh.example.net:50051 --ca-file \
+             '/etc/mesh ca.pem' --interface mp-vpn --state-dir '/srv/my state/agent-vpn'"
         );
         assert_eq!(sh_word("it's"), r"'it'\''s'");
     }

@@ -60,9 +60,25 @@ impl From<&str> for Secret {
 
 /// TLS settings for an `https://` endpoint.
 ///
-/// Needs the SDK's `tls` cargo feature (rustls with ring); without it,
-/// [`ClientBuilder::connect`] fails with UNIMPLEMENTED naming the feature.
-/// Without a CA certificate, the webpki (Mozilla) roots are trusted.
+/// Needs the SDK's `tls` cargo feature (on by default: rustls with ring);
+/// without it, [`ClientBuilder::connect`] fails with UNIMPLEMENTED naming the
+/// feature. Without a CA certificate, the system's CA certificates are
+/// trusted (`/etc/ssl/certs` and the like); with one, only it is.
+///
+/// ```no_run
+/// # fn demo() -> meshplane_sdk::Result<()> {
+/// use meshplane_sdk::{Client, TlsConfig};
+///
+/// let client = Client::builder("https://meshplane.example.net:50051")
+///     .tls(
+///         TlsConfig::new()
+///             .ca_certificate_file("/etc/meshplane/ca.pem")?
+///             // Only where the server verifies clients (serve --client-ca):
+///             .identity_files("/etc/meshplane/agent.pem", "/etc/meshplane/agent.key")?,
+///     )
+///     .connect_lazy()?;
+/// # let _ = client; Ok(()) }
+/// ```
 #[derive(Clone, Default)]
 pub struct TlsConfig {
     ca_pem: Option<Vec<u8>>,
@@ -71,15 +87,23 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// Trust the webpki roots.
+    /// Trust the system's CA certificates.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Trust this CA certificate (PEM) instead.
+    /// Trust the CA certificates in `pem` instead of the system's.
     pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_pem = Some(pem.into());
         self
+    }
+
+    /// Trust the CA certificates in the PEM file at `path` instead of the
+    /// system's; fails naming the file when it cannot be read.
+    pub fn ca_certificate_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let pem = read_file("CA file", path.as_ref())?;
+        check_certificates(&format!("CA file {}", path.as_ref().display()), &pem)?;
+        Ok(self.ca_certificate(pem))
     }
 
     /// Present this client certificate and key (both PEM).
@@ -88,12 +112,70 @@ impl TlsConfig {
         self
     }
 
+    /// Present the client certificate and key in these PEM files; fails
+    /// naming the file that cannot be read.
+    pub fn identity_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        let (cert_path, key_path) = (cert.as_ref(), key.as_ref());
+        let cert = read_file("client certificate", cert_path)?;
+        let key = read_file("client key", key_path)?;
+        check_certificates(
+            &format!("client certificate {}", cert_path.display()),
+            &cert,
+        )?;
+        check_key(&format!("client key {}", key_path.display()), &key)?;
+        Ok(self.identity(cert, key))
+    }
+
     /// Expect this name in the server's certificate (default: the
     /// endpoint's host).
     pub fn domain_name(mut self, name: impl Into<String>) -> Self {
         self.domain = Some(name.into());
         self
     }
+}
+
+/// Fails unless `pem` holds at least one certificate.
+#[cfg(feature = "tls")]
+fn check_certificates(what: &str, pem: &[u8]) -> Result<()> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
+        Ok(c) if !c.is_empty() => Ok(()),
+        Ok(_) => Err(Error::config(format!(
+            "the {what} holds no certificate (expected a -----BEGIN CERTIFICATE----- block)"
+        ))),
+        Err(e) => Err(Error::config(format!("the {what} is not valid PEM: {e}"))),
+    }
+}
+
+/// Fails unless `pem` holds a private key.
+#[cfg(feature = "tls")]
+fn check_key(what: &str, pem: &[u8]) -> Result<()> {
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    PrivateKeyDer::from_pem_slice(pem).map(drop).map_err(|_| {
+        Error::config(format!(
+            "the {what} holds no private key (expected a -----BEGIN PRIVATE KEY-----, RSA \
+             PRIVATE KEY or EC PRIVATE KEY block)"
+        ))
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn check_certificates(_: &str, _: &[u8]) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn check_key(_: &str, _: &[u8]) -> Result<()> {
+    Ok(())
+}
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::config(format!("reading the {what} {}: {e}", path.display())))
 }
 
 impl fmt::Debug for TlsConfig {
@@ -204,13 +286,17 @@ impl ClientBuilder {
                 let ep = ep.clone();
                 async move {
                     ep.connect().await.map(tonic::Response::new).map_err(|e| {
-                        let e = Error::from(e);
-                        Status::unavailable(e.message().to_owned())
+                        // The source lets a TLS failure be told apart (and
+                        // not retried).
+                        let mut s = Status::unavailable(crate::error::chain(&e));
+                        s.set_source(std::sync::Arc::new(e));
+                        s
                     })
                 }
             })
             .await
             .map_err(|e| match e.kind() {
+                crate::ErrorKind::Tls => e,
                 // Every attempt failed to connect.
                 crate::ErrorKind::Status => {
                     Error::client(crate::ErrorKind::Transport, Code::Unavailable, e.message())
@@ -234,17 +320,38 @@ fn tls_endpoint(ep: Endpoint, tls: TlsConfig) -> Result<Endpoint> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let mut cfg = ClientTlsConfig::new();
     cfg = match tls.ca_pem {
-        Some(pem) => cfg.ca_certificate(Certificate::from_pem(pem)),
-        None => cfg.with_webpki_roots(),
+        Some(pem) => {
+            check_certificates("CA PEM", &pem)?;
+            cfg.ca_certificate(Certificate::from_pem(pem))
+        }
+        None => cfg.with_native_roots(),
     };
     if let Some((cert, key)) = tls.identity {
+        check_certificates("client certificate PEM", &cert)?;
+        check_key("client key PEM", &key)?;
         cfg = cfg.identity(Identity::from_pem(cert, key));
     }
     if let Some(d) = tls.domain {
         cfg = cfg.domain_name(d);
     }
-    ep.tls_config(cfg)
-        .map_err(|e| Error::config(format!("TLS settings: {e}")))
+    ep.tls_config(cfg).map_err(|e| {
+        let detail = crate::error::chain(&e);
+        if detail.contains("no native certs found") {
+            Error::config(
+                "no CA certificates found on this system to verify the server with: pass the \
+                 CA that signed the server's certificate (--ca-file, MESHCTL_CA_FILE; SDK: \
+                 TlsConfig::ca_certificate_file) or install the system's CA certificates \
+                 (Debian: ca-certificates)",
+            )
+        } else if detail.contains("KeyMismatch") {
+            Error::config(
+                "the client key does not match the client certificate (the first certificate \
+                 in the file must be the one the key was made for)",
+            )
+        } else {
+            Error::config(format!("TLS settings: {detail}"))
+        }
+    })
 }
 
 #[cfg(not(feature = "tls"))]
@@ -323,7 +430,11 @@ impl CallOptions {
                 Err(s) => Error::from(s),
             };
             n += 1;
-            if !idempotent || err.code() != Code::Unavailable || n >= self.retry.max_attempts {
+            if !idempotent
+                || err.code() != Code::Unavailable
+                || err.kind() == crate::ErrorKind::Tls
+                || n >= self.retry.max_attempts
+            {
                 return Err(err);
             }
             let wait = self

@@ -39,6 +39,12 @@ pub enum ErrorKind {
     /// The server could not be reached (the connection failed); the code
     /// is UNAVAILABLE.
     Transport,
+    /// The TLS handshake failed: this client does not trust the server's
+    /// certificate (unknown CA, a name it does not list, expired), or the
+    /// server refused this client's certificate. The code is UNAVAILABLE,
+    /// as gRPC has it, but calls are not retried: the message says what to
+    /// change.
+    Tls,
     /// The client could not be set up (bad endpoint, TLS not compiled in,
     /// a token that is not valid metadata).
     Config,
@@ -151,6 +157,111 @@ impl Error {
     }
 }
 
+/// An error and its sources, joined with `: `.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Wrappers often repeat their source's text.
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+/// What went wrong with TLS, in words an operator can act on, when `e` or
+/// one of its sources is a TLS error.
+#[cfg(feature = "tls")]
+pub(crate) fn tls_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // io::Error and h2::Error hide the error they carry from `source()`:
+    // look inside them too.
+    let mut todo = vec![e];
+    while let Some(e) = todo.pop() {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(describe_tls(r));
+        }
+        let io = e
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(inner) = io.and_then(|io| io.get_ref()) {
+            todo.push(inner);
+        }
+        if let Some(s) = e.source() {
+            todo.push(s);
+        }
+    }
+    // An alert after the handshake (TLS 1.3 servers refuse a client's
+    // certificate then) reaches here through h2, which keeps only its text.
+    let text = chain(e);
+    let alert = text.split("received fatal alert: ").nth(1)?;
+    let name: String = alert
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    Some(describe_alert(&name))
+}
+
+#[cfg(feature = "tls")]
+fn describe_alert(name: &str) -> String {
+    match name {
+        "CertificateRequired" => "TLS: the server requires a client certificate: pass \
+             --client-cert and --client-key (SDK: TlsConfig::identity_files)"
+            .into(),
+        "UnknownCA" | "BadCertificate" | "CertificateUnknown" | "AccessDenied" => format!(
+            "TLS: the server refused this client's certificate (alert {name}): it must be \
+             signed by the CA the server verifies clients with (serve --client-ca)"
+        ),
+        "CertificateExpired" | "CertificateRevoked" => format!(
+            "TLS: the server refused this client's certificate (alert {name}): issue a new one"
+        ),
+        _ => format!("TLS: the server ended the connection with the alert {name}"),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+pub(crate) fn tls_problem(_: &(dyn std::error::Error + 'static)) -> Option<String> {
+    None
+}
+
+#[cfg(feature = "tls")]
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    const CA_HINT: &str = "pass the CA certificate that signed it (meshctl: --ca-file or \
+         MESHCTL_CA_FILE; SDK: TlsConfig::ca_certificate_file), or check that the server \
+         address is the right server";
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => format!(
+            "TLS: the server's certificate is signed by a CA this client does not trust \
+             (unknown issuer): {CA_HINT}"
+        ),
+        E::InvalidCertificate(c @ (C::NotValidForName | C::NotValidForNameContext { .. })) => {
+            format!(
+                "TLS: the server's certificate does not name the host this client connected to \
+                 ({c}): connect with a name the certificate lists, or reissue the certificate \
+                 with this name"
+            )
+        }
+        E::InvalidCertificate(c @ (C::Expired | C::ExpiredContext { .. })) => format!(
+            "TLS: the server's certificate has expired ({c}): renew it on the server (it is \
+             reloaded without a restart), or check this host's clock"
+        ),
+        E::InvalidCertificate(c @ (C::NotValidYet | C::NotValidYetContext { .. })) => {
+            format!("TLS: the server's certificate is not valid yet ({c}): check this host's clock")
+        }
+        E::InvalidCertificate(c) => format!("TLS: the server's certificate was refused: {c}"),
+        E::AlertReceived(a) => describe_alert(&format!("{a:?}")),
+        E::InvalidMessage(m) => format!(
+            "TLS: the server did not answer in TLS ({m:?}); if it serves plaintext, use an \
+             http:// address"
+        ),
+        other => format!("TLS: {other}"),
+    }
+}
+
 impl From<Status> for Error {
     fn from(s: Status) -> Self {
         let details = s.get_error_details();
@@ -171,10 +282,28 @@ impl From<Status> for Error {
             resource_type: r.resource_type.clone(),
             resource_name: r.resource_name.clone(),
         });
+        // A connection that failed under a call (connect_lazy) arrives as
+        // a status whose source is the transport's error.
+        let source = std::error::Error::source(&s);
+        if let Some(p) = source.and_then(tls_problem) {
+            return Self::client(
+                ErrorKind::Tls,
+                Code::Unavailable,
+                format!("{p} [{}]", s.message()),
+            );
+        }
+        // The transport's own words (e.g. the reason in a GOAWAY) are often
+        // only in the source.
+        let mut message = s.message().to_owned();
+        if let Some(detail) = source.map(chain)
+            && !message.contains(&detail)
+        {
+            message = format!("{message}: {detail}");
+        }
         Error {
             kind: ErrorKind::Status,
             code: s.code(),
-            message: s.message().to_owned(),
+            message,
             violations,
             retry_delay,
             resource,
@@ -185,14 +314,14 @@ impl From<Status> for Error {
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Self {
         // A transport error at connect time: the server could not be reached.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
+        match tls_problem(&e) {
+            Some(p) => Self::client(
+                ErrorKind::Tls,
+                Code::Unavailable,
+                format!("{p} [{}]", chain(&e)),
+            ),
+            None => Self::client(ErrorKind::Transport, Code::Unavailable, chain(&e)),
         }
-        Self::client(ErrorKind::Transport, Code::Unavailable, message)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use api::{
     AppState,
@@ -108,6 +109,12 @@ pub struct ServeOptions {
     pub event_retention: Option<Duration>,
     /// How often pruning runs.
     pub prune_interval: Duration,
+    /// Serve TLS only, with this certificate (and client CA); `None`
+    /// serves plaintext.
+    pub tls: Option<tls::ServerTls>,
+    /// How often the TLS files are checked for changes (zero: never; then
+    /// only [`tls::ServerTls::reload`] reloads them).
+    pub tls_poll: Duration,
 }
 
 impl Default for ServeOptions {
@@ -121,6 +128,8 @@ impl Default for ServeOptions {
             presence_expiry: Duration::from_secs(10),
             event_retention: Some(DEFAULT_EVENT_RETENTION),
             prune_interval: Duration::from_secs(600),
+            tls: None,
+            tls_poll: tls::DEFAULT_POLL_INTERVAL,
         }
     }
 }
@@ -313,6 +322,14 @@ pub async fn serve_with(
         .build_v1alpha()
         .expect("meshplane's descriptor set is valid");
 
+    let tls_watch = options.tls.clone().and_then(|t| {
+        tracing::info!(cert = %t.files().cert.display(), sha256 = %t.fingerprint(),
+            client_ca = ?t.files().client_ca, "serving TLS only");
+        (!options.tls_poll.is_zero())
+            .then(|| tokio::spawn(t.watch(options.tls_poll, state.drain.clone())))
+    });
+    let require_agent_certs = options.tls.as_ref().is_some_and(|t| t.verifies_clients());
+
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
@@ -335,7 +352,7 @@ pub async fn serve_with(
         }
     };
 
-    let server = Server::builder()
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Outermost first: every call is counted (refusals too), the
@@ -343,10 +360,13 @@ pub async fn serve_with(
         // throttled or unauthenticated call takes no slot.
         .layer(metrics::MetricsLayer::new(metrics))
         .layer(DeadlineLayer::new(methods.clone(), limits.unary_deadline))
-        .layer(AuthLayer::with_throttle(
-            store,
-            Throttle::new(limits.auth_failure_limit, limits.auth_failure_window),
-        ))
+        .layer(
+            AuthLayer::with_throttle(
+                store,
+                Throttle::new(limits.auth_failure_limit, limits.auth_failure_window),
+            )
+            .require_agent_certificates(require_agent_certs),
+        )
         .layer(UnaryLimitLayer::new(
             methods,
             limits.max_concurrent_unary,
@@ -394,8 +414,14 @@ pub async fn serve_with(
         .add_service(
             pb::event_service_server::EventServiceServer::new(api::event::Events(state.clone()))
                 .max_decoding_message_size(max_message),
-        )
-        .serve_with_incoming_shutdown(incoming, signal);
+        );
+    let server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+        match options.tls {
+            Some(t) => {
+                Box::pin(router.serve_with_incoming_shutdown(tls::incoming(incoming, t), signal))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+        };
     tokio::select! {
         r = server => r?,
         () = deadline => tracing::warn!(
@@ -404,6 +430,9 @@ pub async fn serve_with(
         ),
     }
     follower.abort();
+    if let Some(t) = tls_watch {
+        t.abort();
+    }
     if let Some(p) = pruning {
         p.abort();
     }
@@ -520,7 +549,12 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Where a running server listens, for the ready line.
-pub fn ready_line(addr: SocketAddr) -> String {
-    format!("meshplane ready: serving gRPC on {addr}")
+/// Where a running server listens, for the ready line: the address, or
+/// with TLS the `https://` URL to give clients.
+pub fn ready_line(addr: SocketAddr, tls: bool) -> String {
+    if tls {
+        format!("meshplane ready: serving gRPC on https://{addr}")
+    } else {
+        format!("meshplane ready: serving gRPC on {addr}")
+    }
 }

@@ -9,6 +9,7 @@ use meshplane_server::{
     Backend, ServeOptions, bootstrap_admin_token, default_database_url,
     domain::token::{NewToken, TokenKind},
     ready_line, serve_with,
+    tls::{ServerTls, TlsFiles},
 };
 
 /// jemalloc: tens of thousands of long-lived connections interleaved with
@@ -89,6 +90,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Runs the gRPC server.
     Serve {
@@ -114,6 +117,40 @@ enum Command {
         metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Serve TLS only (plaintext clients are refused), with this
+        /// certificate chain (PEM, the server's certificate first). Needs
+        /// --tls-key. Reloaded for new connections when the file changes
+        /// or on SIGHUP; open connections keep theirs.
+        #[arg(
+            long,
+            env = "MESHPLANE_TLS_CERT",
+            requires = "tls_key",
+            value_name = "FILE"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(
+            long,
+            env = "MESHPLANE_TLS_KEY",
+            requires = "tls_cert",
+            value_name = "FILE"
+        )]
+        tls_key: Option<PathBuf>,
+        /// CA certificates (PEM) that client certificates are verified
+        /// against. AgentService calls then need a certificate signed by
+        /// it; other callers may present one (verified the same way) but
+        /// need not. Needs --tls-cert.
+        #[arg(
+            long,
+            env = "MESHPLANE_CLIENT_CA",
+            requires = "tls_cert",
+            value_name = "FILE"
+        )]
+        client_ca: Option<PathBuf>,
+        /// How often the TLS files are checked for changes (e.g. 5s, 1m; 0
+        /// reloads on SIGHUP only).
+        #[arg(long, env = "MESHPLANE_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+        tls_reload_interval: Duration,
     },
     /// Manages admin tokens.
     Token {
@@ -293,7 +330,24 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
             event_retention,
             metrics_listen,
             limits,
+            tls_cert,
+            tls_key,
+            client_ca,
+            tls_reload_interval,
         } => {
+            // Checked before anything else: a bad certificate is a
+            // startup error, not a server that refuses every client.
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    ServerTls::load(TlsFiles {
+                        cert,
+                        key,
+                        client_ca,
+                    })
+                    .map_err(|e| e.to_string())?,
+                ),
+                _ => None,
+            };
             let fds = meshplane_server::raise_fd_limit();
             tracing::debug!(fds, "open-file limit");
             // The token itself never goes to the output (a service manager
@@ -312,9 +366,12 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("binding {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            spawn_sighup(tls.clone());
             let mut options = ServeOptions {
                 event_retention: (!event_retention.is_zero()).then_some(event_retention),
                 limits: limits.request_limits(),
+                tls: tls.clone(),
+                tls_poll: tls_reload_interval,
                 ..ServeOptions::default()
             };
             if let Some(m) = metrics_listen {
@@ -336,7 +393,7 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
                     },
                 ));
             }
-            println!("{}", ready_line(addr));
+            println!("{}", ready_line(addr, tls.is_some()));
             serve_with(listener, backend, options, shutdown_signal())
                 .await
                 .map_err(|e| format!("serving: {e}"))?;
@@ -374,6 +431,28 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
             }
         },
     }
+}
+
+/// SIGHUP reloads the TLS certificate and key (and client CA); without TLS
+/// it is ignored (it used to stop the server, as every unhandled SIGHUP
+/// does).
+fn spawn_sighup(tls: Option<ServerTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP; TLS files are still reloaded when they change");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match &tls {
+                Some(t) => {
+                    tracing::info!("SIGHUP: reloading the TLS certificate and key");
+                    t.reload_logged();
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

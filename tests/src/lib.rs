@@ -55,6 +55,8 @@ pub struct TestServer {
     pub admin_token: String,
     /// Its store, for assertions on what was written.
     pub store: Arc<dyn Store>,
+    /// Its TLS, when it serves TLS only.
+    pub tls: Option<meshplane_server::tls::ServerTls>,
     data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -90,6 +92,26 @@ impl TestServer {
         let mut s = Self::start_full(&dir, meshplane_server::hub::Limits::default(), None, |o| {
             o.follow_poll = Duration::from_secs(3600)
         })
+        .await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a TLS-only server on a fresh data directory, checking its
+    /// TLS files for changes every `poll` (zero: never).
+    pub async fn start_tls(tls: meshplane_server::tls::ServerTls, poll: Duration) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let url = meshplane_server::default_database_url(tmp.path());
+        let mut s = Self::start_on(
+            &url,
+            tmp.path(),
+            meshplane_server::hub::Limits::default(),
+            None,
+            |o| {
+                o.tls = Some(tls);
+                o.tls_poll = poll;
+            },
+        )
         .await;
         s._tmp = Some(tmp);
         s
@@ -195,6 +217,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let mut options = meshplane_server::ServeOptions::default();
         tweak(&mut options);
+        let tls = options.tls.clone();
         let mut dns_addr = None;
         if let Some(port) = dns_upstream_port {
             let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind dns");
@@ -219,6 +242,7 @@ impl TestServer {
             addr,
             admin_token,
             store,
+            tls,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             stop: Some(stop),
@@ -231,9 +255,10 @@ impl TestServer {
         &self.data_dir
     }
 
-    /// `http://addr`.
+    /// `http://addr`, or `https://addr` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the server gracefully and waits until it has stopped; returns the

@@ -81,11 +81,12 @@ pub struct DownArgs {
 }
 
 impl AgentCmd {
-    /// Runs the command. `server` is the global `--server`.
-    pub async fn run(self, server: &str) -> Outcome {
+    /// Runs the command. `server` is the global `--server`, `client` a
+    /// builder for it with the global TLS flags applied.
+    pub async fn run(self, server: &str, client: meshplane_sdk::ClientBuilder) -> Outcome {
         init_logging();
         match self {
-            AgentCmd::Run(a) => run::run(a, server).await,
+            AgentCmd::Run(a) => run::run(a, server, client).await,
             AgentCmd::Down(a) => run::down(a).await,
         }
     }
@@ -135,7 +136,7 @@ mod run;
 mod run {
     use super::*;
     use crate::Failure;
-    pub async fn run(_: RunArgs, _: &str) -> Outcome {
+    pub async fn run(_: RunArgs, _: &str, _: meshplane_sdk::ClientBuilder) -> Outcome {
         Err(Failure::Local("the agent runs on Linux only".into()))
     }
     pub async fn down(_: DownArgs) -> Outcome {

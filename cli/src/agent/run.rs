@@ -8,7 +8,7 @@ use std::{
 
 use futures::StreamExt;
 use meshplane_sdk::{
-    Client, Code,
+    Client, ClientBuilder, Code,
     agent::{AgentClient, KeyPair},
     proto as pb,
 };
@@ -426,13 +426,11 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, 
 }
 
 /// `meshctl agent run`.
-pub async fn run(a: RunArgs, server: &str) -> Outcome {
+pub async fn run(a: RunArgs, server: &str, client: ClientBuilder) -> Outcome {
     let stop = shutdown_signal()?;
     let dir = StateDir::open(&a.state_dir).map_err(local)?;
     let _lock = dir.lock().map_err(local)?;
-    let client = Client::builder(server.to_owned())
-        .timeout(Duration::from_secs(30))
-        .connect_lazy()?;
+    let client = client.timeout(Duration::from_secs(30)).connect_lazy()?;
     let id = identity(&a, server, &client, &dir).await?;
     let host = Host::new(&id.interface).map_err(local)?;
     let create = match (&a.userspace, &id.created) {

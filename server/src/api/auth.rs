@@ -11,6 +11,11 @@
 //! throttled. Health and reflection (no credentials) are never throttled.
 //! Clients behind one NAT share an address, and so a throttle; IPv6
 //! addresses are counted by their /64.
+//! With TLS and a client CA (`serve --client-ca`), AgentService calls
+//! (`Register` included) also need a client certificate; the handshake has
+//! verified it against the CA already, so here it only has to be there.
+//! Admin services and health/reflection take one when presented (verified
+//! likewise) but do not need it: their callers hold admin tokens.
 
 use std::{
     collections::HashMap,
@@ -167,12 +172,21 @@ fn peer_key(ip: IpAddr) -> IpAddr {
         },
     }
 }
+fn is_agent_service(path: &str) -> bool {
+    path.starts_with("/meshplane.v1.AgentService/")
+}
+
+/// What an agent without a client certificate is told.
+pub const CLIENT_CERT_REQUIRED: &str = "AgentService needs a client certificate: this server \
+     verifies agents against its --client-ca, and this connection presented none; run the agent \
+     with --client-cert and --client-key (a certificate signed by that CA)";
 
 /// The tower layer that authenticates every request.
 #[derive(Clone)]
 pub struct AuthLayer {
     store: Arc<dyn Store>,
     throttle: Arc<Throttle>,
+    agent_certs: bool,
 }
 
 impl AuthLayer {
@@ -184,7 +198,17 @@ impl AuthLayer {
     /// A layer checking tokens against `store` and throttling addresses
     /// with `throttle`.
     pub fn with_throttle(store: Arc<dyn Store>, throttle: Arc<Throttle>) -> Self {
-        Self { store, throttle }
+        Self {
+            store,
+            throttle,
+            agent_certs: false,
+        }
+    }
+
+    /// Whether AgentService calls need a (verified) client certificate.
+    pub fn require_agent_certificates(mut self, required: bool) -> Self {
+        self.agent_certs = required;
+        self
     }
 }
 
@@ -196,6 +220,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             store: self.store.clone(),
             throttle: self.throttle.clone(),
+            agent_certs: self.agent_certs,
         }
     }
 }
@@ -206,6 +231,7 @@ pub struct Auth<S> {
     inner: S,
     store: Arc<dyn Store>,
     throttle: Arc<Throttle>,
+    agent_certs: bool,
 }
 
 impl<S> Service<http::Request<Body>> for Auth<S>
@@ -228,6 +254,11 @@ where
         // The clone that was polled ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        if self.agent_certs && is_agent_service(req.uri().path()) && !has_client_cert(&req) {
+            return Box::pin(async {
+                Ok(Status::unauthenticated(CLIENT_CERT_REQUIRED).into_http())
+            });
+        }
         let peer = req
             .extensions()
             .get::<tonic::transport::server::TcpConnectInfo>()
@@ -281,6 +312,16 @@ where
             Ok(response)
         })
     }
+}
+
+/// Whether the connection presented a client certificate (which the TLS
+/// handshake verified against the client CA).
+fn has_client_cert(req: &http::Request<Body>) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .is_some_and(|c| !c.is_empty())
 }
 
 fn bearer(req: &http::Request<Body>) -> Option<String> {
@@ -396,6 +437,8 @@ mod tests {
         assert_eq!(need("/meshplane.v1.AgentService/Register"), Need::Nothing);
         assert_eq!(need("/meshplane.v1.AgentService/WatchConfig"), Need::Node);
         assert_eq!(need("/grpc.health.v1.Health/Check"), Need::Nothing);
+        assert!(is_agent_service("/meshplane.v1.AgentService/Register"));
+        assert!(!is_agent_service("/meshplane.v1.NodeService/GetNode"));
         assert_eq!(
             need("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
             Need::Nothing

@@ -305,14 +305,21 @@ async fn run(cli: Cli) -> Result<(), String> {
 /// `meshplane backup`: VACUUM INTO a new file (SQLite), and where the
 /// secret key is, which the backup does not hold.
 async fn backup(out: &Path, url: &str, secret: &Path) -> Result<(), String> {
-    if url.starts_with("sqlite:") {
-        let db = meshplane_server::store::sqlite::database_file(url).map_err(|e| e.to_string())?;
-        if !db.exists() {
-            return Err(format!(
-                "no database at {}: nothing to back up",
-                db.display()
-            ));
-        }
+    if url.starts_with("postgres") {
+        // Refused before connecting (opening a store migrates it).
+        return Err(meshplane_server::store::postgres::POSTGRES_BACKUP.into());
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(format!(
+            "unsupported database URL {url:?}: backups are of sqlite:PATH databases"
+        ));
+    }
+    let db = meshplane_server::store::sqlite::database_file(url).map_err(|e| e.to_string())?;
+    if !db.exists() {
+        return Err(format!(
+            "no database at {}: nothing to back up",
+            db.display()
+        ));
     }
     let store = meshplane_server::store::open(url)
         .await
@@ -332,8 +339,13 @@ async fn backup(out: &Path, url: &str, secret: &Path) -> Result<(), String> {
 /// `meshplane restore`: installs a backup into a data directory without a
 /// database.
 async fn restore(from: &Path, url: &str, secret: &Path) -> Result<(), String> {
-    if !url.starts_with("sqlite:") {
+    if url.starts_with("postgres") {
         return Err(meshplane_server::store::postgres::POSTGRES_BACKUP.into());
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(format!(
+            "unsupported database URL {url:?}: restore fills sqlite:PATH databases"
+        ));
     }
     let done = meshplane_server::store::sqlite::restore(from, url)
         .await

@@ -1,6 +1,11 @@
 //! `meshplane`: the server binary.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -157,6 +162,23 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Writes a consistent copy of the SQLite database to a new file, safe
+    /// while the server runs (and writes). Back up secret.key too: external
+    /// clients' private keys are sealed with it. PostgreSQL: use pg_dump.
+    Backup {
+        /// The file to write; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Installs a backup as the database of a data directory that has none
+    /// yet: checks it (integrity, meshplane's tables), brings it to this
+    /// version's schema, then moves it into place. Put the original
+    /// secret.key in place before starting the server.
+    Restore {
+        /// The backup file (written by `meshplane backup`).
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 /// Limits on calls; each refusal has its own status code.
@@ -306,6 +328,11 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
         .secret_key_file
         .clone()
         .unwrap_or_else(|| cli.data_dir.join("secret.key"));
+    match &cli.command {
+        Command::Restore { from } => return restore(from, &url, &secret).await,
+        Command::Backup { out } => return backup(out, &url, &secret).await,
+        _ => {}
+    }
     // The secret key from the environment (a secret manager's injection)
     // wins over the file; it is read once and removed from the
     // environment, so child processes do not inherit it.
@@ -400,6 +427,7 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
             tracing::info!("stopped");
             Ok(())
         }
+        Command::Backup { .. } | Command::Restore { .. } => unreachable!("handled above"),
         Command::Token { command } => match command {
             TokenCommand::Create { name } => {
                 let token = NewToken::generate(TokenKind::Admin);
@@ -453,6 +481,78 @@ fn spawn_sighup(tls: Option<ServerTls>) {
             }
         }
     });
+}
+
+/// `meshplane backup`: VACUUM INTO a new file (SQLite), and where the
+/// secret key is, which the backup does not hold.
+async fn backup(out: &Path, url: &str, secret: &Path) -> Result<(), String> {
+    if url.starts_with("postgres") {
+        // Refused before connecting (opening a store migrates it).
+        return Err(meshplane_server::store::postgres::POSTGRES_BACKUP.into());
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(format!(
+            "unsupported database URL {url:?}: backups are of sqlite:PATH databases"
+        ));
+    }
+    let db = meshplane_server::store::sqlite::database_file(url).map_err(|e| e.to_string())?;
+    if !db.exists() {
+        return Err(format!(
+            "no database at {}: nothing to back up",
+            db.display()
+        ));
+    }
+    let store = meshplane_server::store::open(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let revision = store.backup(out).await.map_err(|e| e.to_string())?;
+    println!(
+        "wrote a backup of revision {revision} to {}\n\
+         it does not hold the secret key, {}: back that file up too (once is enough; it \
+         never changes), or the external clients' server-generated private keys cannot be \
+         opened after a restore",
+        out.display(),
+        secret.display()
+    );
+    Ok(())
+}
+
+/// `meshplane restore`: installs a backup into a data directory without a
+/// database.
+async fn restore(from: &Path, url: &str, secret: &Path) -> Result<(), String> {
+    if url.starts_with("postgres") {
+        return Err(meshplane_server::store::postgres::POSTGRES_BACKUP.into());
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(format!(
+            "unsupported database URL {url:?}: restore fills sqlite:PATH databases"
+        ));
+    }
+    let done = meshplane_server::store::sqlite::restore(from, url)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "restored {} (revision {}) into {}",
+        from.display(),
+        done.revision,
+        done.database.display()
+    );
+    if secret.exists() {
+        println!(
+            "the server will use the secret key {}: it must be the original server's, or \
+             external clients' server-generated private keys cannot be opened",
+            secret.display()
+        );
+    } else {
+        println!(
+            "no secret key at {} yet: copy the original server's secret.key there (mode 0600) \
+             before `meshplane serve` or any other command on this data directory, which would \
+             otherwise create a new one that cannot open the external clients' server-generated \
+             private keys",
+            secret.display()
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -899,6 +899,47 @@ async fn applied_revisions_of_nodes_heard_from_and_pool_use(s: Arc<dyn Store>) {
     drop(tx);
 }
 
+/// SQLite: a backup holds what was committed, not a transaction still
+/// open, with the newest revision, and never overwrites a file.
+/// PostgreSQL: refused, pointing to pg_dump.
+async fn backup_holds_what_was_committed(s: Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("copy.db");
+    if s.backend() == "postgres" {
+        match s.backup(&out).await {
+            Err(Error::FailedPrecondition(m)) => assert!(m.contains("pg_dump"), "{m}"),
+            other => panic!("PostgreSQL backup: {other:?}"),
+        }
+        assert!(!out.exists());
+        return;
+    }
+    let net = network("corp", "10.1.0.0/24", "");
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_network(&net).await.unwrap();
+    let rev = tx
+        .append(Action::Created, &Resource::Network(net.clone()), true)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Still open while the copy is taken.
+    let mut open = s.begin().await.unwrap();
+    open.insert_network(&network("pending", "10.2.0.0/24", ""))
+        .await
+        .unwrap();
+    assert_eq!(s.backup(&out).await.unwrap(), rev);
+    drop(open);
+    match s.backup(&out).await {
+        Err(Error::FailedPrecondition(m)) => assert!(m.contains("exists"), "{m}"),
+        other => panic!("a backup over an existing file: {other:?}"),
+    }
+    let copy = meshplane_server::store::open(&format!("sqlite://{}", out.display()))
+        .await
+        .unwrap();
+    assert_eq!(copy.get_network("corp").await.unwrap(), Some(net));
+    assert_eq!(copy.get_network("pending").await.unwrap(), None);
+    assert_eq!(copy.log_bounds().await.unwrap().latest, rev);
+}
+
 /// Generates one test per backend for each case.
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
@@ -932,5 +973,6 @@ mod on_each_backend {
         presence_per_replica_with_expiry,
         savepoints_and_rollback,
         applied_revisions_of_nodes_heard_from_and_pool_use,
+        backup_holds_what_was_committed,
     );
 }

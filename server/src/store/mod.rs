@@ -1,7 +1,7 @@
 //! Persistence behind one trait. SQLite is the embedded default; a
 //! PostgreSQL implementation of the same trait follows for scale-out.
 
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -200,6 +200,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         expire_before: DateTime<Utc>,
     ) -> Result<Vec<String>>;
+
+    // Backup.
+
+    /// Writes a consistent copy of every committed write to the new file
+    /// `out` (never overwriting one) and returns the newest event revision
+    /// it holds. Safe while the server runs: SQLite copies one read
+    /// snapshot (`VACUUM INTO`) while writers go on. PostgreSQL refuses
+    /// ([`Error::FailedPrecondition`]): back it up with its own tools
+    /// (`pg_dump`).
+    async fn backup(&self, out: &Path) -> Result<u64>;
 }
 
 /// One write transaction: loads and writes, nothing else. Every method that

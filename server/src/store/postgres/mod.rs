@@ -609,4 +609,16 @@ impl Store for PgStore {
         tx.commit().await.map_err(db_err)?;
         Ok(ids)
     }
+
+    /// Not here: a consistent copy of a PostgreSQL database is
+    /// `pg_dump`'s job (it reads one snapshot while the replicas write).
+    async fn backup(&self, _out: &std::path::Path) -> Result<u64> {
+        Err(Error::FailedPrecondition(POSTGRES_BACKUP.into()))
+    }
 }
+
+/// Why `meshplane backup` and `restore` refuse PostgreSQL, and what to use.
+pub const POSTGRES_BACKUP: &str = "meshplane backup and restore copy the embedded SQLite \
+     database; on PostgreSQL use its own tools: `pg_dump --format=custom --file=FILE URL` \
+     takes a consistent copy while the replicas run, `pg_restore --dbname=URL FILE` \
+     restores it into an empty database (see README, Backup and restore)";

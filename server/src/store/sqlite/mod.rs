@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use super::db_err;
 use crate::domain::{Error, Result};
 
+mod backup;
 mod cols;
 mod queries;
 mod store;
@@ -29,7 +30,11 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
+pub use backup::{Restored, database_file, restore};
 pub use tx::SqliteTx;
+
+/// The schema's migrations (run at every open, and by a restore).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite-backed [`super::Store`].
 pub struct SqliteStore {
@@ -60,7 +65,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db_err)?;
-        sqlx::migrate!("./migrations/sqlite")
+        MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(format!("migrating the database: {e}")))?;

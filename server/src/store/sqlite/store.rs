@@ -327,6 +327,9 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db_err)?;
         Ok(present)
     }
+    async fn backup(&self, out: &std::path::Path) -> Result<u64> {
+        super::backup::backup(&self.pool, out).await
+    }
 }
 
 /// The cursor and every network's view, read on one connection inside a

@@ -1638,6 +1638,12 @@ fn table(fx: &Fixture, before: &State) -> Vec<Row> {
             egress(laptop, &["10.20.0.0/16"], "eth0\n"),
             "interface",
         ),
+        invalid(
+            "interface with a double quote",
+            egress(laptop, &["10.20.0.0/16"], "eth\"0"),
+            "interface",
+        )
+        .says("iptables-restore"),
         refused(
             "a range another gateway serves",
             egress(laptop, &["192.168.0.0/16", "10.10.10.0/24"], "eth0"),
@@ -2412,6 +2418,13 @@ fn table(fx: &Fixture, before: &State) -> Vec<Row> {
             "wireguard_interface",
         )
         .by(As::Laptop),
+        invalid(
+            "wireguard interface with a double quote",
+            report(|r| r.wireguard_interface = "wg\"0".into()),
+            "wireguard_interface",
+        )
+        .by(As::Laptop)
+        .says("iptables-restore"),
         invalid(
             "wireguard interface of 100,000 characters",
             report(|r| r.wireguard_interface = huge()),

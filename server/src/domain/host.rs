@@ -50,6 +50,22 @@ pub fn parse_ifname(field: &str, s: &str) -> Result<String, FieldViolation> {
     Ok(s.to_owned())
 }
 
+/// Validates the name of an interface that firewall rules name (an egress
+/// gateway's interface, the agent's WireGuard interface): a Linux name (see
+/// [`parse_ifname`]) without '"', which `iptables-restore` reads as quoting,
+/// so the rendered rules would not parse. (A host may still report such an
+/// interface; rules just cannot use it.)
+pub fn parse_rule_ifname(field: &str, s: &str) -> Result<String, FieldViolation> {
+    let name = parse_ifname(field, s)?;
+    if name.contains('"') {
+        return Err(FieldViolation::new(
+            field,
+            format!("{name:?} contains '\"', which firewall rules (iptables-restore) cannot name"),
+        ));
+    }
+    Ok(name)
+}
+
 /// One interface of a host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInterface {
@@ -307,7 +323,7 @@ impl StatusReportInput {
         let wireguard_interface = if self.wireguard_interface.is_empty() {
             Some(None)
         } else {
-            v.check(parse_ifname(
+            v.check(parse_rule_ifname(
                 "wireguard_interface",
                 &self.wireguard_interface,
             ))
@@ -410,6 +426,22 @@ mod tests {
         ] {
             assert!(parse_ifname("f", bad).is_err(), "{bad:?}");
         }
+        // Linux allows '"'; firewall rules cannot name it (found by
+        // prop_firewalls_render_valid_iptables_restore_input).
+        assert!(parse_ifname("f", "wg\"0").is_ok());
+        let v = parse_rule_ifname("f", "wg\"0").unwrap_err();
+        assert!(
+            v.description.contains("iptables-restore"),
+            "{}",
+            v.description
+        );
+        assert_eq!(parse_rule_ifname("f", "wg0").unwrap(), "wg0");
+        let r = StatusReportInput {
+            wireguard_interface: "\"".into(),
+            ..Default::default()
+        }
+        .validate(chrono::Utc::now());
+        assert_eq!(fields(r), vec!["wireguard_interface"]);
     }
 
     #[test]

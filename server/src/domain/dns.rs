@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::config::DnsRecord;
-use super::error::{FieldViolation, Result, Violations};
+use super::error::{FieldViolation, Result, Violations, shown};
 use super::names::DnsLabel;
 
 /// Where an entry comes from.
@@ -53,7 +53,8 @@ pub fn parse_relative_name(field: &str, name: &str, zone: &str) -> Result<String
     let fqdn_len = name.len() + 1 + zone.len();
     if fqdn_len > NAME_MAX {
         return bad(format!(
-            "{name}.{zone} is {fqdn_len} characters; a DNS name has at most {NAME_MAX}"
+            "{}.{zone} is {fqdn_len} characters; a DNS name has at most {NAME_MAX}",
+            super::error::clip(name)
         ));
     }
     for label in name.split('.') {
@@ -62,7 +63,8 @@ pub fn parse_relative_name(field: &str, name: &str, zone: &str) -> Result<String
         }
         if label.len() > 63 {
             return bad(format!(
-                "label {label:?} is {} characters; at most 63",
+                "label {} is {} characters; at most 63",
+                shown(label),
                 label.len()
             ));
         }
@@ -115,7 +117,7 @@ impl DnsEntryInput {
                 Err(_) => {
                     v.add(
                         format!("{F}.address"),
-                        format!("{:?} is not an IPv4 address", self.address),
+                        format!("{} is not an IPv4 address", shown(&self.address)),
                     );
                     None
                 }
@@ -129,7 +131,7 @@ impl DnsEntryInput {
                 Err(_) => {
                     v.add(
                         format!("{F}.address6"),
-                        format!("{:?} is not an IPv6 address", self.address6),
+                        format!("{} is not an IPv6 address", shown(&self.address6)),
                     );
                     None
                 }

@@ -73,7 +73,7 @@ impl EnrollmentKeyInput {
                 format!("{} is not in the future", t.to_rfc3339()),
             );
         }
-        if self.description.len() > 256 {
+        if self.description.chars().count() > 256 {
             v.add(format!("{F}.description"), "at most 256 characters");
         }
         v.check(crate::domain::names::check_plain_text(
@@ -155,6 +155,19 @@ mod tests {
         i.uses_remaining = 0;
         i.unlimited = true;
         assert!(i.validate("k".into(), Utc::now()).is_ok());
+    }
+
+    #[test]
+    fn descriptions_are_counted_in_characters() {
+        let mut i = input();
+        i.description = "é".repeat(256);
+        assert!(i.validate("k".into(), Utc::now()).is_ok());
+        let mut i = input();
+        i.description = "é".repeat(257);
+        match i.validate("k".into(), Utc::now()) {
+            Err(Error::InvalidArgument(v)) => assert_eq!(v[0].field, "enrollment_key.description"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -89,11 +89,12 @@ impl Error {
         Error::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
 
-    /// NOT_FOUND for a resource.
+    /// NOT_FOUND for a resource; an id longer than any real one is cut
+    /// (see [`clip`]), since it goes back in the status.
     pub fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
         Error::NotFound {
             kind,
-            id: id.to_string(),
+            id: clip(&id.to_string()),
         }
     }
 
@@ -109,14 +110,49 @@ impl Error {
 /// Result with the domain error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Collects field violations, so a request reports every bad field at once.
+/// Most field violations one refusal carries: a request with thousands of
+/// bad entries gets the first ones (its details travel in a header, which
+/// clients refuse past a few KiB).
+pub const MAX_VIOLATIONS: usize = 16;
+
+/// Longest echo of a value the caller sent, in characters (see [`shown`]).
+const ECHO_MAX: usize = 32;
+
+/// `s` for a message: whole when short, else its first characters and
+/// "…". What a refusal says goes back in headers: echoing a 100 KB value
+/// whole makes the answer unreadable to the client.
+pub fn clip(s: &str) -> String {
+    match s.char_indices().nth(ECHO_MAX) {
+        None => s.to_owned(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
+}
+
+/// `s` quoted for a message (as `{s:?}` would), cut like [`clip`] with its
+/// length in bytes.
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(ECHO_MAX) {
+        None => format!("{s:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &s[..end], s.len()),
+    }
+}
+
+/// Collects field violations, so a request reports every bad field at once
+/// (the first [`MAX_VIOLATIONS`] of them).
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations(Vec<FieldViolation>, usize);
 
 impl Violations {
     /// Records a violation.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        self.push(FieldViolation::new(field, description));
+    }
+
+    fn push(&mut self, v: FieldViolation) {
+        if self.0.len() < MAX_VIOLATIONS {
+            self.0.push(v);
+        }
+        self.1 += 1;
     }
 
     /// Records the violation of a failed check and returns its value.
@@ -124,10 +160,15 @@ impl Violations {
         match r {
             Ok(v) => Some(v),
             Err(e) => {
-                self.0.push(e);
+                self.push(e);
                 None
             }
         }
+    }
+
+    /// How many violations were recorded (kept or not).
+    pub fn count(&self) -> usize {
+        self.1
     }
 
     /// Ok when nothing was recorded, INVALID_ARGUMENT otherwise.
@@ -136,6 +177,42 @@ impl Violations {
             Ok(())
         } else {
             Err(Error::InvalidArgument(self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_of_long_values_are_cut_at_a_character_boundary() {
+        assert_eq!(shown("eth0"), "\"eth0\"");
+        assert_eq!(clip("eth0"), "eth0");
+        let long = "é".repeat(100);
+        let s = shown(&long);
+        assert!(s.starts_with(&format!("{:?}", "é".repeat(32))), "{s}");
+        assert!(s.ends_with("… (200 bytes)"), "{s}");
+        assert_eq!(clip(&long), format!("{}…", "é".repeat(32)));
+        match Error::not_found("node", "x".repeat(100_000)) {
+            Error::NotFound { id, .. } => assert_eq!(id.chars().count(), 33),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn violations_are_capped_but_counted() {
+        let mut v = Violations::default();
+        for i in 0..1000 {
+            v.add(format!("ranges[{i}]"), "bad");
+        }
+        assert_eq!(v.count(), 1000);
+        match v.finish() {
+            Err(Error::InvalidArgument(kept)) => {
+                assert_eq!(kept.len(), MAX_VIOLATIONS);
+                assert_eq!(kept[0].field, "ranges[0]");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

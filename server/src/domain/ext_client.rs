@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::error::{Result, Violations};
+use super::error::{Result, Violations, shown};
 use super::names::{DnsLabel, parse_ips};
 use super::node::WgKey;
 
@@ -170,7 +170,8 @@ impl ExtClientPatch {
                 other => v.add(
                     "update_mask",
                     format!(
-                        "{other:?} cannot be updated; updatable fields are {}",
+                        "{} cannot be updated; updatable fields are {}",
+                        shown(other),
                         UPDATABLE.join(", ")
                     ),
                 ),

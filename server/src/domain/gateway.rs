@@ -4,7 +4,7 @@ use ipnet::IpNet;
 
 use super::config::node_interface;
 use super::error::{Error, FieldViolation, Result, Violations};
-use super::host::{HostReport, parse_ifname};
+use super::host::{HostReport, parse_rule_ifname};
 use super::names::{parse_cidr, parse_ips};
 use super::network::Network;
 use super::node::{Egress, Ingress, Node};
@@ -20,7 +20,8 @@ pub struct EgressInput {
     pub nat: Option<bool>,
 }
 
-/// Validates the egress interface's name (see [`parse_ifname`]); required.
+/// Validates the egress interface's name (see [`parse_rule_ifname`]);
+/// required.
 pub fn parse_interface(field: &str, s: &str) -> Result<String, FieldViolation> {
     if s.is_empty() {
         return Err(FieldViolation::new(
@@ -28,7 +29,7 @@ pub fn parse_interface(field: &str, s: &str) -> Result<String, FieldViolation> {
             "is required: the node's interface that reaches the ranges (e.g. eth0)",
         ));
     }
-    parse_ifname(field, s)
+    parse_rule_ifname(field, s)
 }
 
 impl EgressInput {
@@ -170,6 +171,13 @@ pub fn egress_interface(
         .first()
         .map(|(_, i)| *i)
         .ok_or_else(|| Error::Internal("egress_interface called without ranges".into()))?;
+    if let Err(v) = parse_rule_ifname("interface", first) {
+        return Err(Error::FailedPrecondition(format!(
+            "node {name}'s routing table sends the ranges out of {first:?}, but {}; name \
+             another interface",
+            v.description
+        )));
+    }
     if picked.iter().any(|(_, i)| *i != first) {
         let list: Vec<String> = picked.iter().map(|(r, i)| format!("{r} -> {i}")).collect();
         return Err(Error::FailedPrecondition(format!(
@@ -409,6 +417,29 @@ mod tests {
     }
 
     #[test]
+    fn an_interface_firewall_rules_cannot_name_is_not_picked() {
+        // Found by prop_firewalls_render_valid_iptables_restore_input: a
+        // '"' in the egress interface made the rendered rules unparsable.
+        let mut gw = reported();
+        let host = gw.host.as_mut().unwrap();
+        host.interfaces.push(HostInterface {
+            name: "lan\"1".into(),
+            addresses: vec![],
+            up: true,
+        });
+        host.routes.push(HostRoute {
+            destination: "172.16.0.0/12".parse().unwrap(),
+            interface: "lan\"1".into(),
+            gateway: None,
+        });
+        let m = precondition(egress_on(&gw, &["172.16.0.0/12"], ""));
+        assert!(
+            m.contains("iptables-restore") && m.contains("name another"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn without_a_host_report_the_interface_is_required() {
         let v = match egress(&["10.10.10.0/24"], "") {
             Err(Error::InvalidArgument(v)) => v,
@@ -444,7 +475,15 @@ mod tests {
         assert_eq!(field(egress(&["fd00:101::/80"], "eth0")), "ranges[0]");
         assert_eq!(field(egress(&[], "eth0")), "ranges");
         assert_eq!(field(egress(&["bogus"], "eth0")), "ranges[0]");
-        for bad in ["", "eth 0", "a/b", "a:b", "sixteen-chars-xx", ".."] {
+        for bad in [
+            "",
+            "eth 0",
+            "a/b",
+            "a:b",
+            "sixteen-chars-xx",
+            "..",
+            "eth\"0",
+        ] {
             assert_eq!(
                 field(egress(&["10.10.10.0/24"], bad)),
                 "interface",

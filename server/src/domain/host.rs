@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::error::{FieldViolation, Result, Violations};
+use super::error::{FieldViolation, Result, Violations, shown};
 use super::node::{Endpoint, Node};
 
 /// Most interfaces a host report may list.
@@ -21,9 +21,6 @@ pub const MAX_ADDRESSES: usize = 64;
 /// Longest apply error kept, in bytes; longer ones are cut (at a character
 /// boundary), not refused: the agent's report matters more than its prose.
 pub const APPLY_ERROR_MAX: usize = 2048;
-/// Field violations reported for one request at most: a broken agent may
-/// send thousands of bad routes, and the details travel in a header.
-const MAX_VIOLATIONS: usize = 16;
 
 /// Validates a Linux interface name: 1-15 bytes, no '/', ':', white space or
 /// control characters (NUL included), not "." or "..".
@@ -34,7 +31,8 @@ pub fn parse_ifname(field: &str, s: &str) -> Result<String, FieldViolation> {
     }
     if s.len() > 15 {
         return bad(format!(
-            "{s:?} is {} bytes; Linux allows at most 15",
+            "{} is {} bytes; Linux allows at most 15",
+            shown(s),
             s.len()
         ));
     }
@@ -50,6 +48,22 @@ pub fn parse_ifname(field: &str, s: &str) -> Result<String, FieldViolation> {
         return bad(format!("{s:?} is not an interface name"));
     }
     Ok(s.to_owned())
+}
+
+/// Validates the name of an interface that firewall rules name (an egress
+/// gateway's interface, the agent's WireGuard interface): a Linux name (see
+/// [`parse_ifname`]) without '"', which `iptables-restore` reads as quoting,
+/// so the rendered rules would not parse. (A host may still report such an
+/// interface; rules just cannot use it.)
+pub fn parse_rule_ifname(field: &str, s: &str) -> Result<String, FieldViolation> {
+    let name = parse_ifname(field, s)?;
+    if name.contains('"') {
+        return Err(FieldViolation::new(
+            field,
+            format!("{name:?} contains '\"', which firewall rules (iptables-restore) cannot name"),
+        ));
+    }
+    Ok(name)
 }
 
 /// One interface of a host.
@@ -130,46 +144,35 @@ pub struct HostReportInput {
     pub routes: Vec<HostRouteInput>,
 }
 
-/// Collects violations up to a cap.
-struct Capped(Violations, usize);
-
-impl Capped {
-    fn add(&mut self, v: FieldViolation) {
-        if self.1 < MAX_VIOLATIONS {
-            self.0.add(v.field, v.description);
-        }
-        self.1 += 1;
-    }
-
-    fn check<T>(&mut self, r: Result<T, FieldViolation>) -> Option<T> {
-        r.map_err(|v| self.add(v)).ok()
-    }
-}
-
 impl HostReportInput {
     /// Validates every interface and route; violations name their field
     /// under `field` (e.g. `host.routes[3].destination`).
-    fn validate_into(self, field: &str, now: DateTime<Utc>, v: &mut Capped) -> Option<HostReport> {
-        let errors = v.1;
+    fn validate_into(
+        self,
+        field: &str,
+        now: DateTime<Utc>,
+        v: &mut Violations,
+    ) -> Option<HostReport> {
+        let errors = v.count();
         if self.interfaces.len() > MAX_INTERFACES {
-            v.add(FieldViolation::new(
+            v.add(
                 format!("{field}.interfaces"),
                 format!(
                     "at most {MAX_INTERFACES} interfaces; this report has {}",
                     self.interfaces.len()
                 ),
-            ));
+            );
         }
         if self.routes.len() > MAX_ROUTES {
-            v.add(FieldViolation::new(
+            v.add(
                 format!("{field}.routes"),
                 format!(
                     "at most {MAX_ROUTES} routes; this report has {}",
                     self.routes.len()
                 ),
-            ));
+            );
         }
-        if v.1 > errors {
+        if v.count() > errors {
             return None;
         }
         let mut interfaces: Vec<HostInterface> = Vec::with_capacity(self.interfaces.len());
@@ -179,29 +182,29 @@ impl HostReportInput {
             if let Some(n) = &name
                 && interfaces.iter().any(|x| &x.name == n)
             {
-                v.add(FieldViolation::new(
-                    format!("{at}.name"),
-                    format!("{n:?} is listed twice"),
-                ));
+                v.add(format!("{at}.name"), format!("{n:?} is listed twice"));
             }
             if iface.addresses.len() > MAX_ADDRESSES {
-                v.add(FieldViolation::new(
+                v.add(
                     format!("{at}.addresses"),
                     format!(
                         "at most {MAX_ADDRESSES} addresses per interface; this one has {}",
                         iface.addresses.len()
                     ),
-                ));
+                );
                 continue;
             }
             let mut addresses = Vec::with_capacity(iface.addresses.len());
             for (j, a) in iface.addresses.iter().enumerate() {
                 match a.trim().parse::<IpNet>() {
                     Ok(a) => addresses.push(a),
-                    Err(_) => v.add(FieldViolation::new(
+                    Err(_) => v.add(
                         format!("{at}.addresses[{j}]"),
-                        format!("{a:?} is not an address with a prefix (e.g. 192.0.2.7/24)"),
-                    )),
+                        format!(
+                            "{} is not an address with a prefix (e.g. 192.0.2.7/24)",
+                            shown(a)
+                        ),
+                    ),
                 }
             }
             if let Some(name) = name {
@@ -218,14 +221,14 @@ impl HostReportInput {
             let destination = match r.destination.trim().parse::<IpNet>() {
                 Ok(d) => Some(d.trunc()),
                 Err(_) => {
-                    v.add(FieldViolation::new(
+                    v.add(
                         format!("{at}.destination"),
                         format!(
-                            "{:?} is not a CIDR range (e.g. 10.0.0.0/24, 0.0.0.0/0 for the \
+                            "{} is not a CIDR range (e.g. 10.0.0.0/24, 0.0.0.0/0 for the \
                              default route)",
-                            r.destination
+                            shown(&r.destination)
                         ),
-                    ));
+                    );
                     None
                 }
             };
@@ -236,10 +239,10 @@ impl HostReportInput {
                 match r.gateway.trim().parse::<IpAddr>() {
                     Ok(g) => Some(Some(g)),
                     Err(_) => {
-                        v.add(FieldViolation::new(
+                        v.add(
                             format!("{at}.gateway"),
-                            format!("{:?} is not an IP address", r.gateway),
-                        ));
+                            format!("{} is not an IP address", shown(&r.gateway)),
+                        );
                         None
                     }
                 }
@@ -254,7 +257,7 @@ impl HostReportInput {
                 });
             }
         }
-        (v.1 == errors).then_some(HostReport {
+        (v.count() == errors).then_some(HostReport {
             interfaces,
             routes,
             report_time: now,
@@ -310,7 +313,7 @@ fn truncate(mut s: String, max: usize) -> String {
 impl StatusReportInput {
     /// Validates every field, reporting the violations together.
     pub fn validate(self, now: DateTime<Utc>) -> Result<StatusReport> {
-        let mut v = Capped(Violations::default(), 0);
+        let mut v = Violations::default();
         let endpoint = if self.endpoint.is_empty() {
             Some(None)
         } else {
@@ -320,14 +323,14 @@ impl StatusReportInput {
         let wireguard_interface = if self.wireguard_interface.is_empty() {
             Some(None)
         } else {
-            v.check(parse_ifname(
+            v.check(parse_rule_ifname(
                 "wireguard_interface",
                 &self.wireguard_interface,
             ))
             .map(Some)
         };
         let host = self.host.map(|h| h.validate_into("host", now, &mut v));
-        v.0.finish()?;
+        v.finish()?;
         let failure = (!self.apply_error.is_empty()).then(|| {
             (
                 crate::domain::names::sanitize_text(truncate(self.apply_error, APPLY_ERROR_MAX)),
@@ -423,6 +426,22 @@ mod tests {
         ] {
             assert!(parse_ifname("f", bad).is_err(), "{bad:?}");
         }
+        // Linux allows '"'; firewall rules cannot name it (found by
+        // prop_firewalls_render_valid_iptables_restore_input).
+        assert!(parse_ifname("f", "wg\"0").is_ok());
+        let v = parse_rule_ifname("f", "wg\"0").unwrap_err();
+        assert!(
+            v.description.contains("iptables-restore"),
+            "{}",
+            v.description
+        );
+        assert_eq!(parse_rule_ifname("f", "wg0").unwrap(), "wg0");
+        let r = StatusReportInput {
+            wireguard_interface: "\"".into(),
+            ..Default::default()
+        }
+        .validate(chrono::Utc::now());
+        assert_eq!(fields(r), vec!["wireguard_interface"]);
     }
 
     #[test]
@@ -511,7 +530,7 @@ mod tests {
             }
             .validate(chrono::Utc::now()),
         );
-        assert_eq!(f.len(), MAX_VIOLATIONS);
+        assert_eq!(f.len(), crate::domain::error::MAX_VIOLATIONS);
         let addrs: Vec<String> = (0..=MAX_ADDRESSES)
             .map(|i| format!("10.0.0.{i}/24"))
             .collect();

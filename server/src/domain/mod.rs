@@ -15,6 +15,8 @@ pub mod names;
 pub mod network;
 pub mod node;
 pub mod page;
+#[cfg(test)]
+pub(crate) mod proptests;
 pub mod route;
 pub mod rules;
 pub mod sync;

@@ -4,7 +4,7 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::error::FieldViolation;
+use super::error::{FieldViolation, shown};
 
 /// A DNS label used as a resource name: lowercase a-z, 0-9 and '-',
 /// 1 to `max` characters, not starting or ending with '-'.
@@ -40,8 +40,9 @@ impl DnsLabel {
         if s.is_empty() {
             return bad("must not be empty".into());
         }
-        if s.len() > max {
-            return bad(format!("{s:?} is {} characters; at most {max}", s.len()));
+        let len = s.chars().count();
+        if len > max {
+            return bad(format!("{} is {len} characters; at most {max}", shown(s)));
         }
         if let Some(c) = s
             .chars()
@@ -75,7 +76,10 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet, FieldViolation> {
     let net = IpNet::from_str(s.trim()).map_err(|_| {
         FieldViolation::new(
             field,
-            format!("{s:?} is not a CIDR range (e.g. 10.0.0.0/24 or fd00::/64)"),
+            format!(
+                "{} is not a CIDR range (e.g. 10.0.0.0/24 or fd00::/64)",
+                shown(s)
+            ),
         )
     })?;
     if net.trunc() != net {
@@ -125,7 +129,7 @@ pub fn parse_ips(field: &str, list: &[String]) -> Result<Vec<IpAddr>, FieldViola
             IpAddr::from_str(s.trim()).map_err(|_| {
                 FieldViolation::new(
                     format!("{field}[{i}]"),
-                    format!("{s:?} is not an IP address"),
+                    format!("{} is not an IP address", shown(s)),
                 )
             })
         })

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::error::{Error, Result, Violations};
+use super::error::{Error, Result, Violations, shown};
 use super::names::{DnsLabel, parse_ips, parse_range4, parse_range6};
 
 /// Default PersistentKeepalive, seconds.
@@ -262,7 +262,8 @@ impl NetworkPatch {
                 p => v.add(
                     "update_mask",
                     format!(
-                        "unknown field {p:?}; updatable fields are {}",
+                        "unknown field {}; updatable fields are {}",
+                        shown(p),
                         UPDATABLE.join(", ")
                     ),
                 ),

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::error::{FieldViolation, Result, Violations};
+use super::error::{FieldViolation, Result, Violations, shown};
 use super::host::HostReport;
 use super::names::DnsLabel;
 
@@ -79,7 +79,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `host:port`.
     pub fn parse(field: &str, s: &str) -> Result<Self, FieldViolation> {
-        let bad = |why: &str| FieldViolation::new(field, format!("{s:?}: {why}"));
+        let bad = |why: &str| FieldViolation::new(field, format!("{}: {why}", shown(s)));
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| bad("expected host:port (IPv6 as [addr]:port)"))?;
@@ -285,7 +285,7 @@ impl RegistrationInput {
             None => Some(None),
             Some(p) => v.check(parse_port("listen_port", p)).map(Some),
         };
-        if self.os.len() > OS_MAX {
+        if self.os.chars().count() > OS_MAX {
             v.add("os", format!("at most {OS_MAX} characters"));
         }
         v.check(crate::domain::names::check_plain_text("os", &self.os));
@@ -387,7 +387,8 @@ impl NodePatch {
                 other => v.add(
                     "update_mask",
                     format!(
-                        "{other:?} cannot be updated; updatable fields are {}",
+                        "{} cannot be updated; updatable fields are {}",
+                        shown(other),
                         UPDATABLE.join(", ")
                     ),
                 ),
@@ -473,6 +474,35 @@ mod tests {
         };
         let f: Vec<_> = v.iter().map(|x| x.field.as_str()).collect();
         assert_eq!(f, vec!["name", "public_key", "endpoint", "listen_port"]);
+    }
+
+    #[test]
+    fn os_is_counted_in_characters_and_long_values_are_not_echoed_whole() {
+        let reg = |os: String, endpoint: String| {
+            RegistrationInput {
+                network: "corp".into(),
+                name: "n".into(),
+                public_key: KEY.into(),
+                endpoint,
+                listen_port: None,
+                os,
+            }
+            .validate()
+        };
+        assert!(reg("ü".repeat(OS_MAX), String::new()).is_ok());
+        let Err(super::super::Error::InvalidArgument(v)) =
+            reg("ü".repeat(OS_MAX + 1), format!("{}:1", "h".repeat(100_000)))
+        else {
+            panic!()
+        };
+        assert_eq!(v[0].field, "endpoint");
+        assert!(v[0].description.len() < 200, "{}", v[0].description);
+        assert!(
+            v[0].description.contains("(100002 bytes)"),
+            "{}",
+            v[0].description
+        );
+        assert_eq!(v[1].field, "os");
     }
 
     #[test]

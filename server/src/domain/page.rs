@@ -35,7 +35,10 @@ impl PageRequest {
                 .decode(page_token)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix("k:").map(str::to_owned));
+                .and_then(|s| s.strip_prefix("k:").map(str::to_owned))
+                // Keys are ids and names, never control characters (a NUL
+                // would even reach PostgreSQL, which cannot hold one).
+                .filter(|k| !k.chars().any(char::is_control));
             match bytes {
                 Some(k) => Some(k),
                 None => {
@@ -86,5 +89,17 @@ mod tests {
         assert!(PageRequest::parse(-1, "").is_err());
         assert_eq!(PageRequest::parse(0, "").unwrap().size, DEFAULT_PAGE_SIZE);
         assert_eq!(PageRequest::parse(5000, "").unwrap().size, MAX_PAGE_SIZE);
+    }
+
+    #[test]
+    fn tokens_around_control_characters_are_refused() {
+        for key in ["corp/\0", "a\nb", "\u{7}"] {
+            let token = encode(key);
+            match PageRequest::parse(1, &token) {
+                Err(Error::InvalidArgument(v)) => assert_eq!(v[0].field, "page_token"),
+                other => panic!("{key:?}: {other:?}"),
+            }
+        }
+        assert!(PageRequest::parse(1, &encode("corp/laptop")).is_ok());
     }
 }

@@ -1,15 +1,20 @@
-//! Property tests: over random sequences of changes, the incremental state
-//! equals the plain computation, deltas take any earlier config of a node to
-//! its current one, and exactly the nodes whose config changed are notified.
+//! Property tests (proptest: a failure shrinks to a minimal sequence of
+//! operations and its seed is kept in `server/proptest-regressions/`): over
+//! any sequence of changes, the incremental state equals the plain
+//! computation, deltas take any earlier config of a node to its current
+//! one, and exactly the nodes whose config changed are notified. The
+//! seeded [`World::step`] walks random sequences for other tests.
 
 use std::collections::HashMap;
 
 use chrono::Utc;
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::*;
 use crate::domain::{
     config::node_config,
+    dns::{DnsEntry, DnsKind},
     event::{Action, Event, Resource},
     ext_client::ExtClient,
     names::DnsLabel,
@@ -23,11 +28,13 @@ pub(crate) struct World {
     pub(crate) view: NetworkView,
     revision: u64,
     next_addr: u32,
-    next_key: u8,
+    next_key: u32,
     next_id: u32,
 }
 
 const NAMES: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+/// Names of custom DNS entries (never a node's or a client's).
+const ENTRIES: &[&str] = &["db", "www", "cache", "db.prod"];
 const RANGES: &[&str] = &[
     "10.10.10.0/24",
     "10.20.0.0/16",
@@ -36,6 +43,172 @@ const RANGES: &[&str] = &[
     "fd10::/64",
     "192.168.1.0/24",
 ];
+const INTERFACES: &[Option<&str>] = &[None, Some("wg0"), Some("wg1"), Some("mp-net")];
+
+/// One change of the network, as an operator or an agent makes it. Every
+/// `usize` picks among what exists (modulo its count), so any sequence of
+/// operations is valid and shrinking keeps it so.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Registers a node with a free name.
+    AddNode { name: usize, endpoint: bool },
+    /// Changes one field of a node.
+    UpdateNode { node: usize, change: NodeChange },
+    /// Makes a node an egress gateway for free ranges (none: stops it
+    /// being one).
+    SetEgress {
+        node: usize,
+        ranges: Vec<usize>,
+        nat: bool,
+    },
+    /// Makes a node an ingress gateway, or stops it being one (its
+    /// clients go with it).
+    SetIngress { node: usize, on: bool },
+    /// Deletes a node and its clients.
+    DeleteNode { node: usize },
+    /// Creates a client on an ingress gateway.
+    AddClient { ingress: usize, name: usize },
+    /// Changes a client.
+    UpdateClient { client: usize, change: ClientChange },
+    /// Deletes a client.
+    DeleteClient { client: usize },
+    /// Changes the network's settings.
+    UpdateNetwork(NetworkChange),
+    /// Creates a custom DNS entry with a free name.
+    AddDnsEntry { name: usize, v6: bool },
+    /// Deletes a custom DNS entry.
+    DeleteDnsEntry { entry: usize },
+}
+
+/// What [`Op::UpdateNode`] changes.
+#[derive(Debug, Clone)]
+pub(crate) enum NodeChange {
+    Rename(usize),
+    ListenPort(u16),
+    Keepalive(u32),
+    Key,
+    Endpoint(u8),
+    /// The agent reports its interface: a new name, the default one named
+    /// explicitly, or none.
+    Interface(usize),
+    Os,
+}
+
+/// What [`Op::UpdateClient`] changes.
+#[derive(Debug, Clone)]
+pub(crate) enum ClientChange {
+    Toggle,
+    Rename(usize),
+    Dns(u8),
+}
+
+/// What [`Op::UpdateNetwork`] changes.
+#[derive(Debug, Clone)]
+pub(crate) enum NetworkChange {
+    Keepalive(u32),
+    Mtu(u32),
+    Nameserver(u8),
+}
+
+/// Any operation (the proptest strategy).
+pub(crate) fn op() -> impl Strategy<Value = Op> {
+    let pick = any::<usize>;
+    let node_change = prop_oneof![
+        pick().prop_map(NodeChange::Rename),
+        (50000..50010u16).prop_map(NodeChange::ListenPort),
+        (0..3u32).prop_map(|k| NodeChange::Keepalive(k * 10)),
+        Just(NodeChange::Key),
+        (1..9u8).prop_map(NodeChange::Endpoint),
+        pick().prop_map(NodeChange::Interface),
+        Just(NodeChange::Os),
+    ];
+    let client_change = prop_oneof![
+        Just(ClientChange::Toggle),
+        pick().prop_map(ClientChange::Rename),
+        (1..4u8).prop_map(ClientChange::Dns),
+    ];
+    let network_change = prop_oneof![
+        (0..3u32).prop_map(|k| NetworkChange::Keepalive(k * 15)),
+        (0..3u32).prop_map(|m| NetworkChange::Mtu(1380 + m * 10)),
+        (1..4u8).prop_map(NetworkChange::Nameserver),
+    ];
+    prop_oneof![
+        4 => (pick(), any::<bool>()).prop_map(|(name, endpoint)| Op::AddNode { name, endpoint }),
+        4 => (pick(), node_change).prop_map(|(node, change)| Op::UpdateNode { node, change }),
+        3 => (pick(), prop::collection::vec(pick(), 0..3), any::<bool>())
+            .prop_map(|(node, ranges, nat)| Op::SetEgress { node, ranges, nat }),
+        2 => (pick(), any::<bool>()).prop_map(|(node, on)| Op::SetIngress { node, on }),
+        1 => pick().prop_map(|node| Op::DeleteNode { node }),
+        2 => (pick(), pick()).prop_map(|(ingress, name)| Op::AddClient { ingress, name }),
+        2 => (pick(), client_change).prop_map(|(client, change)| Op::UpdateClient { client, change }),
+        1 => pick().prop_map(|client| Op::DeleteClient { client }),
+        1 => network_change.prop_map(Op::UpdateNetwork),
+        1 => (pick(), any::<bool>()).prop_map(|(name, v6)| Op::AddDnsEntry { name, v6 }),
+        1 => pick().prop_map(|entry| Op::DeleteDnsEntry { entry }),
+    ]
+}
+
+impl Op {
+    /// A random operation, for tests that walk a seeded sequence.
+    fn random(rng: &mut StdRng, nodes: usize) -> Op {
+        let pick = |rng: &mut StdRng| rng.random::<u32>() as usize;
+        match rng.random_range(0..100) {
+            0..=19 => Op::AddNode {
+                name: pick(rng),
+                endpoint: rng.random_bool(0.5),
+            },
+            20..=39 => Op::UpdateNode {
+                node: pick(rng),
+                change: match rng.random_range(0..7) {
+                    0 => NodeChange::Rename(pick(rng)),
+                    1 => NodeChange::ListenPort(rng.random_range(50000..50010)),
+                    2 => NodeChange::Keepalive(rng.random_range(0..3) * 10),
+                    3 => NodeChange::Key,
+                    4 => NodeChange::Endpoint(rng.random_range(1..9)),
+                    5 => NodeChange::Interface(pick(rng)),
+                    _ => NodeChange::Os,
+                },
+            },
+            40..=54 => Op::SetEgress {
+                node: pick(rng),
+                ranges: if rng.random_bool(0.3) {
+                    vec![]
+                } else {
+                    (0..rng.random_range(1..=2)).map(|_| pick(rng)).collect()
+                },
+                nat: rng.random_bool(0.5),
+            },
+            55..=64 => Op::SetIngress {
+                node: pick(rng),
+                on: rng.random_bool(0.5),
+            },
+            65..=74 if nodes > 1 => Op::DeleteNode { node: pick(rng) },
+            75..=84 => Op::AddClient {
+                ingress: pick(rng),
+                name: pick(rng),
+            },
+            85..=92 if rng.random_bool(0.3) => Op::DeleteClient { client: pick(rng) },
+            85..=92 => Op::UpdateClient {
+                client: pick(rng),
+                change: match rng.random_range(0..3) {
+                    0 => ClientChange::Toggle,
+                    1 => ClientChange::Rename(pick(rng)),
+                    _ => ClientChange::Dns(rng.random_range(1..4)),
+                },
+            },
+            93..=96 => Op::UpdateNetwork(match rng.random_range(0..3) {
+                0 => NetworkChange::Keepalive(rng.random_range(0..3) * 15),
+                1 => NetworkChange::Mtu(1380 + rng.random_range(0..3) * 10),
+                _ => NetworkChange::Nameserver(rng.random_range(1..4)),
+            }),
+            97..=98 => Op::AddDnsEntry {
+                name: pick(rng),
+                v6: rng.random_bool(0.5),
+            },
+            _ => Op::DeleteDnsEntry { entry: pick(rng) },
+        }
+    }
+}
 
 impl World {
     pub(crate) fn new(seed: u64) -> Self {
@@ -63,26 +236,24 @@ impl World {
         }
     }
 
-    fn free_name(&mut self) -> Option<DnsLabel> {
-        let used: Vec<String> = self
+    /// A name no node or client has, picked by `pick`.
+    fn free_name(&self, pick: usize) -> Option<DnsLabel> {
+        let used: Vec<&str> = self
             .view
             .nodes
             .iter()
-            .map(|n| n.name.to_string())
-            .chain(self.view.ext_clients.iter().map(|c| c.name.to_string()))
+            .map(|n| n.name.as_str())
+            .chain(self.view.ext_clients.iter().map(|c| c.name.as_str()))
             .collect();
-        let free: Vec<&&str> = NAMES
-            .iter()
-            .filter(|n| !used.contains(&n.to_string()))
-            .collect();
-        free.choose(&mut self.rng)
-            .map(|n| DnsLabel::parse("n", n, 63).unwrap())
+        let free: Vec<&&str> = NAMES.iter().filter(|n| !used.contains(n)).collect();
+        (!free.is_empty()).then(|| DnsLabel::parse("n", free[pick % free.len()], 63).unwrap())
     }
 
+    /// A key no one has had.
     fn key(&mut self) -> WgKey {
-        self.next_key = self.next_key.wrapping_add(1).max(1);
-        let mut k = [self.next_key; 32];
-        k[0] = self.rng.random();
+        self.next_key += 1;
+        let mut k = [7u8; 32];
+        k[..4].copy_from_slice(&self.next_key.to_be_bytes());
         WgKey(k)
     }
 
@@ -113,12 +284,18 @@ impl World {
 
     /// One random change, as the events the store would log.
     pub(crate) fn step(&mut self) -> Vec<Event> {
+        let op = Op::random(&mut self.rng, self.view.nodes.len());
+        self.apply(&op)
+    }
+
+    /// The events of `op` (none when it has nothing to act on).
+    pub(crate) fn apply(&mut self, op: &Op) -> Vec<Event> {
         let now = Utc::now();
-        let choice = self.rng.random_range(0..100);
         let nodes = self.view.nodes.len();
-        match choice {
-            0..=19 => {
-                let Some(name) = self.free_name() else {
+        let clients = self.view.ext_clients.len();
+        match op.clone() {
+            Op::AddNode { name, endpoint } => {
+                let Some(name) = self.free_name(name) else {
                     return vec![];
                 };
                 let (a4, a6) = self.addr();
@@ -127,50 +304,38 @@ impl World {
                 node.id = format!("n{}", self.next_id);
                 node.network = self.view.network.name.clone();
                 node.public_key = self.key();
-                node.endpoint = self
-                    .rng
-                    .random_bool(0.5)
-                    .then(|| Endpoint::parse("e", "198.51.100.1:51821").unwrap());
+                node.endpoint =
+                    endpoint.then(|| Endpoint::parse("e", "198.51.100.1:51821").unwrap());
                 node.address = Some(a4);
                 node.address6 = Some(a6);
                 self.view.nodes.push(node);
                 vec![self.node_event(nodes, Action::Created)]
             }
-            20..=39 if nodes > 0 => {
-                let i = self.rng.random_range(0..nodes);
-                match self.rng.random_range(0..7) {
-                    0 => {
-                        if let Some(name) = self.free_name() {
+            Op::UpdateNode { node, change } if nodes > 0 => {
+                let i = node % nodes;
+                match change {
+                    NodeChange::Rename(pick) => {
+                        if let Some(name) = self.free_name(pick) {
                             self.view.nodes[i].name = name;
                         }
                     }
-                    1 => self.view.nodes[i].listen_port = self.rng.random_range(50000..50010),
-                    2 => self.view.nodes[i].keepalive = self.rng.random_range(0..3) * 10,
-                    3 => self.view.nodes[i].public_key = self.key(),
-                    4 => {
-                        self.view.nodes[i].endpoint = Some(
-                            Endpoint::parse(
-                                "e",
-                                &format!("203.0.113.{}:51821", self.rng.random_range(1..9)),
-                            )
-                            .unwrap(),
-                        )
+                    NodeChange::ListenPort(p) => self.view.nodes[i].listen_port = p,
+                    NodeChange::Keepalive(k) => self.view.nodes[i].keepalive = k,
+                    NodeChange::Key => self.view.nodes[i].public_key = self.key(),
+                    NodeChange::Endpoint(host) => {
+                        self.view.nodes[i].endpoint =
+                            Some(Endpoint::parse("e", &format!("203.0.113.{host}:51821")).unwrap())
                     }
-                    5 => {
-                        // The agent reports its interface: a new name, the
-                        // default one named explicitly, or none.
+                    NodeChange::Interface(pick) => {
                         self.view.nodes[i].wireguard_interface =
-                            [None, Some("wg0"), Some("wg1"), Some("mp-net")]
-                                .choose(&mut self.rng)
-                                .expect("non-empty")
-                                .map(String::from)
+                            INTERFACES[pick % INTERFACES.len()].map(String::from)
                     }
-                    _ => self.view.nodes[i].os = "changed".into(),
+                    NodeChange::Os => self.view.nodes[i].os = "changed".into(),
                 }
                 vec![self.node_event(i, Action::Updated)]
             }
-            40..=54 if nodes > 0 => {
-                let i = self.rng.random_range(0..nodes);
+            Op::SetEgress { node, ranges, nat } if nodes > 0 => {
+                let i = node % nodes;
                 let taken: Vec<String> = self
                     .view
                     .nodes
@@ -184,44 +349,43 @@ impl World {
                     .iter()
                     .filter(|r| !taken.contains(&r.to_string()))
                     .collect();
-                self.view.nodes[i].egress = if self.rng.random_bool(0.3) || free.is_empty() {
-                    None
+                let mut chosen: Vec<ipnet::IpNet> = if free.is_empty() {
+                    vec![]
                 } else {
-                    let n = self.rng.random_range(1..=free.len().min(2));
-                    let mut ranges: Vec<ipnet::IpNet> = free
-                        .choose_multiple(&mut self.rng, n)
-                        .map(|r| r.parse().unwrap())
-                        .collect();
-                    ranges.sort();
-                    assert!(!ranges.is_empty());
-                    Some(Egress {
-                        ranges,
-                        interface: "eth0".into(),
-                        nat: self.rng.random_bool(0.5),
-                    })
+                    ranges
+                        .iter()
+                        .map(|p| free[p % free.len()].parse().unwrap())
+                        .collect()
                 };
+                chosen.sort();
+                chosen.dedup();
+                self.view.nodes[i].egress = (!chosen.is_empty()).then(|| Egress {
+                    ranges: chosen,
+                    interface: "eth0".into(),
+                    nat,
+                });
                 vec![self.node_event(i, Action::Updated)]
             }
-            55..=64 if nodes > 0 => {
-                let i = self.rng.random_range(0..nodes);
+            Op::SetIngress { node, on } if nodes > 0 => {
+                let i = node % nodes;
                 let mut out = Vec::new();
-                if self.view.nodes[i].ingress.is_some() && self.rng.random_bool(0.5) {
+                if on {
+                    self.view.nodes[i].ingress = Some(Ingress::default());
+                } else if self.view.nodes[i].ingress.is_some() {
                     out.extend(self.drop_clients_of(i));
                     self.view.nodes[i].ingress = None;
-                } else {
-                    self.view.nodes[i].ingress = Some(Ingress::default());
                 }
                 out.push(self.node_event(i, Action::Updated));
                 out
             }
-            65..=74 if nodes > 1 => {
-                let i = self.rng.random_range(0..nodes);
+            Op::DeleteNode { node } if nodes > 0 => {
+                let i = node % nodes;
                 let mut out = self.drop_clients_of(i);
                 let n = self.view.nodes.remove(i);
                 out.push(self.event(Action::Deleted, Resource::Node(Box::new(n))));
                 out
             }
-            75..=84 => {
+            Op::AddClient { ingress, name } => {
                 let ingresses: Vec<String> = self
                     .view
                     .nodes
@@ -229,10 +393,11 @@ impl World {
                     .filter(|n| n.ingress.is_some())
                     .map(|n| n.id.clone())
                     .collect();
-                let Some(ing) = ingresses.choose(&mut self.rng).cloned() else {
+                if ingresses.is_empty() {
                     return vec![];
-                };
-                let Some(name) = self.free_name() else {
+                }
+                let ing = ingresses[ingress % ingresses.len()].clone();
+                let Some(name) = self.free_name(name) else {
                     return vec![];
                 };
                 let (a4, a6) = self.addr();
@@ -256,38 +421,75 @@ impl World {
                 self.view.ext_clients.push(c.clone());
                 vec![self.event(Action::Created, Resource::ExtClient(Box::new(c)))]
             }
-            85..=92 if !self.view.ext_clients.is_empty() => {
-                let i = self.rng.random_range(0..self.view.ext_clients.len());
-                if self.rng.random_bool(0.3) {
-                    let c = self.view.ext_clients.remove(i);
-                    return vec![self.event(Action::Deleted, Resource::ExtClient(Box::new(c)))];
-                }
-                match self.rng.random_range(0..3) {
-                    0 => self.view.ext_clients[i].enabled ^= true,
-                    1 => {
-                        if let Some(name) = self.free_name() {
+            Op::UpdateClient { client, change } if clients > 0 => {
+                let i = client % clients;
+                match change {
+                    ClientChange::Toggle => self.view.ext_clients[i].enabled ^= true,
+                    ClientChange::Rename(pick) => {
+                        if let Some(name) = self.free_name(pick) {
                             self.view.ext_clients[i].name = name;
                         }
                     }
-                    _ => self.view.ext_clients[i].dns = vec!["1.1.1.1".parse().unwrap()],
+                    ClientChange::Dns(d) => {
+                        self.view.ext_clients[i].dns = vec![format!("1.1.1.{d}").parse().unwrap()]
+                    }
                 }
                 let c = self.view.ext_clients[i].clone();
                 vec![self.event(Action::Updated, Resource::ExtClient(Box::new(c)))]
             }
-            93..=99 => {
-                match self.rng.random_range(0..3) {
-                    0 => self.view.network.keepalive = self.rng.random_range(0..3) * 15,
-                    1 => self.view.network.mtu = 1380 + self.rng.random_range(0..3) * 10,
-                    _ => {
-                        self.view.network.nameservers = vec![
-                            format!("9.9.9.{}", self.rng.random_range(1..4))
-                                .parse()
-                                .unwrap(),
-                        ]
+            Op::DeleteClient { client } if clients > 0 => {
+                let c = self.view.ext_clients.remove(client % clients);
+                vec![self.event(Action::Deleted, Resource::ExtClient(Box::new(c)))]
+            }
+            Op::UpdateNetwork(change) => {
+                match change {
+                    NetworkChange::Keepalive(k) => self.view.network.keepalive = k,
+                    NetworkChange::Mtu(m) => self.view.network.mtu = m,
+                    NetworkChange::Nameserver(n) => {
+                        self.view.network.nameservers = vec![format!("9.9.9.{n}").parse().unwrap()]
                     }
                 }
                 let n = self.view.network.clone();
                 vec![self.event(Action::Updated, Resource::Network(n))]
+            }
+            Op::AddDnsEntry { name, v6 } => {
+                let free: Vec<&&str> = ENTRIES
+                    .iter()
+                    .filter(|e| !self.view.dns_entries.iter().any(|d| d.name == **e))
+                    .collect();
+                if free.is_empty() {
+                    return vec![];
+                }
+                let (a4, a6) = self.addr();
+                let entry = DnsEntry {
+                    network: self.view.network.name.clone(),
+                    name: free[name % free.len()].to_string(),
+                    address: Some(a4),
+                    address6: v6.then_some(a6),
+                    kind: DnsKind::Custom,
+                    create_time: now,
+                };
+                self.view.dns_entries.push(DnsRecord {
+                    name: entry.name.clone(),
+                    address: entry.address,
+                    address6: entry.address6,
+                });
+                vec![self.event(Action::Created, Resource::DnsEntry(entry))]
+            }
+            Op::DeleteDnsEntry { entry } if !self.view.dns_entries.is_empty() => {
+                let r = self
+                    .view
+                    .dns_entries
+                    .remove(entry % self.view.dns_entries.len());
+                let entry = DnsEntry {
+                    network: self.view.network.name.clone(),
+                    name: r.name,
+                    address: r.address,
+                    address6: r.address6,
+                    kind: DnsKind::Custom,
+                    create_time: now,
+                };
+                vec![self.event(Action::Deleted, Resource::DnsEntry(entry))]
             }
             _ => vec![],
         }
@@ -310,40 +512,53 @@ fn without_revision(mut c: NodeConfig) -> NodeConfig {
     c
 }
 
-fn run(seed: u64, steps: usize, capacity: usize) {
-    let mut w = World::new(seed);
+/// Applies `ops` to the world and, as events, to the incremental state,
+/// checking after each: incremental == plain computation for every node,
+/// exactly the nodes whose config changed moved to a new revision, and
+/// every config an agent held earlier becomes the current one through a
+/// delta (or needs a snapshot, when it fell out of the log).
+fn run(ops: &[Op], capacity: usize) -> Result<(), TestCaseError> {
+    let mut w = World::new(0);
     let mut state = NetworkState::from_view(w.view.clone()).with_capacity(capacity);
     // Configs agents hold: node id -> (revision, config), from earlier points.
     let mut held: HashMap<String, Vec<NodeConfig>> = HashMap::new();
-    for step in 0..steps {
+    for (step, op) in ops.iter().enumerate() {
         let before: HashMap<String, NodeConfig> = state
             .node_ids()
             .map(|id| (id.clone(), state.snapshot(id).unwrap()))
             .collect();
-        let events = w.step();
+        let events = w.apply(op);
         for ev in &events {
             state.apply(ev);
             // Replaying the same event changes nothing.
-            assert_eq!(state.apply(ev), Affected::Nobody);
+            prop_assert_eq!(state.apply(ev), Affected::Nobody);
         }
         // Incremental == plain computation, for every node.
         for n in &w.view.nodes {
             let inc = state.snapshot(&n.id).expect("node in state");
             let plain = node_config(&w.view, &n.id).unwrap();
-            assert_eq!(
+            prop_assert_eq!(
                 without_revision(inc.clone()),
                 without_revision(plain),
-                "seed {seed} step {step}: node {}",
+                "step {} ({:?}): node {}",
+                step,
+                op,
                 n.id
             );
             // Exactly the changed nodes moved to a new revision.
             if let Some(b) = before.get(&n.id) {
                 let changed = without_revision(b.clone()) != without_revision(inc.clone());
                 let moved = inc.revision != b.revision;
-                assert_eq!(
-                    changed, moved,
-                    "seed {seed} step {step}: node {} changed={changed} notified={moved}\n{events:#?}",
-                    n.id
+                prop_assert_eq!(
+                    changed,
+                    moved,
+                    "step {} ({:?}): node {} changed={} notified={}\n{:#?}",
+                    step,
+                    op,
+                    n.id,
+                    changed,
+                    moved,
+                    events
                 );
             }
             // Every config an agent held becomes the current one via a delta
@@ -353,15 +568,19 @@ fn run(seed: u64, steps: usize, capacity: usize) {
                     Some(d) => {
                         let mut c = old.clone();
                         d.apply_to(&mut c);
-                        assert_eq!(
-                            c, inc,
-                            "seed {seed} step {step}: delta from {}",
+                        prop_assert_eq!(
+                            &c,
+                            &inc,
+                            "step {} ({:?}): delta from {}",
+                            step,
+                            op,
                             old.revision
                         );
                     }
-                    None => assert!(
+                    None => prop_assert!(
                         old.revision < state.floor || old.revision == 0,
-                        "seed {seed}: revision {} refused inside the log window",
+                        "step {}: revision {} refused inside the log window",
+                        step,
                         old.revision
                     ),
                 }
@@ -375,19 +594,26 @@ fn run(seed: u64, steps: usize, capacity: usize) {
             }
         }
     }
+    Ok(())
 }
 
-#[test]
-fn deltas_and_snapshots_agree_over_random_changes() {
-    for seed in 0..40 {
-        run(seed, 150, LOG_CAPACITY);
+proptest! {
+    #![proptest_config(crate::domain::proptests::config(64))]
+
+    /// The property of the hub: over any sequence of changes, the
+    /// incremental state equals the plain computation (see [`run`]).
+    #[test]
+    fn prop_deltas_and_snapshots_agree_over_any_changes(
+        ops in prop::collection::vec(op(), 0..150)
+    ) {
+        run(&ops, LOG_CAPACITY)?;
     }
-}
 
-#[test]
-fn a_small_log_falls_back_to_snapshots() {
-    for seed in 100..110 {
-        run(seed, 150, 5);
+    /// The same with a log of 5 changes: agents that fell behind it need
+    /// snapshots, and get them.
+    #[test]
+    fn prop_a_small_log_falls_back_to_snapshots(ops in prop::collection::vec(op(), 0..150)) {
+        run(&ops, 5)?;
     }
 }
 

@@ -76,7 +76,8 @@ impl EnrollmentKeyService for EnrollmentKeys {
     ) -> Result<Response<pb::ListEnrollmentKeysResponse>, Status> {
         let r = req.into_inner();
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
-        let network = (!r.network.is_empty()).then_some(r.network.as_str());
+        let network = super::network_filter("network", &r.network)?;
+        let network = network.as_deref();
         let keys = self
             .0
             .service

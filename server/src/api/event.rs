@@ -116,6 +116,15 @@ impl EventService for Events {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let r = req.into_inner();
+        for (i, n) in r.networks.iter().enumerate() {
+            if n.is_empty() {
+                return Err(super::error::to_status(Error::invalid(
+                    format!("networks[{i}]"),
+                    "a network name cannot be empty",
+                )));
+            }
+            super::network_filter(&format!("networks[{i}]"), n)?;
+        }
         let bounds = self.0.service.log_bounds().await.status()?;
         let cursor = if r.after_revision == 0 {
             bounds.latest

@@ -83,7 +83,7 @@ impl ExtClientService for ExtClients {
             .0
             .service
             .list_ext_clients(
-                (!r.network.is_empty()).then_some(r.network.as_str()),
+                super::network_filter("network", &r.network)?.as_deref(),
                 (!r.ingress_node_id.is_empty()).then_some(r.ingress_node_id.as_str()),
                 &page,
             )

@@ -111,7 +111,10 @@ impl GatewayService for Gateways {
             Err(_) => {
                 v.add(
                     "destination",
-                    format!("{:?} is not an IP address", r.destination),
+                    format!(
+                        "{} is not an IP address",
+                        crate::domain::error::shown(&r.destination)
+                    ),
                 );
                 None
             }

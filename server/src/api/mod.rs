@@ -40,3 +40,15 @@ pub struct AppState {
     /// it does.
     pub drain: watch::Receiver<bool>,
 }
+
+/// An optional network filter: empty is none; anything else must be a
+/// network name (INVALID_ARGUMENT on `field` otherwise, rather than a
+/// filter that silently matches nothing).
+pub(crate) fn network_filter(field: &str, s: &str) -> Result<Option<String>, tonic::Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    crate::domain::names::DnsLabel::parse(field, s, crate::domain::names::DnsLabel::NETWORK_MAX)
+        .map(|l| Some(l.to_string()))
+        .map_err(|v| error::to_status(crate::domain::Error::InvalidArgument(vec![v])))
+}

@@ -110,8 +110,13 @@ impl NodeService for Nodes {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let r = req.into_inner();
         let page = PageRequest::parse(r.page_size, &r.page_token).status()?;
-        let network = (!r.network.is_empty()).then_some(r.network.as_str());
-        let nodes = self.0.service.list_nodes(network, &page).await.status()?;
+        let network = super::network_filter("network", &r.network)?;
+        let nodes = self
+            .0
+            .service
+            .list_nodes(network.as_deref(), &page)
+            .await
+            .status()?;
         self.0.hub.catch_up().await.status()?;
         let (nodes, next_page_token) = page.finish(nodes, |n| format!("{}/{}", n.network, n.name));
         Ok(Response::new(pb::ListNodesResponse {

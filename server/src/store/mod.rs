@@ -381,6 +381,18 @@ pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
 /// of what callers see (it is logged). Conflicts a retry resolves (unique
 /// violations, serialization failures, deadlocks) become [`Error::Aborted`].
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    // PostgreSQL refuses NUL in text (22021) before looking: no stored id
+    // or name can hold one (the domain refuses them in what it stores), so
+    // whatever was looked up with it does not exist. SQLite answers the
+    // same lookups NOT_FOUND by not finding them.
+    if let sqlx::Error::Database(d) = &e
+        && d.code().as_deref() == Some("22021")
+    {
+        return Error::NotFound {
+            kind: "resource",
+            id: "(a value with a NUL character)".into(),
+        };
+    }
     if is_conflict(&e) {
         tracing::debug!(error = %e, "write conflict; the transaction is retried");
         return Error::Aborted("a concurrent change conflicted with this one; retry".into());

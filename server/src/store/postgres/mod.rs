@@ -316,6 +316,11 @@ impl Store for PgStore {
         ingress_node_id: Option<&str>,
         page: &PageRequest,
     ) -> Result<Vec<ExtClient>> {
+        // No stored id holds a NUL (PostgreSQL could not take one as a
+        // parameter): such a filter matches nothing.
+        if ingress_node_id.is_some_and(|i| i.contains('\0')) {
+            return Ok(Vec::new());
+        }
         let (after_net, after_name) = page_key(page.after.as_deref());
         let rows = sqlx::query(concat!(
             "SELECT ",

@@ -41,6 +41,44 @@ pub enum Principal {
     Node(String),
 }
 
+/// Admin tokens verified lately, by the SHA-256 of the presented token
+/// (never the token): an admin call within [`VERIFIED_TTL`] of the last
+/// check of the same token skips the store. A revoked token therefore
+/// stops working within that time on every replica; a new one works at
+/// once (it is not in the cache).
+pub struct Verified {
+    seen: std::sync::Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+/// How long a verified admin token is trusted without asking the store.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(1);
+
+/// Entries kept at most (then the cache starts over).
+const VERIFIED_MAX: usize = 4096;
+
+impl Verified {
+    fn new() -> Arc<Self> {
+        Arc::new(Verified {
+            seen: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<String> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(key)
+            .filter(|(_, at)| at.elapsed() < VERIFIED_TTL)
+            .map(|(id, _)| id.clone())
+    }
+
+    fn put(&self, key: [u8; 32], id: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= VERIFIED_MAX {
+            seen.clear();
+        }
+        seen.insert(key, (id.to_owned(), Instant::now()));
+    }
+}
+
 /// What a path requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
@@ -186,6 +224,7 @@ pub const CLIENT_CERT_REQUIRED: &str = "AgentService needs a client certificate:
 pub struct AuthLayer {
     store: Arc<dyn Store>,
     throttle: Arc<Throttle>,
+    verified: Arc<Verified>,
     agent_certs: bool,
 }
 
@@ -201,6 +240,7 @@ impl AuthLayer {
         Self {
             store,
             throttle,
+            verified: Verified::new(),
             agent_certs: false,
         }
     }
@@ -220,6 +260,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             store: self.store.clone(),
             throttle: self.throttle.clone(),
+            verified: self.verified.clone(),
             agent_certs: self.agent_certs,
         }
     }
@@ -231,6 +272,7 @@ pub struct Auth<S> {
     inner: S,
     store: Arc<dyn Store>,
     throttle: Arc<Throttle>,
+    verified: Arc<Verified>,
     agent_certs: bool,
 }
 
@@ -270,8 +312,9 @@ where
                 return Box::pin(inner.call(req));
             }
             let store = self.store.clone();
+            let verified = self.verified.clone();
             return Box::pin(async move {
-                match authenticate(&*store, bearer(&req).as_deref(), need).await {
+                match authenticate(&*store, &verified, bearer(&req).as_deref(), need).await {
                     Ok(p) => {
                         req.extensions_mut().insert(p);
                         inner.call(req).await
@@ -289,10 +332,11 @@ where
             return Box::pin(async move { Ok(status.into_http()) });
         }
         let store = self.store.clone();
+        let verified = self.verified.clone();
         let throttle = self.throttle.clone();
         Box::pin(async move {
             if need != Need::Nothing {
-                match authenticate(&*store, bearer(&req).as_deref(), need).await {
+                match authenticate(&*store, &verified, bearer(&req).as_deref(), need).await {
                     Ok(p) => {
                         req.extensions_mut().insert(p);
                     }
@@ -338,6 +382,7 @@ fn bearer(req: &http::Request<Body>) -> Option<String> {
 
 async fn authenticate(
     store: &dyn Store,
+    verified: &Verified,
     bearer: Option<&str>,
     need: Need,
 ) -> Result<Principal, Status> {
@@ -350,15 +395,22 @@ async fn authenticate(
     let (kind, id) = token::parse(presented).ok_or_else(invalid)?;
     let principal = match kind {
         TokenKind::Admin => {
-            let hash = store
-                .admin_token_hash(id)
-                .await
-                .map_err(super::error::to_status)?
-                .ok_or_else(invalid)?;
-            if !token::verify(presented, &hash) {
-                return Err(invalid());
+            let key = token::hash(presented);
+            match verified.get(&key) {
+                Some(id) => Principal::Admin(id),
+                None => {
+                    let hash = store
+                        .admin_token_hash(id)
+                        .await
+                        .map_err(super::error::to_status)?
+                        .ok_or_else(invalid)?;
+                    if !token::verify(presented, &hash) {
+                        return Err(invalid());
+                    }
+                    verified.put(key, id);
+                    Principal::Admin(id.to_owned())
+                }
             }
-            Principal::Admin(id.to_owned())
         }
         TokenKind::Node => {
             let (node, hash) = store

@@ -137,27 +137,21 @@ async fn durable_cluster_keeps_fsync_on() -> Result<()> {
 
 /// Runs a test of this binary in a child process (libtest arguments work
 /// under cargo test and cargo-nextest alike).
-fn this_binary(test: &str, ignored: bool) -> Command {
+fn this_binary(test: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("current exe"));
     c.args(["--exact", test, "--nocapture", "--test-threads", "1"]);
-    if ignored {
-        c.arg("--ignored");
-    }
     c.stdin(Stdio::null());
     c
 }
 
 #[test]
 fn the_opt_out_skips_with_a_notice() {
-    let out = this_binary(
-        "two_databases_are_distinct_and_drop_stops_the_server",
-        false,
-    )
-    .env(SKIP_ENV, "1")
-    // The opt-out is refused under CI=true; this child checks the opt-out.
-    .env_remove("CI")
-    .output()
-    .expect("run the test binary");
+    let out = this_binary("two_databases_are_distinct_and_drop_stops_the_server")
+        .env(SKIP_ENV, "1")
+        // The opt-out is refused under CI=true; this child checks the opt-out.
+        .env_remove("CI")
+        .output()
+        .expect("run the test binary");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -174,32 +168,6 @@ fn the_opt_out_skips_with_a_notice() {
         text.contains("1 passed"),
         "the test itself did not run: {text}"
     );
-}
-
-const HELPER: &str = "MESHPLANE_PG_HARNESS_HELPER";
-
-/// Run only by the two tests below, in a child process (`HELPER` says how
-/// it ends): holds the shared cluster and an owned one, prints their ports
-/// and directories, then panics or waits to be killed.
-#[test]
-#[ignore = "a helper: run by the *_leaves_no_server tests"]
-fn helper_holds_clusters() {
-    let Ok(mode) = std::env::var(HELPER) else {
-        return;
-    };
-    let shared = pg::shared().expect("shared cluster");
-    let owned = PgCluster::start().expect("owned cluster");
-    println!(
-        "CLUSTERS {} {} {} {}",
-        shared.port(),
-        shared.dir().display(),
-        owned.port(),
-        owned.dir().display()
-    );
-    match mode.as_str() {
-        "panic" => panic!("a test fails while holding clusters"),
-        _ => std::thread::sleep(Duration::from_secs(120)),
-    }
 }
 
 /// The opt-out, for the tests that start clusters only in a child.
@@ -223,9 +191,10 @@ impl Drop for Reap {
 
 /// Starts the helper; returns it and the (port, dir) of both clusters.
 fn start_helper(mode: &str) -> (Reap, Vec<(u16, PathBuf)>) {
-    let child = this_binary("helper_holds_clusters", true)
-        .env(HELPER, mode)
+    let child = Command::new(meshplane_tests::built_binary("pg_hold"))
+        .arg(mode)
         .env_remove(SKIP_ENV)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -235,7 +204,6 @@ fn start_helper(mode: &str) -> (Reap, Vec<(u16, PathBuf)>) {
     let mut seen = String::new();
     for line in stdout.lines() {
         let line = line.expect("helper stdout");
-        // libtest prints `test NAME ... ` without a newline before it.
         if let Some((_, rest)) = line.split_once("CLUSTERS ") {
             let f: Vec<&str> = rest.split(' ').collect();
             let clusters = vec![

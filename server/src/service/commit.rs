@@ -258,8 +258,19 @@ fn commit(inner: &Inner, slot: &mut MutexGuard<'_, Option<Batch>>) {
         .writes
         .fetch_add(batch.members as u64, Ordering::Relaxed);
     tokio::spawn(async move {
+        let started = Instant::now();
         let outcome = match batch.tx.commit().await {
-            Ok(()) => Outcome::Committed,
+            Ok(()) => {
+                // For benchmarks (unary_bench reads it): batch sizes and
+                // commit (fsync) times.
+                tracing::debug!(
+                    writes = batch.members,
+                    open_us = started.duration_since(batch.opened).as_micros() as u64,
+                    commit_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+                Outcome::Committed
+            }
             Err(Error::Unavailable(_)) => {
                 tracing::error!(
                     writes = batch.members,

@@ -6,6 +6,7 @@
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 10000
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode burst
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode soak --duration 60
 //!
 //! It starts the built `meshplane` binary (next to this one) on loopback,
 //! registers N nodes plus a gateway, opens one TCP connection and WatchConfig
@@ -46,6 +47,11 @@ enum Mode {
     /// until every agent holds its node's current config again, what the
     /// reconnect storm costs, and how many attempts were refused.
     Restart,
+    /// Sustained load: mixed admin writes and reads at a steady rate for
+    /// `--duration` seconds while every agent streams and reports its
+    /// status; errors by code, latency by call, server memory, and every
+    /// agent must end on its node's final revision.
+    Soak,
 }
 
 #[derive(Parser, Debug)]
@@ -82,6 +88,21 @@ struct Args {
     /// (to inspect the server, e.g. with a heap profiler).
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Soak mode: seconds of load.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Soak mode: admin calls per second, in total.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Soak mode: admin calls in flight at most.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Soak mode: seconds of warm-up (memory growth is measured from its end).
+    #[arg(long, default_value_t = 15)]
+    warmup: u64,
+    /// Soak mode: seconds between each agent's ReportStatus.
+    #[arg(long, default_value_t = 5)]
+    report_every: u64,
     /// The meshplane binary (default: next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -120,6 +141,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Spawned {
     child: Child,
     addr: String,
+    /// The lines printed before the ready line.
+    preamble: Vec<String>,
 }
 
 impl Drop for Spawned {
@@ -138,6 +161,7 @@ fn spawn_ready(mut cmd: Command, marker: &str) -> Spawned {
         .spawn()
         .expect("spawn server");
     let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut preamble = Vec::new();
     loop {
         let mut line = String::new();
         if out.read_line(&mut line).unwrap_or(0) == 0 {
@@ -152,8 +176,13 @@ fn spawn_ready(mut cmd: Command, marker: &str) -> Spawned {
                     sink.clear();
                 }
             });
-            return Spawned { child, addr };
+            return Spawned {
+                child,
+                addr,
+                preamble,
+            };
         }
+        preamble.push(line.trim().to_owned());
     }
 }
 
@@ -235,8 +264,11 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let server_cmd = |listen: &str| {
         let mut cmd = Command::new(&bin);
-        cmd.args(["serve", "--listen", listen])
-            .env("MESHPLANE_DATA_DIR", dir.path())
+        cmd.args(["serve", "--listen", listen]);
+        if args.mode == Mode::Soak {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        cmd.env("MESHPLANE_DATA_DIR", dir.path())
             .env("RUST_LOG", "warn");
         cmd
     };
@@ -303,10 +335,11 @@ async fn main() {
                 .await
                 .expect("register")
                 .into_inner();
-            (r.node.unwrap().id, r.node_token)
+            let node = r.node.unwrap();
+            (node.id, r.node_token, node.address)
         }
     };
-    let (gw_id, _) = register("gw".into()).await;
+    let (gw_id, _, gw_address) = register("gw".into()).await;
     let sem = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..args.agents {
@@ -344,7 +377,15 @@ async fn main() {
     let keep = match args.mode {
         Mode::One | Mode::Restart => 0,
         Mode::Burst => args.verify.unwrap_or(args.agents),
+        Mode::Soak => args.verify.unwrap_or(100).min(args.agents),
     };
+    // Soak mode: every agent reports its revision every few seconds once
+    // the load starts (as real agents do), and the calls are counted.
+    let stats = Arc::new(Stats::default());
+    let reporting = Arc::new(AtomicBool::new(false));
+    let report_every =
+        (args.mode == Mode::Soak).then(|| Duration::from_secs(args.report_every.max(1)));
+    let mut addresses = Vec::with_capacity(args.agents);
     let t = Instant::now();
     let connected = Arc::new(AtomicUsize::new(0));
     let sem = Arc::new(Semaphore::new(args.connect_concurrency));
@@ -353,7 +394,9 @@ async fn main() {
     // Bumped in restart mode with --cold: agents drop what they hold once,
     // at their next reconnection.
     let forget = Arc::new(AtomicU64::new(0));
-    for (i, (node_id, node_token)) in nodes.into_iter().enumerate() {
+    for (i, (node_id, node_token, address)) in nodes.into_iter().enumerate() {
+        addresses.push(address);
+        let (stats, reporting) = (stats.clone(), reporting.clone());
         let log = Arc::new(Mutex::new(AgentLog::default()));
         let revision = Arc::new(AtomicU64::new(0));
         let completes = Arc::new(AtomicU64::new(0));
@@ -413,6 +456,34 @@ async fn main() {
                         continue;
                     }
                 };
+                // Ends (aborted) when this connection's stream does.
+                let _reporter = report_every.map(|every| {
+                    let mut client = pb::agent_service_client::AgentServiceClient::new(ch.clone());
+                    let (token, revision) = (node_token.clone(), revision.clone());
+                    let (stats, reporting) = (stats.clone(), reporting.clone());
+                    AbortOnDrop(tokio::spawn(async move {
+                        // Spread the agents' reports over the period.
+                        tokio::time::sleep(every.mul_f64(rand::random::<f64>())).await;
+                        loop {
+                            if reporting.load(Ordering::Acquire) {
+                                let applied = revision.load(Ordering::Acquire);
+                                let t = Instant::now();
+                                let r = client
+                                    .report_status(authed(
+                                        &token,
+                                        pb::ReportStatusRequest {
+                                            applied_revision: applied,
+                                            wireguard_interface: "wg0".into(),
+                                            ..Default::default()
+                                        },
+                                    ))
+                                    .await;
+                                stats.record("ReportStatus (agents)", t, r.err(), None);
+                            }
+                            tokio::time::sleep(every).await;
+                        }
+                    }))
+                });
                 let mut client = pb::agent_service_client::AgentServiceClient::new(ch)
                     .max_decoding_message_size(usize::MAX);
                 let opened = client
@@ -742,6 +813,31 @@ async fn main() {
             );
             assert_eq!(equal, checked, "configs differ from fresh snapshots");
         }
+        Mode::Soak => {
+            let soak = Soak {
+                args: &args,
+                admin: admin.clone(),
+                token: token.clone(),
+                gw_id: gw_id.clone(),
+                gw_address: gw_address.clone(),
+                addresses: &addresses,
+                agents: &agents,
+                keep,
+                stats: stats.clone(),
+                reporting: reporting.clone(),
+                pid,
+                metrics: server
+                    .preamble
+                    .iter()
+                    .find_map(|l| {
+                        l.strip_prefix("meshplane metrics: serving Prometheus metrics on http://")
+                    })
+                    .and_then(|a| a.strip_suffix("/metrics"))
+                    .expect("metrics address")
+                    .to_owned(),
+            };
+            soak.run().await;
+        }
         Mode::Restart => {
             let held: Vec<(u64, u64, usize, usize, usize)> = agents
                 .iter()
@@ -1006,4 +1102,722 @@ async fn baseline_server(addr: &str, size: usize) {
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
         .await
         .unwrap();
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One kind of call in soak mode.
+#[derive(Default)]
+struct KindStats {
+    latency_ms: Vec<f64>,
+    ok: u64,
+    /// Failed with the code the call was meant to fail with.
+    expected: u64,
+    /// Anything else, by code.
+    unexpected: std::collections::BTreeMap<String, u64>,
+    /// The first few unexpected errors' messages.
+    samples: Vec<String>,
+}
+
+#[derive(Default)]
+struct Stats(Mutex<std::collections::BTreeMap<&'static str, KindStats>>);
+
+impl Stats {
+    /// Records a call started at `started`; `expect` is the code a call
+    /// meant to fail fails with (a deliberate repeat).
+    fn record(
+        &self,
+        kind: &'static str,
+        started: Instant,
+        err: Option<Status>,
+        expect: Option<tonic::Code>,
+    ) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut m = self.0.lock().unwrap();
+        let k = m.entry(kind).or_default();
+        k.latency_ms.push(ms);
+        match (err, expect) {
+            (None, None) => k.ok += 1,
+            (Some(e), Some(c)) if e.code() == c => k.expected += 1,
+            (None, Some(c)) => {
+                *k.unexpected
+                    .entry(format!("Ok (expected {c:?})"))
+                    .or_default() += 1;
+            }
+            (Some(e), _) => {
+                *k.unexpected.entry(format!("{:?}", e.code())).or_default() += 1;
+                if k.samples.len() < 5 {
+                    k.samples.push(reason(&e));
+                }
+            }
+        }
+    }
+}
+
+/// What soak mode's writers share.
+struct Shared {
+    token: String,
+    gw_id: String,
+    node_ids: Vec<String>,
+    addresses: Vec<String>,
+    dns_address: String,
+    seq: AtomicU64,
+    networks: Mutex<Vec<String>>,
+    ext_clients: Mutex<Vec<String>>,
+    dns: Mutex<Vec<String>>,
+    /// Whether the gateway node has an egress; held across the call.
+    egress: tokio::sync::Mutex<bool>,
+    /// The next ListNodes page.
+    page: Mutex<String>,
+    stats: Arc<Stats>,
+}
+
+/// Writes are 40 % of the admin calls, reads 60 %.
+async fn soak_call(sh: &Shared, ch: Channel, op: u32) {
+    let t = sh.token.as_str();
+    let stats = &sh.stats;
+    let node = &sh.node_ids[rand::random_range(0..sh.node_ids.len())];
+    // Half the time remove a scratch object if there is one, else create one.
+    let pop = |pool: &Mutex<Vec<String>>| {
+        if rand::random::<bool>() {
+            pool.lock().unwrap().pop()
+        } else {
+            None
+        }
+    };
+    let key = || {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    };
+    match op {
+        0..6 => {
+            let mut c = pb::network_service_client::NetworkServiceClient::new(ch);
+            let started = Instant::now();
+            if let Some(name) = pop(&sh.networks) {
+                let r = c
+                    .delete_network(authed(t, pb::DeleteNetworkRequest { name, force: false }))
+                    .await;
+                stats.record("DeleteNetwork", started, r.err(), None);
+            } else {
+                let k = sh.seq.fetch_add(1, Ordering::Relaxed);
+                let name = format!("s{k}");
+                let r = c
+                    .create_network(authed(
+                        t,
+                        pb::CreateNetworkRequest {
+                            network: Some(pb::Network {
+                                name: name.clone(),
+                                address_range: format!(
+                                    "172.{}.{}.0/24",
+                                    16 + (k / 256) % 16,
+                                    k % 256
+                                ),
+                                ..Default::default()
+                            }),
+                        },
+                    ))
+                    .await;
+                if r.is_ok() {
+                    sh.networks.lock().unwrap().push(name);
+                }
+                stats.record("CreateNetwork", started, r.err(), None);
+            }
+        }
+        6..20 => {
+            let mut c = pb::node_service_client::NodeServiceClient::new(ch);
+            let (n, path) = if rand::random::<bool>() {
+                (
+                    pb::Node {
+                        id: node.clone(),
+                        persistent_keepalive: rand::random_range(10..40),
+                        ..Default::default()
+                    },
+                    "persistent_keepalive",
+                )
+            } else {
+                (
+                    pb::Node {
+                        id: node.clone(),
+                        listen_port: rand::random_range(51820..52820),
+                        ..Default::default()
+                    },
+                    "listen_port",
+                )
+            };
+            let started = Instant::now();
+            let r = c
+                .update_node(authed(
+                    t,
+                    pb::UpdateNodeRequest {
+                        node: Some(n),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec![path.into()],
+                        }),
+                    },
+                ))
+                .await;
+            stats.record("UpdateNode", started, r.err(), None);
+        }
+        20..26 => {
+            let mut c = pb::gateway_service_client::GatewayServiceClient::new(ch);
+            let mut has = sh.egress.lock().await;
+            let started = Instant::now();
+            if *has {
+                let r = c
+                    .delete_egress_gateway(authed(
+                        t,
+                        pb::DeleteEgressGatewayRequest {
+                            node_id: sh.gw_id.clone(),
+                        },
+                    ))
+                    .await;
+                *has = r.is_err();
+                stats.record("DeleteEgressGateway", started, r.err(), None);
+            } else {
+                let k = sh.seq.fetch_add(1, Ordering::Relaxed);
+                let r = c
+                    .create_egress_gateway(authed(
+                        t,
+                        pb::CreateEgressGatewayRequest {
+                            node_id: sh.gw_id.clone(),
+                            ranges: vec![format!("192.168.{}.0/24", k % 256)],
+                            interface: "eth1".into(),
+                            nat_enabled: None,
+                        },
+                    ))
+                    .await;
+                *has = r.is_ok();
+                stats.record("CreateEgressGateway", started, r.err(), None);
+            }
+        }
+        26..32 => {
+            let mut c = pb::ext_client_service_client::ExtClientServiceClient::new(ch);
+            let started = Instant::now();
+            if let Some(id) = pop(&sh.ext_clients) {
+                let r = c
+                    .delete_ext_client(authed(t, pb::DeleteExtClientRequest { id }))
+                    .await;
+                stats.record("DeleteExtClient", started, r.err(), None);
+            } else {
+                let k = sh.seq.fetch_add(1, Ordering::Relaxed);
+                let r = c
+                    .create_ext_client(authed(
+                        t,
+                        pb::CreateExtClientRequest {
+                            network: "bench".into(),
+                            ingress_node_id: sh.gw_id.clone(),
+                            name: format!("c{k}"),
+                            public_key: key(),
+                            dns: vec![],
+                        },
+                    ))
+                    .await;
+                let r = r.map(|r| r.into_inner().id);
+                match r {
+                    Ok(id) => {
+                        sh.ext_clients.lock().unwrap().push(id);
+                        stats.record("CreateExtClient", started, None, None);
+                    }
+                    Err(e) => stats.record("CreateExtClient", started, Some(e), None),
+                }
+            }
+        }
+        32..38 => {
+            let mut c = pb::dns_service_client::DnsServiceClient::new(ch);
+            let started = Instant::now();
+            if let Some(name) = pop(&sh.dns) {
+                let r = c
+                    .delete_dns_entry(authed(
+                        t,
+                        pb::DeleteDnsEntryRequest {
+                            network: "bench".into(),
+                            name,
+                        },
+                    ))
+                    .await;
+                stats.record("DeleteDnsEntry", started, r.err(), None);
+            } else {
+                let name = format!("d{}", sh.seq.fetch_add(1, Ordering::Relaxed));
+                let r = c
+                    .create_dns_entry(authed(
+                        t,
+                        pb::CreateDnsEntryRequest {
+                            entry: Some(pb::DnsEntry {
+                                network: "bench".into(),
+                                name: name.clone(),
+                                address: sh.dns_address.clone(),
+                                ..Default::default()
+                            }),
+                        },
+                    ))
+                    .await;
+                if r.is_ok() {
+                    sh.dns.lock().unwrap().push(name);
+                }
+                stats.record("CreateDnsEntry", started, r.err(), None);
+            }
+        }
+        38..40 => {
+            // A deliberate repeat: this entry exists since the setup.
+            let mut c = pb::dns_service_client::DnsServiceClient::new(ch);
+            let started = Instant::now();
+            let r = c
+                .create_dns_entry(authed(
+                    t,
+                    pb::CreateDnsEntryRequest {
+                        entry: Some(pb::DnsEntry {
+                            network: "bench".into(),
+                            name: "fixed".into(),
+                            address: sh.dns_address.clone(),
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await;
+            stats.record(
+                "CreateDnsEntry (repeat)",
+                started,
+                r.err(),
+                Some(tonic::Code::AlreadyExists),
+            );
+        }
+        40..50 => {
+            let mut c = pb::network_service_client::NetworkServiceClient::new(ch);
+            let started = Instant::now();
+            let r = c
+                .get_network(authed(
+                    t,
+                    pb::GetNetworkRequest {
+                        name: "bench".into(),
+                    },
+                ))
+                .await;
+            stats.record("GetNetwork", started, r.err(), None);
+        }
+        50..60 => {
+            let mut c = pb::node_service_client::NodeServiceClient::new(ch);
+            let page_token = sh.page.lock().unwrap().clone();
+            let started = Instant::now();
+            let r = c
+                .list_nodes(authed(
+                    t,
+                    pb::ListNodesRequest {
+                        network: "bench".into(),
+                        page_size: 100,
+                        page_token,
+                    },
+                ))
+                .await;
+            let r = r.map(|r| r.into_inner().next_page_token);
+            match r {
+                Ok(next) => {
+                    *sh.page.lock().unwrap() = next;
+                    stats.record("ListNodes (100)", started, None, None);
+                }
+                Err(e) => stats.record("ListNodes (100)", started, Some(e), None),
+            }
+        }
+        60..75 => {
+            let mut c = pb::node_service_client::NodeServiceClient::new(ch);
+            let started = Instant::now();
+            let r = c
+                .get_node(authed(t, pb::GetNodeRequest { id: node.clone() }))
+                .await;
+            stats.record("GetNode", started, r.err(), None);
+        }
+        75..85 => {
+            let mut c = pb::node_service_client::NodeServiceClient::new(ch)
+                .max_decoding_message_size(usize::MAX);
+            let started = Instant::now();
+            let r = c
+                .get_node_config(authed(t, pb::GetNodeConfigRequest { id: node.clone() }))
+                .await;
+            stats.record("GetNodeConfig", started, r.err(), None);
+        }
+        _ => {
+            let mut c = pb::gateway_service_client::GatewayServiceClient::new(ch);
+            let to = &sh.addresses[rand::random_range(0..sh.addresses.len())];
+            let started = Instant::now();
+            let r = c
+                .explain_route(authed(
+                    t,
+                    pb::ExplainRouteRequest {
+                        network: "bench".into(),
+                        from_node_id: node.clone(),
+                        destination: to.split('/').next().unwrap_or(to).to_owned(),
+                    },
+                ))
+                .await;
+            stats.record("ExplainRoute", started, r.err(), None);
+        }
+    }
+}
+
+/// GET /metrics, as Prometheus text.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The figures soak mode reports from a scrape.
+#[derive(Default, Debug, Clone)]
+struct Scraped {
+    /// meshplane_requests_total by code.
+    by_code: std::collections::BTreeMap<String, f64>,
+    /// meshplane_fanout_seconds buckets (upper bound, cumulative count).
+    fanout: Vec<(f64, f64)>,
+    batches: f64,
+    writes: f64,
+}
+
+fn parse_metrics(text: &str) -> Scraped {
+    let mut s = Scraped::default();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let label = |key: &str| {
+            name.split_once(&format!("{key}=\""))
+                .and_then(|(_, r)| r.split_once('"'))
+                .map(|(v, _)| v.to_owned())
+        };
+        if name.starts_with("meshplane_requests_total{") {
+            *s.by_code
+                .entry(label("code").unwrap_or_default())
+                .or_default() += v;
+        } else if name.starts_with("meshplane_fanout_seconds_bucket{") {
+            let le = label("le").unwrap_or_default();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            s.fanout.push((le, v));
+        } else if name == "meshplane_commit_batches_total" {
+            s.batches = v;
+        } else if name == "meshplane_commit_writes_total" {
+            s.writes = v;
+        }
+    }
+    s
+}
+
+/// The bucket bound below which `p` of the events between two scrapes fell.
+fn bucket_quantile(start: &[(f64, f64)], end: &[(f64, f64)], p: f64) -> f64 {
+    let delta: Vec<(f64, f64)> = end
+        .iter()
+        .map(|(le, v)| {
+            let before = start
+                .iter()
+                .find(|(l, _)| l == le)
+                .map(|x| x.1)
+                .unwrap_or(0.0);
+            (*le, v - before)
+        })
+        .collect();
+    let total = delta.last().map(|x| x.1).unwrap_or(0.0);
+    delta
+        .iter()
+        .find(|(_, c)| *c >= total * p)
+        .map(|x| x.0)
+        .unwrap_or(f64::NAN)
+}
+
+struct Soak<'a> {
+    args: &'a Args,
+    admin: Channel,
+    token: String,
+    gw_id: String,
+    gw_address: String,
+    addresses: &'a [String],
+    agents: &'a [Agent],
+    keep: usize,
+    stats: Arc<Stats>,
+    reporting: Arc<AtomicBool>,
+    pid: u32,
+    metrics: String,
+}
+
+impl Soak<'_> {
+    async fn run(self) {
+        let args = self.args;
+        let token = self.token.as_str();
+        let dns_address = self
+            .gw_address
+            .split('/')
+            .next()
+            .unwrap_or(&self.gw_address)
+            .to_owned();
+        // The gateway node takes external clients, and one DNS entry exists
+        // for the deliberate repeats.
+        pb::gateway_service_client::GatewayServiceClient::new(self.admin.clone())
+            .create_ingress_gateway(authed(
+                token,
+                pb::CreateIngressGatewayRequest {
+                    node_id: self.gw_id.clone(),
+                    ext_client_dns: vec![],
+                },
+            ))
+            .await
+            .expect("ingress");
+        pb::dns_service_client::DnsServiceClient::new(self.admin.clone())
+            .create_dns_entry(authed(
+                token,
+                pb::CreateDnsEntryRequest {
+                    entry: Some(pb::DnsEntry {
+                        network: "bench".into(),
+                        name: "fixed".into(),
+                        address: dns_address.clone(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("dns entry");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let shared = Arc::new(Shared {
+            token: self.token.clone(),
+            gw_id: self.gw_id.clone(),
+            node_ids: self.agents.iter().map(|a| a.node_id.clone()).collect(),
+            addresses: self.addresses.to_vec(),
+            dns_address,
+            seq: AtomicU64::new(0),
+            networks: Mutex::default(),
+            ext_clients: Mutex::default(),
+            dns: Mutex::default(),
+            egress: tokio::sync::Mutex::new(false),
+            page: Mutex::default(),
+            stats: self.stats.clone(),
+        });
+        let m0 = parse_metrics(&scrape(&self.metrics).await);
+        let rss_start = rss_kib(self.pid);
+
+        // Memory, every second from the start of the load.
+        let pid = self.pid;
+        let sampling = Arc::new(AtomicBool::new(true));
+        let start = Instant::now();
+        let sampler = {
+            let sampling = sampling.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while sampling.load(Ordering::Acquire) {
+                    tick.tick().await;
+                    samples.push((start.elapsed().as_secs_f64(), rss_kib(pid)));
+                }
+                samples
+            })
+        };
+
+        // The load: one call every 1/rate s, at most `concurrency` in flight.
+        self.reporting.store(true, Ordering::Release);
+        let sem = Arc::new(Semaphore::new(args.concurrency));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = start + Duration::from_secs(args.duration);
+        let mut calls = tokio::task::JoinSet::new();
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            tick.tick().await;
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            let (sh, ch) = (shared.clone(), self.admin.clone());
+            let op = rand::random_range(0..100);
+            calls.spawn(async move {
+                soak_call(&sh, ch, op).await;
+                drop(permit);
+            });
+            sent += 1;
+            while let Some(r) = calls.try_join_next() {
+                r.unwrap();
+            }
+        }
+        while let Some(r) = calls.join_next().await {
+            r.unwrap();
+        }
+        let load_secs = start.elapsed().as_secs_f64();
+        sampling.store(false, Ordering::Release);
+        let samples = sampler.await.unwrap();
+        let m1 = parse_metrics(&scrape(&self.metrics).await);
+
+        // Quiet: every agent must end on its node's final revision.
+        let quiet = Instant::now();
+        let finals: Vec<pb::NodeConfig> = {
+            use futures::StreamExt;
+            futures::stream::iter(self.agents.iter().map(|a| {
+                let mut c = pb::node_service_client::NodeServiceClient::new(self.admin.clone())
+                    .max_decoding_message_size(usize::MAX);
+                let id = a.node_id.clone();
+                async move {
+                    c.get_node_config(authed(token, pb::GetNodeConfigRequest { id }))
+                        .await
+                        .expect("final GetNodeConfig")
+                        .into_inner()
+                }
+            }))
+            .buffered(8)
+            .collect()
+            .await
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let on_final = |agents: &[Agent]| {
+            agents
+                .iter()
+                .zip(&finals)
+                .filter(|(a, f)| a.revision.load(Ordering::Acquire) == f.revision)
+                .count()
+        };
+        while on_final(self.agents) < self.agents.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let settle = quiet.elapsed().as_secs_f64();
+        let on_final = on_final(self.agents);
+        let ahead = self
+            .agents
+            .iter()
+            .zip(&finals)
+            .filter(|(a, f)| a.revision.load(Ordering::Acquire) > f.revision)
+            .count();
+        let (mut equal, mut checked, mut agent_errors, mut reconnects) = (0, 0, 0, 0);
+        for (a, f) in self.agents.iter().zip(&finals).take(self.keep) {
+            let l = a.log.lock().unwrap();
+            if let Some(c) = &l.config {
+                checked += 1;
+                if c == f {
+                    equal += 1;
+                }
+            }
+        }
+        for a in self.agents {
+            let l = a.log.lock().unwrap();
+            agent_errors += usize::from(l.error.is_some());
+            reconnects += l.reconnects.len();
+        }
+        // Another few seconds of reports after the agents are current.
+        tokio::time::sleep(Duration::from_secs(args.report_every)).await;
+        self.reporting.store(false, Ordering::Release);
+        let rss_quiet = rss_kib(self.pid);
+
+        // Figures.
+        println!(
+            "soak: {sent} admin calls in {load_secs:.1} s ({:.1}/s, target {}/s, at most {} in flight); {} agents streaming, ReportStatus every {} s",
+            sent as f64 / load_secs,
+            args.rate,
+            args.concurrency,
+            self.agents.len(),
+            args.report_every
+        );
+        println!(
+            "| call | calls | per s | p50 ms | p99 ms | max ms | expected errors | unexpected errors |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let mut unexpected_total = 0;
+        let mut expected_total = 0;
+        {
+            let mut m = self.stats.0.lock().unwrap();
+            for (kind, k) in m.iter_mut() {
+                k.latency_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let n = k.latency_ms.len();
+                let unexpected: u64 = k.unexpected.values().sum();
+                unexpected_total += unexpected;
+                expected_total += k.expected;
+                let detail = if k.unexpected.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", k.unexpected)
+                };
+                println!(
+                    "| {kind} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {unexpected}{detail} |",
+                    n as f64 / load_secs,
+                    percentile(&k.latency_ms, 0.5),
+                    percentile(&k.latency_ms, 0.99),
+                    k.latency_ms.last().copied().unwrap_or(f64::NAN),
+                    k.expected
+                );
+                for s in &k.samples {
+                    println!("    {kind}: {s}");
+                }
+            }
+        }
+        println!(
+            "errors: expected {expected_total} (ALREADY_EXISTS of the deliberate repeats), unexpected {unexpected_total}"
+        );
+        let warm = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= args.warmup as f64)
+            .or(samples.first())
+            .map(|x| x.1)
+            .unwrap_or(0);
+        let max = samples.iter().map(|x| x.1).max().unwrap_or(0);
+        let last = samples.last().map(|x| x.1).unwrap_or(0);
+        let growth = (last as f64 / warm.max(1) as f64 - 1.0) * 100.0;
+        println!(
+            "server RSS: {:.1} MiB before the load, {:.1} MiB after {} s of warm-up, max {:.1} MiB, {:.1} MiB at the end: growth {growth:+.1} % after warm-up (target < 10 %: {}); {:.1} MiB once quiet",
+            rss_start as f64 / 1024.0,
+            warm as f64 / 1024.0,
+            args.warmup,
+            max as f64 / 1024.0,
+            last as f64 / 1024.0,
+            if growth < 10.0 { "met" } else { "MISSED" },
+            rss_quiet as f64 / 1024.0
+        );
+        println!(
+            "  RSS samples (s, MiB): {}",
+            samples
+                .iter()
+                .step_by(5)
+                .map(|(t, k)| format!("{t:.0}:{:.0}", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let codes: Vec<String> = m1
+            .by_code
+            .iter()
+            .map(|(c, v)| {
+                format!(
+                    "{c} {:.0}",
+                    v - m0.by_code.get(c).copied().unwrap_or_default()
+                )
+            })
+            .collect();
+        let (batches, writes) = (m1.batches - m0.batches, m1.writes - m0.writes);
+        println!(
+            "metrics during the load: requests by code: {}; fan-out p50 <= {} ms, p99 <= {} ms (bucket bounds); group commit {writes:.0} writes in {batches:.0} batches ({:.2} per batch)",
+            codes.join(", "),
+            bucket_quantile(&m0.fanout, &m1.fanout, 0.5) * 1000.0,
+            bucket_quantile(&m0.fanout, &m1.fanout, 0.99) * 1000.0,
+            writes / batches.max(1.0)
+        );
+        println!(
+            "agents on their node's final revision: {on_final}/{} after {settle:.1} s from the end of the load ({ahead} ahead of it); materialized configs equal to GetNodeConfig {equal}/{checked}; agent errors {agent_errors}; streams that broke and resumed {reconnects}",
+            self.agents.len()
+        );
+        assert_eq!(
+            on_final,
+            self.agents.len(),
+            "agents not on their final revision"
+        );
+        assert_eq!(equal, checked, "configs differ from GetNodeConfig");
+        assert_eq!(unexpected_total, 0, "unexpected errors");
+    }
 }

@@ -41,6 +41,8 @@ struct Batch {
     tx: Box<dyn Tx>,
     members: usize,
     done: Done,
+    /// When it began (for the debug line on commit).
+    opened: std::time::Instant,
 }
 
 /// See the module documentation.
@@ -87,6 +89,7 @@ impl Committer {
                 tx: self.store.begin().await?,
                 members: 0,
                 done: Arc::new(watch::Sender::new(None)),
+                opened: std::time::Instant::now(),
             });
         }
         let mut turn = Turn {
@@ -188,8 +191,18 @@ fn commit(slot: &mut MutexGuard<'_, Option<Batch>>) {
         return;
     }
     tokio::spawn(async move {
+        let started = std::time::Instant::now();
         let outcome = match batch.tx.commit().await {
-            Ok(()) => Outcome::Committed,
+            Ok(()) => {
+                // For benchmarks: batch sizes and commit (fsync) times.
+                tracing::debug!(
+                    writes = batch.members,
+                    open_us = started.duration_since(batch.opened).as_micros() as u64,
+                    commit_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+                Outcome::Committed
+            }
             Err(e) => {
                 tracing::warn!(error = %e, writes = batch.members, "committing a batch failed; its writes are retried");
                 Outcome::Failed(format!("committing failed ({e}); retry"))

@@ -167,6 +167,66 @@ pub fn tcp_bytes(filter: &str, pids: bool) -> HashMap<u32, TcpBytes> {
     by_pid
 }
 
+/// The bytes of the established TCP sockets matching `filter`, by local
+/// port (cheap: no `-p`).
+pub fn tcp_bytes_by_port(filter: &str) -> HashMap<u16, TcpBytes> {
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .arg(filter)
+        .output();
+    let mut by_port: HashMap<u16, TcpBytes> = HashMap::new();
+    let Ok(out) = out else { return by_port };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut port = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            // `recv-q send-q local:port peer:port` (state left out).
+            port = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|p| p.parse().ok());
+            if !line.contains("bytes_") {
+                continue;
+            }
+        }
+        let Some(p) = port else { continue };
+        let e = by_port.entry(p).or_default();
+        e.sent += field(line, "bytes_acked:");
+        e.received += field(line, "bytes_received:");
+        e.sockets += 1;
+    }
+    by_port
+}
+
+/// Which process owns each local port of the established TCP sockets
+/// matching `filter` (`ss -p`: slow with many sockets; needs root for other
+/// users' processes).
+pub fn tcp_port_owners(filter: &str) -> HashMap<u16, u32> {
+    let out = Command::new("ss")
+        .args(["-tnpH", "state", "established"])
+        .arg(filter)
+        .output();
+    let mut owners = HashMap::new();
+    let Ok(out) = out else { return owners };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let port = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok());
+        let pid = line
+            .split("pid=")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let (Some(port), Some(pid)) = (port, pid) {
+            owners.insert(port, pid);
+        }
+    }
+    owners
+}
+
 fn field(line: &str, key: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))

@@ -371,6 +371,21 @@ async fn main() {
         .unwrap()
         .into_inner()
         .token;
+    // On PostgreSQL, ANALYZE every 2 s while registering: on a fresh
+    // database the planner has no statistics until autovacuum's first
+    // ANALYZE (up to a minute later), and without them the lowest-free-
+    // address query runs as a nested-loop anti join, quadratic in the
+    // nodes (112 ms at 1,000). A database in service has statistics.
+    let analyzing = url.clone().map(|url| {
+        tokio::spawn(async move {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = c.execute("ANALYZE").await;
+            }
+        })
+    });
     let t = Instant::now();
     let register = |name: String| {
         let mut agent = pb::agent_service_client::AgentServiceClient::new(admin.clone());
@@ -420,6 +435,9 @@ async fn main() {
         nodes.push(t.await.unwrap());
     }
     nodes.truncate(args.agents);
+    if let Some(a) = analyzing {
+        a.abort();
+    }
     println!(
         "registered {} nodes in {:.1} s",
         args.agents + args.extra_nodes + 1,
@@ -1164,10 +1182,14 @@ struct Snap {
     agent_bytes: Vec<sys::TcpBytes>,
 }
 
+/// `owners`: which replica's process holds each local port of a
+/// connection to PostgreSQL (`sys::tcp_port_owners`, taken before: `ss -p`
+/// is too slow to run inside a measured window with 10,000 sockets).
 async fn snap(
     pids: &[u32],
     ports: &[u16],
     pg: Option<(&PgCluster, &mut sqlx::PgConnection)>,
+    owners: &HashMap<u16, u32>,
 ) -> Snap {
     let agent_bytes = ports
         .iter()
@@ -1179,7 +1201,14 @@ async fn snap(
         .collect();
     let (pg_cpu, statements, pg_bytes) = match pg {
         Some((c, conn)) => {
-            let by_pid = sys::tcp_bytes(&format!("dport = :{}", c.port()), true);
+            let by_port = sys::tcp_bytes_by_port(&format!("dport = :{}", c.port()));
+            let mut by_pid: HashMap<u32, sys::TcpBytes> = HashMap::new();
+            for (port, b) in by_port {
+                if let Some(pid) = owners.get(&port) {
+                    let e = by_pid.entry(*pid).or_default();
+                    *e = *e + b;
+                }
+            }
             (
                 sys::pg_cpu_secs(&c.data_dir()),
                 statements(conn).await,
@@ -1241,9 +1270,17 @@ async fn cost(
     let mut taken: Vec<(f64, Snap, Snap)> = Vec::new();
     let mut discarded = 0;
     let mut i = 0;
+    let owners_of = || match pg {
+        Some((c, _)) => sys::tcp_port_owners(&format!("dport = :{}", c.port())),
+        None => HashMap::new(),
+    };
+    let mut owners;
     while taken.len() < samples && i < samples * 4 {
         i += 1;
-        let before = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut())).await;
+        // The replicas' connections to PostgreSQL (the pool may have opened
+        // new ones), outside the measured window.
+        owners = owners_of();
+        let before = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
         let sent = Instant::now();
         let node = gateways
             .create_egress_gateway(authed(
@@ -1261,7 +1298,7 @@ async fn cost(
         wait_all(agents, node.config_revision, Duration::from_secs(120)).await;
         let window = sent.elapsed().as_secs_f64() * 1000.0;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let after = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut())).await;
+        let after = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
         let presence = statement_delta(&before.statements, &after.statements)
             .iter()
             .any(|s| is_presence(&s.0));
@@ -1317,7 +1354,8 @@ async fn cost(
             }
         }
         // One presence round of every replica.
-        let before = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut())).await;
+        owners = owners_of();
+        let before = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
         let t = Instant::now();
         loop {
             let now = statements(conn.as_mut().unwrap()).await;
@@ -1332,7 +1370,7 @@ async fn cost(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut())).await;
+        let after = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
         let window = t.elapsed().as_secs_f64();
         let d = statement_delta(&before.statements, &after.statements);
         println!(

@@ -112,6 +112,11 @@ struct Args {
     /// costs some throughput: not for the headline figures).
     #[arg(long)]
     pg_stat_statements: bool,
+    /// On PostgreSQL, run ANALYZE every 2 s (as autovacuum would on a
+    /// database in service): a fresh database has no planner statistics,
+    /// which makes Register's lowest-free-address query quadratic.
+    #[arg(long)]
+    pg_analyze: bool,
     /// Append the server's log (stderr) to this file.
     #[arg(long)]
     server_log: Option<PathBuf>,
@@ -725,6 +730,16 @@ async fn main() {
             }
             None => None,
         };
+        let analyzing = url.clone().filter(|_| args.pg_analyze).map(|url| {
+            tokio::spawn(async move {
+                use sqlx::{Connection, Executor};
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let _ = c.execute("ANALYZE").await;
+                }
+            })
+        });
         let batches = Arc::new(Batches::default());
         let server = start_server(
             &bin,
@@ -781,6 +796,9 @@ async fn main() {
             kills.push((backend, r));
         } else {
             drop(server);
+        }
+        if let Some(a) = analyzing {
+            a.abort();
         }
         drop(pg);
     }

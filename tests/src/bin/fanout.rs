@@ -6,6 +6,14 @@
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 10000
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode burst
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --postgres --replicas 2
+//!
+//! With `--postgres` the server runs on a throwaway durable PostgreSQL
+//! (with pg_stat_statements); `--replicas N` starts N servers on it, agent i
+//! streams from replica i mod N and writes go through the first. Mode one
+//! then also measures what a change costs (`--cost-samples`): CPU per
+//! replica, statements and bytes between the replicas and PostgreSQL, bytes
+//! to the agents, and one round of presence.
 //!
 //! It starts the built `meshplane` binary (next to this one) on loopback,
 //! registers N nodes plus a gateway, opens one TCP connection and WatchConfig

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod netns;
 pub mod pg;
+pub mod sys;
 
 use std::{
     path::{Path, PathBuf},

@@ -358,6 +358,8 @@ pub struct PgCluster {
     dir: PathBuf,
     port: u16,
     durable: bool,
+    /// Extra `-c name=value` settings.
+    settings: Vec<String>,
     stopped: AtomicBool,
     next_db: AtomicU32,
     watchdog: Mutex<Option<Child>>,
@@ -390,6 +392,13 @@ impl PgCluster {
         Self::start_with(true)
     }
 
+    /// [`start_durable`](Self::start_durable) with extra server settings
+    /// (`name=value`, passed as `-c name=value`), e.g.
+    /// `shared_preload_libraries=pg_stat_statements`.
+    pub fn start_durable_with(settings: &[&str]) -> Result<Self> {
+        Self::start_full(true, settings)
+    }
+
     /// [`start`](Self::start), with the opt-out as `Ok(None)` (after
     /// printing `SKIPPED <test>`).
     pub fn start_or_skip() -> Result<Option<Self>> {
@@ -397,6 +406,10 @@ impl PgCluster {
     }
 
     fn start_with(durable: bool) -> Result<Self> {
+        Self::start_full(durable, &[])
+    }
+
+    fn start_full(durable: bool, settings: &[&str]) -> Result<Self> {
         if skip_requested() {
             return Err(PgError::Skipped);
         }
@@ -418,6 +431,7 @@ impl PgCluster {
             dir,
             port: 0,
             durable,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             stopped: AtomicBool::new(false),
             next_db: AtomicU32::new(0),
             watchdog: Mutex::new(None),
@@ -509,6 +523,10 @@ impl PgCluster {
         );
         if !self.durable {
             o.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        for s in &self.settings {
+            o.push_str(" -c ");
+            o.push_str(&shell_quote(s));
         }
         o
     }

@@ -7,6 +7,14 @@
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 10000
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode burst
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode soak --duration 60
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --postgres --replicas 2
+//!
+//! With `--postgres` the server runs on a throwaway durable PostgreSQL
+//! (with pg_stat_statements); `--replicas N` starts N servers on it, agent i
+//! streams from replica i mod N and writes go through the first. Mode one
+//! then also measures what a change costs (`--cost-samples`): CPU per
+//! replica, statements and bytes between the replicas and PostgreSQL, bytes
+//! to the agents, and one round of presence.
 //!
 //! It starts the built `meshplane` binary (next to this one) on loopback,
 //! registers N nodes plus a gateway, opens one TCP connection and WatchConfig
@@ -14,6 +22,7 @@
 //! asserted on timing.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -27,6 +36,10 @@ use std::{
 use clap::{Parser, ValueEnum};
 use meshplane_proto::{delta::apply_update, v1 as pb};
 use meshplane_sdk::Backoff;
+use meshplane_tests::{
+    pg::PgCluster,
+    sys::{self, Statements, short, statement_delta, statements},
+};
 use prost::Message;
 use tokio::sync::{Semaphore, broadcast};
 use tonic::{
@@ -106,6 +119,21 @@ struct Args {
     /// The meshplane binary (default: next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Run the server(s) on a throwaway PostgreSQL with its durable
+    /// defaults (fsync and synchronous_commit on) and pg_stat_statements,
+    /// instead of SQLite.
+    #[arg(long)]
+    postgres: bool,
+    /// Replicas sharing the PostgreSQL database (needs --postgres; modes
+    /// one and burst): agent i connects to replica i mod N, and every write
+    /// goes through the first replica.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// In mode one, further changes (after the latency measurement) whose
+    /// cost is measured: server CPU per replica, statements and bytes
+    /// between the replicas and PostgreSQL, bytes to the agents (0: none).
+    #[arg(long, default_value_t = 5)]
+    cost_samples: usize,
     /// Internal: run the bare-tonic baseline server on this address.
     #[arg(long, hide = true)]
     baseline_server: Option<String>,
@@ -228,6 +256,8 @@ struct AgentLog {
 
 struct Agent {
     node_id: String,
+    /// The replica it streams from (index into the replicas).
+    replica: usize,
     log: Arc<Mutex<AgentLog>>,
     revision: Arc<AtomicU64>,
     /// Complete updates received (every part of a revision).
@@ -261,27 +291,93 @@ async fn main() {
         "{} missing: cargo build --release -p meshplane-server",
         bin.display()
     );
+    assert!(args.replicas >= 1, "--replicas must be at least 1");
+    assert!(
+        args.replicas == 1 || args.postgres,
+        "--replicas {} needs --postgres (replicas share a PostgreSQL database)",
+        args.replicas
+    );
+    assert!(
+        args.replicas == 1 || args.mode != Mode::Restart,
+        "restart mode runs one replica"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let server_cmd = |listen: &str| {
+    // The other replicas' data directories; they use the first one's
+    // secret key.
+    let replica_dirs: Vec<tempfile::TempDir> = (1..args.replicas)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let pg = args.postgres.then(|| {
+        PgCluster::start_durable_with(&[
+            "shared_preload_libraries=pg_stat_statements",
+            "pg_stat_statements.track=all",
+        ])
+        .expect("start a durable PostgreSQL")
+    });
+    let url = match &pg {
+        Some(c) => {
+            let url = c.create_database("fanout").await.expect("create database");
+            use sqlx::{Connection, Executor};
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+                .await
+                .expect("CREATE EXTENSION pg_stat_statements");
+            conn.close().await.ok();
+            Some(url)
+        }
+        None => None,
+    };
+    let server_cmd = |listen: &str, replica: usize| {
         let mut cmd = Command::new(&bin);
         cmd.args(["serve", "--listen", listen]);
         if args.mode == Mode::Soak {
             cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }
-        cmd.env("MESHPLANE_DATA_DIR", dir.path())
-            .env("RUST_LOG", "warn");
+        cmd.env("RUST_LOG", "warn");
+        if replica == 0 {
+            cmd.env("MESHPLANE_DATA_DIR", dir.path());
+        } else {
+            cmd.env("MESHPLANE_DATA_DIR", replica_dirs[replica - 1].path())
+                .arg("--secret-key-file")
+                .arg(dir.path().join("secret.key"));
+        }
+        if let Some(url) = &url {
+            cmd.args(["--database-url", url]);
+        }
         cmd
     };
-    let mut server = spawn_ready(server_cmd("127.0.0.1:0"), READY);
+    let mut server = spawn_ready(server_cmd("127.0.0.1:0", 0), READY);
     let pid = server.child.id();
+    // The other replicas, started once the first made the schema and key.
+    let others: Vec<Spawned> = (1..args.replicas)
+        .map(|r| spawn_ready(server_cmd("127.0.0.1:0", r), READY))
+        .collect();
+    let addrs: Vec<String> = std::iter::once(server.addr.clone())
+        .chain(others.iter().map(|o| o.addr.clone()))
+        .collect();
+    let pids: Vec<u32> = std::iter::once(pid)
+        .chain(others.iter().map(|o| o.child.id()))
+        .collect();
+    let rss_all = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
     let token = std::fs::read_to_string(dir.path().join("admin.token"))
         .unwrap()
         .trim()
         .to_owned();
     let admin = channel(&server.addr).await;
     println!(
-        "# fanout: {} agents, mode {:?}, server pid {pid}",
-        args.agents, args.mode
+        "# fanout: {} agents, mode {:?}, {} on {}, server pids {pids:?}",
+        args.agents,
+        args.mode,
+        if args.replicas == 1 {
+            "one server".to_owned()
+        } else {
+            format!("{} replicas", args.replicas)
+        },
+        if args.postgres {
+            "PostgreSQL (durable)"
+        } else {
+            "SQLite"
+        }
     );
 
     // Network, key, gateway, N nodes.
@@ -315,6 +411,21 @@ async fn main() {
         .unwrap()
         .into_inner()
         .token;
+    // On PostgreSQL, ANALYZE every 2 s while registering: on a fresh
+    // database the planner has no statistics until autovacuum's first
+    // ANALYZE (up to a minute later), and without them the lowest-free-
+    // address query runs as a nested-loop anti join, quadratic in the
+    // nodes (112 ms at 1,000). A database in service has statistics.
+    let analyzing = url.clone().map(|url| {
+        tokio::spawn(async move {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = c.execute("ANALYZE").await;
+            }
+        })
+    });
     let t = Instant::now();
     let register = |name: String| {
         let mut agent = pb::agent_service_client::AgentServiceClient::new(admin.clone());
@@ -365,6 +476,9 @@ async fn main() {
         nodes.push(t.await.unwrap());
     }
     nodes.truncate(args.agents);
+    if let Some(a) = analyzing {
+        a.abort();
+    }
     println!(
         "registered {} nodes in {:.1} s",
         args.agents + args.extra_nodes + 1,
@@ -373,7 +487,7 @@ async fn main() {
 
     // Connect the agents.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_all();
     let keep = match args.mode {
         Mode::One | Mode::Restart => 0,
         Mode::Burst => args.verify.unwrap_or(args.agents),
@@ -400,14 +514,16 @@ async fn main() {
         let log = Arc::new(Mutex::new(AgentLog::default()));
         let revision = Arc::new(AtomicU64::new(0));
         let completes = Arc::new(AtomicU64::new(0));
+        let replica = i % args.replicas;
         agents.push(Agent {
             node_id,
+            replica,
             log: log.clone(),
             revision: revision.clone(),
             completes: completes.clone(),
         });
         let forget = forget.clone();
-        let addr = server.addr.clone();
+        let addr = addrs[replica].clone();
         let permit = sem.clone().acquire_owned().await.unwrap();
         let connected = connected.clone();
         let keep_config = i < keep;
@@ -547,6 +663,15 @@ async fn main() {
         if let Ok(Some(status)) = server.child.try_wait() {
             panic!("the server exited while agents were connecting: {status}");
         }
+        for o in &others {
+            // try_wait needs &mut; a replica that died shows as a zombie.
+            if std::fs::read_to_string(format!("/proc/{}/stat", o.child.id()))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+            {
+                panic!("a replica exited while agents were connecting");
+            }
+        }
         let failed = agents
             .iter()
             .filter(|a| a.log.lock().unwrap().error.is_some())
@@ -564,7 +689,7 @@ async fn main() {
     };
     // Idle streams: give the server a moment to settle after the snapshots.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss_after = rss_kib(pid);
+    let rss_after = rss_all();
     let per_stream = (rss_after.saturating_sub(rss_before) as f64) * 1024.0 / args.agents as f64;
     println!(
         "connected {} agents in {connect_secs:.1} s (snapshot {snapshot_bytes} B in {snapshot_parts} parts each); server RSS {} MiB -> {} MiB: {:.1} KiB per stream",
@@ -609,6 +734,7 @@ async fn main() {
             let mut lat_send = Vec::with_capacity(agents.len());
             let mut early = 0;
             let mut bytes = Vec::with_capacity(agents.len());
+            let mut by_replica = vec![Vec::new(); args.replicas];
             for (a, b) in agents.iter().zip(before) {
                 let l = a.log.lock().unwrap();
                 let new = &l.updates[b..];
@@ -618,6 +744,8 @@ async fn main() {
                 }
                 lat.push(reached.0.saturating_duration_since(ack).as_secs_f64() * 1000.0);
                 lat_send.push(reached.0.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+                by_replica[a.replica]
+                    .push(reached.0.saturating_duration_since(sent).as_secs_f64() * 1000.0);
                 bytes.push(
                     new.iter()
                         .filter(|u| u.0 >= sent)
@@ -644,6 +772,45 @@ async fn main() {
                 args.agents,
                 bytes.last().unwrap()
             );
+            if args.replicas > 1 {
+                let mut row = Vec::new();
+                for (r, l) in by_replica.iter_mut().enumerate() {
+                    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    let (r50, r99) = (percentile(l, 0.5), percentile(l, 0.99));
+                    println!(
+                        "  agents on replica {} ({}{}): from the send p50 {r50:.1} ms, p99 {r99:.1} ms, max {:.1} ms",
+                        (b'A' + r as u8) as char,
+                        l.len(),
+                        if r == 0 { ", the write's replica" } else { "" },
+                        l.last().copied().unwrap_or(f64::NAN)
+                    );
+                    row.push(format!("{r50:.1} / {r99:.1} ms"));
+                }
+                println!(
+                    "| {} | {} | ack after {:.1} ms | B - A (p50) {:.1} ms |",
+                    args.agents,
+                    row.join(" | "),
+                    ack.duration_since(sent).as_secs_f64() * 1000.0,
+                    percentile(&by_replica[1], 0.5) - percentile(&by_replica[0], 0.5)
+                );
+            }
+            if args.cost_samples > 0 {
+                let ports: Vec<u16> = addrs
+                    .iter()
+                    .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+                    .collect();
+                cost(
+                    &agents,
+                    &mut gateways,
+                    &token,
+                    &gw_id,
+                    &pids,
+                    &ports,
+                    pg.as_ref().zip(url.as_deref()),
+                    args.cost_samples,
+                )
+                .await;
+            }
             // Close meshplane's streams before the baseline opens its own.
             for h in handles {
                 h.abort();
@@ -860,7 +1027,7 @@ async fn main() {
             // SIGKILL: no graceful shutdown, every stream breaks at once.
             server.child.kill().expect("kill the server");
             let _ = server.child.wait();
-            server = spawn_ready(server_cmd(&addr), READY);
+            server = spawn_ready(server_cmd(&addr, 0), READY);
             let down = killed.elapsed().as_secs_f64();
             let up = Instant::now();
             let pid = server.child.id();
@@ -934,7 +1101,9 @@ async fn main() {
             );
         }
     }
+    drop(others);
     drop(server);
+    drop(pg);
 }
 
 async fn wait_all(agents: &[Agent], target: u64, limit: Duration) {
@@ -1819,5 +1988,234 @@ impl Soak<'_> {
         );
         assert_eq!(equal, checked, "configs differ from GetNodeConfig");
         assert_eq!(unexpected_total, 0, "unexpected errors");
+    }
+}
+
+/// What the replicas and PostgreSQL have used so far.
+struct Snap {
+    /// CPU seconds per replica.
+    cpu: Vec<f64>,
+    /// CPU seconds of the PostgreSQL cluster's processes.
+    pg_cpu: f64,
+    statements: Statements,
+    /// Bytes between each replica and PostgreSQL.
+    pg_bytes: Vec<sys::TcpBytes>,
+    /// Bytes between each replica and its agents.
+    agent_bytes: Vec<sys::TcpBytes>,
+}
+
+/// `owners`: which replica's process holds each local port of a
+/// connection to PostgreSQL (`sys::tcp_port_owners`, taken before: `ss -p`
+/// is too slow to run inside a measured window with 10,000 sockets).
+async fn snap(
+    pids: &[u32],
+    ports: &[u16],
+    pg: Option<(&PgCluster, &mut sqlx::PgConnection)>,
+    owners: &HashMap<u16, u32>,
+) -> Snap {
+    let agent_bytes = ports
+        .iter()
+        .map(|p| {
+            sys::tcp_bytes(&format!("sport = :{p}"), false)
+                .values()
+                .fold(sys::TcpBytes::default(), |a, b| a + *b)
+        })
+        .collect();
+    let (pg_cpu, statements, pg_bytes) = match pg {
+        Some((c, conn)) => {
+            let by_port = sys::tcp_bytes_by_port(&format!("dport = :{}", c.port()));
+            let mut by_pid: HashMap<u32, sys::TcpBytes> = HashMap::new();
+            for (port, b) in by_port {
+                if let Some(pid) = owners.get(&port) {
+                    let e = by_pid.entry(*pid).or_default();
+                    *e = *e + b;
+                }
+            }
+            (
+                sys::pg_cpu_secs(&c.data_dir()),
+                statements(conn).await,
+                pids.iter()
+                    .map(|p| by_pid.get(p).copied().unwrap_or_default())
+                    .collect(),
+            )
+        }
+        None => (
+            0.0,
+            HashMap::new(),
+            vec![sys::TcpBytes::default(); pids.len()],
+        ),
+    };
+    Snap {
+        cpu: pids.iter().map(|&p| sys::cpu_secs(p)).collect(),
+        pg_cpu,
+        statements,
+        pg_bytes,
+        agent_bytes,
+    }
+}
+
+fn is_presence(query: &str) -> bool {
+    query.contains("presence")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// The cost model's measurements: `samples` more changes (each a new
+/// egress range on the gateway, which changes every agent's config), each
+/// measured from just before its send until every agent holds it plus
+/// 200 ms; on PostgreSQL a sample during which a replica recorded presence
+/// (every 2 s) is discarded and taken again. Then one presence round.
+#[allow(clippy::too_many_arguments)]
+async fn cost(
+    agents: &[Agent],
+    gateways: &mut pb::gateway_service_client::GatewayServiceClient<Channel>,
+    token: &str,
+    gw_id: &str,
+    pids: &[u32],
+    ports: &[u16],
+    pg: Option<(&PgCluster, &str)>,
+    samples: usize,
+) {
+    use sqlx::Connection;
+    let mut conn = match pg {
+        Some((_, url)) => Some(sqlx::PgConnection::connect(url).await.expect("connect")),
+        None => None,
+    };
+    let n = pids.len();
+    let mut taken: Vec<(f64, Snap, Snap)> = Vec::new();
+    let mut discarded = 0;
+    let mut i = 0;
+    let owners_of = || match pg {
+        Some((c, _)) => sys::tcp_port_owners(&format!("dport = :{}", c.port())),
+        None => HashMap::new(),
+    };
+    let mut owners;
+    while taken.len() < samples && i < samples * 4 {
+        i += 1;
+        // The replicas' connections to PostgreSQL (the pool may have opened
+        // new ones), outside the measured window.
+        owners = owners_of();
+        let before = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
+        let sent = Instant::now();
+        let node = gateways
+            .create_egress_gateway(authed(
+                token,
+                pb::CreateEgressGatewayRequest {
+                    node_id: gw_id.into(),
+                    ranges: vec![format!("172.{}.{}.0/24", 16 + i / 256, i % 256)],
+                    interface: "eth1".into(),
+                    nat_enabled: None,
+                },
+            ))
+            .await
+            .expect("CreateEgressGateway")
+            .into_inner();
+        wait_all(agents, node.config_revision, Duration::from_secs(120)).await;
+        let window = sent.elapsed().as_secs_f64() * 1000.0;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
+        let presence = statement_delta(&before.statements, &after.statements)
+            .iter()
+            .any(|s| is_presence(&s.0));
+        if presence {
+            discarded += 1;
+        } else {
+            taken.push((window, before, after));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "cost of one change to {} agents ({} samples, {discarded} discarded because presence was recorded during them; medians):",
+        agents.len(),
+        taken.len()
+    );
+    let m =
+        |f: &dyn Fn(&Snap, &Snap) -> f64| median(taken.iter().map(|(_, a, b)| f(a, b)).collect());
+    println!(
+        "  until every agent held it: {:.1} ms (then 200 ms more in the window)",
+        median(taken.iter().map(|t| t.0).collect())
+    );
+    for r in 0..n {
+        let name = (b'A' + r as u8) as char;
+        let agents_here = agents.iter().filter(|a| a.replica == r).count();
+        println!(
+            "  replica {name} ({agents_here} agents): CPU {:.1} ms; to PostgreSQL {:.0} B sent, {:.0} B received; to its agents {:.0} B sent ({:.0} per agent), {:.0} B received",
+            m(&|a, b| (b.cpu[r] - a.cpu[r]) * 1000.0),
+            m(&|a, b| (b.pg_bytes[r] - a.pg_bytes[r]).sent as f64),
+            m(&|a, b| (b.pg_bytes[r] - a.pg_bytes[r]).received as f64),
+            m(&|a, b| (b.agent_bytes[r] - a.agent_bytes[r]).sent as f64),
+            m(&|a, b| (b.agent_bytes[r] - a.agent_bytes[r]).sent as f64 / agents_here as f64),
+            m(&|a, b| (b.agent_bytes[r] - a.agent_bytes[r]).received as f64),
+        );
+    }
+    if pg.is_some() {
+        println!(
+            "  PostgreSQL: CPU {:.1} ms (all its processes); statements {:.0}, WAL {:.0} B",
+            m(&|a, b| (b.pg_cpu - a.pg_cpu) * 1000.0),
+            m(&|a, b| statement_delta(&a.statements, &b.statements)
+                .iter()
+                .map(|s| s.1)
+                .sum::<i64>() as f64),
+            m(&|a, b| statement_delta(&a.statements, &b.statements)
+                .iter()
+                .map(|s| s.4)
+                .sum::<i64>() as f64),
+        );
+        // The statements of the median sample (by count), by query.
+        if let Some((_, a, b)) = taken.get(taken.len() / 2) {
+            println!("  statements of one sample (calls, rows, ms, WAL bytes):");
+            for (q, c, r, t, w) in statement_delta(&a.statements, &b.statements) {
+                println!("    {c:>5} {r:>6} {t:>8.2} {w:>7}  {}", short(&q));
+            }
+        }
+        // One presence round of every replica.
+        owners = owners_of();
+        let before = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
+        let t = Instant::now();
+        loop {
+            let now = statements(conn.as_mut().unwrap()).await;
+            let rounds: i64 = statement_delta(&before.statements, &now)
+                .iter()
+                .filter(|s| s.0.contains("INSERT INTO presence"))
+                .map(|s| s.1)
+                .sum();
+            if rounds >= n as i64 || t.elapsed() > Duration::from_secs(6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = snap(pids, ports, pg.map(|p| p.0).zip(conn.as_mut()), &owners).await;
+        let window = t.elapsed().as_secs_f64();
+        let d = statement_delta(&before.statements, &after.statements);
+        println!(
+            "presence (every replica records the streams it holds every 2 s and reads everyone's), one window of {window:.1} s:"
+        );
+        for (q, c, r, t, w) in d.iter().filter(|s| is_presence(&s.0)) {
+            println!("    {c:>5} {r:>6} {t:>8.2} {w:>7}  {}", short(q));
+        }
+        for r in 0..n {
+            println!(
+                "  replica {}: CPU {:.1} ms in the window; to PostgreSQL {} B sent, {} B received",
+                (b'A' + r as u8) as char,
+                (after.cpu[r] - before.cpu[r]) * 1000.0,
+                (after.pg_bytes[r] - before.pg_bytes[r]).sent,
+                (after.pg_bytes[r] - before.pg_bytes[r]).received,
+            );
+        }
+        println!(
+            "  PostgreSQL CPU {:.1} ms in the window",
+            (after.pg_cpu - before.pg_cpu) * 1000.0
+        );
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
     }
 }

@@ -175,8 +175,9 @@ async fn the_server_writes_no_secret_at_trace_level() {
         .to_owned();
     secrets.push(private);
     // Wrong credentials are secrets too: someone's typo of a real one.
-    let (id, _) = admin_token.rsplit_once('_').unwrap();
-    let wrong = format!("{id}_ThisIsAWrongSecretThatMustNotBeLogged0000000");
+    let mut parts = admin_token.splitn(3, '_');
+    let (kind, id) = (parts.next().unwrap(), parts.next().unwrap());
+    let wrong = format!("{kind}_{id}_ThisIsAWrongSecretThatMustNotBeLogged0000000");
     let bad =
         pb::network_service_client::NetworkServiceClient::new(authed(&addr, Some(&wrong)).await)
             .list_networks(pb::ListNetworksRequest::default())
@@ -208,8 +209,17 @@ async fn the_server_writes_no_secret_at_trace_level() {
         "trace level wrote little; is RUST_LOG honoured? {text}"
     );
     for s in &secrets {
-        // The whole secret, and (for tokens) its secret part alone.
-        let part = s.rsplit('_').next().unwrap();
+        // The whole secret, and (for tokens `mpX_<id>_<secret>`) its secret
+        // part alone. The secret part is URL-safe base64 and may itself hold
+        // `_`, so split at the first two only.
+        let part = match s.splitn(3, '_').collect::<Vec<_>>()[..] {
+            [_, _, secret] => secret,
+            _ => s.as_str(),
+        };
+        assert!(
+            part.len() >= 40,
+            "a secret too short to search for: {part:?}"
+        );
         for needle in [s.as_str(), part] {
             assert!(
                 !text.contains(needle),

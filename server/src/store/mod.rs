@@ -244,9 +244,12 @@ pub trait Tx: Send {
     /// names, keys, addresses and egress ranges are checked and written by
     /// one transaction at a time per network, across replicas.
     async fn lock_network(&mut self, name: &str) -> Result<Option<Network>>;
-    /// Every network (for the overlap check), locked against concurrent
-    /// network creation (PostgreSQL: a transaction-level advisory lock).
-    async fn networks_for_create(&mut self) -> Result<Vec<Network>>;
+    /// The networks a new network `net` collides with: the one of its name
+    /// and those whose ranges overlap its ranges — found by index, at a cost
+    /// that does not grow with the number of networks. Locked against
+    /// concurrent network creation (PostgreSQL: a transaction-level advisory
+    /// lock).
+    async fn network_conflicts(&mut self, net: &Network) -> Result<Vec<Network>>;
     /// Inserts a network with config revision 0.
     async fn insert_network(&mut self, net: &Network) -> Result<()>;
     /// Writes a network's mutable fields (keepalive, mtu, listen_port,
@@ -302,7 +305,10 @@ pub trait Tx: Send {
     // Overlay addresses.
 
     /// The lowest host offset (from 1) no owner holds in a network's range
-    /// of `family`.
+    /// of `family`. Its cost does not grow with the network's addresses: the
+    /// store keeps, per network and family, an offset below which all are
+    /// taken (raised by [`Tx::insert_allocation`], lowered by
+    /// [`Tx::free_addresses`]) and searches from there.
     async fn lowest_free_offset(&mut self, network: &str, family: Family) -> Result<u128>;
     /// Records that `owner` holds host offset `offset`; the primary key
     /// (network, family, offset) refuses a second owner.

@@ -353,6 +353,29 @@ impl Hub {
     /// snapshots).
     pub async fn catch_up(&self) -> Result<()> {
         let _one = self.catching_up.lock().await;
+        self.follow().await
+    }
+
+    /// [`Hub::catch_up`] for a caller that knows the log holds `revision`
+    /// (a write it just committed): nothing to read when the hub has applied
+    /// that far already — as it has, usually, for all but the first of the
+    /// writes a batch committed together, which the first one's read
+    /// brought in.
+    pub async fn catch_up_to(&self, revision: u64) -> Result<()> {
+        if self.read().cursor >= revision {
+            return Ok(());
+        }
+        let _one = self.catching_up.lock().await;
+        if self.read().cursor >= revision {
+            return Ok(());
+        }
+        self.follow().await
+    }
+
+    /// Reads and applies events until a read comes back short: since
+    /// revisions commit in order, a short read held every event committed
+    /// before it began.
+    async fn follow(&self) -> Result<()> {
         loop {
             let cursor = self.read().cursor;
             let events = self.store.events_after(cursor, BATCH).await?;
@@ -380,6 +403,9 @@ impl Hub {
                 st.cursor = last;
             }
             self.latest.send_replace(last);
+            if events.len() < BATCH {
+                return Ok(());
+            }
         }
     }
 

@@ -925,15 +925,19 @@ async fn savepoints_and_rollback(s: Arc<dyn Store>) {
         .await
         .unwrap();
     tx.rollback_to_savepoint().await.unwrap();
-    // After a failed statement too, the transaction goes on.
-    tx.savepoint().await.unwrap();
+    // After a failed statement too, the transaction goes on; the mark
+    // stays after a rollback to it.
     aborted(tx.insert_network(&network("kept", "10.3.0.0/24", "")).await);
     tx.rollback_to_savepoint().await.unwrap();
-    tx.savepoint().await.unwrap();
     tx.insert_network(&network("also", "10.4.0.0/24", ""))
         .await
         .unwrap();
-    tx.release_savepoint().await.unwrap();
+    tx.keep_and_mark().await.unwrap();
+    // Kept writes survive a rollback to the new mark.
+    tx.insert_network(&network("later", "10.6.0.0/24", ""))
+        .await
+        .unwrap();
+    tx.rollback_to_savepoint().await.unwrap();
     tx.commit().await.unwrap();
     let names: Vec<String> = s
         .list_networks(&PageRequest {
@@ -952,9 +956,8 @@ async fn savepoints_and_rollback(s: Arc<dyn Store>) {
     let key = Resource::EnrollmentKey(enrollment_key("k", &[], 1, false));
     let undone = tx.append(Action::Created, &key, false).await.unwrap();
     tx.rollback_to_savepoint().await.unwrap();
-    tx.savepoint().await.unwrap();
     let kept = tx.append(Action::Created, &key, false).await.unwrap();
-    tx.release_savepoint().await.unwrap();
+    tx.keep_and_mark().await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(undone, kept);
     assert_eq!(s.log_bounds().await.unwrap().latest, kept);

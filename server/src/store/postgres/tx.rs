@@ -40,6 +40,13 @@ fn free_from(family: Family) -> &'static str {
 /// One write transaction; dropping it uncommitted rolls it back.
 pub(super) struct PgTx {
     tx: Transaction<'static, Postgres>,
+    /// See [`Tx::appended`].
+    appended: u64,
+    /// Networks whose row this transaction holds locked (by
+    /// [`Tx::lock_network`] or by inserting it), so [`Tx::append`] need not
+    /// lock it again; forgotten on a rollback to the savepoint, which may
+    /// have released the lock.
+    locked: std::collections::HashSet<String>,
 }
 
 impl PgTx {
@@ -47,6 +54,8 @@ impl PgTx {
     pub(super) async fn begin(pool: &PgPool) -> Result<Self> {
         Ok(Self {
             tx: pool.begin_with(BEGIN).await.map_err(db_err)?,
+            appended: 0,
+            locked: std::collections::HashSet::new(),
         })
     }
 
@@ -92,20 +101,13 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn release_savepoint(&mut self) -> Result<()> {
-        sqlx::query("RELEASE SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    async fn keep_and_mark(&mut self) -> Result<()> {
+        release_and_mark(&mut self.tx).await
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.locked.clear();
         sqlx::query("ROLLBACK TO SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query("RELEASE SAVEPOINT mp_write")
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
@@ -124,7 +126,11 @@ impl Tx for PgTx {
         .fetch_optional(self.conn())
         .await
         .map_err(db_err)?;
-        one(row, rows::network)
+        let net = one(row, rows::network)?;
+        if net.is_some() {
+            self.locked.insert(name.to_owned());
+        }
+        Ok(net)
     }
 
     /// The network named like `net` and those its ranges overlap (`&&`,
@@ -171,6 +177,8 @@ impl Tx for PgTx {
         .execute(self.conn())
         .await
         .map_err(db_err)?;
+        // Inserting the row holds its lock.
+        self.locked.insert(net.name.to_string());
         Ok(())
     }
 
@@ -686,6 +694,26 @@ impl Tx for PgTx {
     // The event log.
 
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
-        log::append(self.conn(), action, resource, config).await
+        let locked = resource
+            .network()
+            .is_some_and(|n| self.locked.contains(&n));
+        let revision = log::append(self.conn(), action, resource, config, locked).await?;
+        self.appended = self.appended.max(revision);
+        Ok(revision)
     }
+
+    fn appended(&self) -> u64 {
+        self.appended
+    }
+}
+
+/// `RELEASE SAVEPOINT` and a new `SAVEPOINT`, in one round trip (a plain
+/// multi-statement query).
+async fn release_and_mark(conn: &mut sqlx::PgConnection) -> Result<()> {
+    // A query text without arguments runs unprepared, which allows two
+    // statements in it.
+    sqlx::Executor::execute(conn, "RELEASE SAVEPOINT mp_write; SAVEPOINT mp_write")
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }

@@ -60,6 +60,8 @@ pub struct SqliteTx {
     // before the queue lets the next writer in.
     /// The transaction; dropping it uncommitted rolls back.
     tx: Transaction<'static, Sqlite>,
+    /// See [`Tx::appended`].
+    appended: u64,
     /// This writer's turn in [`super::SqliteStore`]'s queue, held until
     /// commit or drop.
     _turn: OwnedMutexGuard<()>,
@@ -68,14 +70,18 @@ pub struct SqliteTx {
 impl SqliteTx {
     /// Wraps a transaction begun with `BEGIN IMMEDIATE` while holding `turn`.
     pub(super) fn new(tx: Transaction<'static, Sqlite>, turn: OwnedMutexGuard<()>) -> Self {
-        Self { tx, _turn: turn }
+        Self {
+            tx,
+            appended: 0,
+            _turn: turn,
+        }
     }
 }
 
 #[async_trait]
 impl Tx for SqliteTx {
     async fn commit(self: Box<Self>) -> Result<()> {
-        let SqliteTx { tx, _turn } = *self;
+        let SqliteTx { tx, _turn, .. } = *self;
         tx.commit().await.map_err(db_err)
     }
 
@@ -92,20 +98,12 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn release_savepoint(&mut self) -> Result<()> {
-        sqlx::query("RELEASE SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    async fn keep_and_mark(&mut self) -> Result<()> {
+        release_and_mark(&mut self.tx).await
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<()> {
         sqlx::query("ROLLBACK TO SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query("RELEASE SAVEPOINT mp_write")
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
@@ -660,7 +658,13 @@ impl Tx for SqliteTx {
     /// SQLite's single writer serialises appends: the transaction holds the
     /// write lock from its BEGIN IMMEDIATE.
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
-        queries::append(&mut self.tx, action, resource, config).await
+        let revision = queries::append(&mut self.tx, action, resource, config).await?;
+        self.appended = self.appended.max(revision);
+        Ok(revision)
+    }
+
+    fn appended(&self) -> u64 {
+        self.appended
     }
 }
 
@@ -672,4 +676,15 @@ fn owner((kind, id): (String, String)) -> Result<Owner> {
         "dns_entry" => Ok(Owner::DnsEntry(id)),
         _ => Err(Error::Internal(format!("unknown owner kind {kind:?}"))),
     }
+}
+
+/// `RELEASE SAVEPOINT` and a new `SAVEPOINT`, in one round trip (a plain
+/// multi-statement query).
+async fn release_and_mark(conn: &mut sqlx::SqliteConnection) -> Result<()> {
+    // A query text without arguments runs unprepared, which allows two
+    // statements in it.
+    sqlx::Executor::execute(conn, "RELEASE SAVEPOINT mp_write; SAVEPOINT mp_write")
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }

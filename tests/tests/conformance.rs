@@ -666,7 +666,7 @@ async fn lowest_free_follows_takes_and_frees(s: Arc<dyn Store>) {
                     next_owner += 1;
                     let owner = format!("o{next_owner}");
                     let o = Owner::Node(owner.clone());
-                    if next_owner % 2 == 0 {
+                    if next_owner.is_multiple_of(2) {
                         tx.insert_allocation("corp", fams[f], lowest, &o)
                             .await
                             .unwrap();

@@ -195,7 +195,8 @@ async fn networks_roundtrip_page_update_delete(s: Arc<dyn Store>) {
         let mut got_sorted = got.clone();
         got_sorted.sort();
         assert_eq!(
-            got_sorted, want,
+            got_sorted,
+            want,
             "conflicts of {:?} {:?} {:?}",
             new.name.as_str(),
             new.range4,
@@ -345,7 +346,12 @@ async fn enrollment_keys_and_their_uses(s: Arc<dyn Store>) {
     assert_eq!((got.key.uses_remaining, got.hash), (3, vec![3; 32]));
     tx.savepoint().await.unwrap();
     assert_eq!(
-        tx.take_enrollment_key("k3").await.unwrap().unwrap().key.uses_remaining,
+        tx.take_enrollment_key("k3")
+            .await
+            .unwrap()
+            .unwrap()
+            .key
+            .uses_remaining,
         2
     );
     tx.rollback_to_savepoint().await.unwrap();
@@ -658,7 +664,13 @@ async fn lowest_free_follows_takes_and_frees(s: Arc<dyn Store>) {
             let f = rng.random_range(0..2usize);
             let lowest = tx.lowest_free_offset("corp", fams[f]).await.unwrap();
             let want = (1u128..).find(|o| !trial[f].contains_key(o)).unwrap();
-            assert_eq!(lowest, want, "round {round}, {:?}, held {:?}", fams[f], trial[f].keys());
+            assert_eq!(
+                lowest,
+                want,
+                "round {round}, {:?}, held {:?}",
+                fams[f],
+                trial[f].keys()
+            );
             match rng.random_range(0..10) {
                 // Take the lowest free offset, in two steps or as
                 // registration does, in one.

@@ -356,7 +356,8 @@ pub trait Tx: Send {
         owner: &Owner,
     ) -> Result<u128> {
         let offset = self.lowest_free_offset(network, family).await?;
-        self.insert_allocation(network, family, offset, owner).await?;
+        self.insert_allocation(network, family, offset, owner)
+            .await?;
         Ok(offset)
     }
     /// Frees every address an owner holds.

@@ -533,13 +533,11 @@ impl Tx for PgTx {
         .await
         .map_err(db_err)?;
         let (hint, next) = row;
-        let next = next
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "bad free host offset {next:?} in network {network:?}"
-                ))
-            })?;
+        let next = next.filter(|&n| n >= 1).ok_or_else(|| {
+            Error::Internal(format!(
+                "bad free host offset {next:?} in network {network:?}"
+            ))
+        })?;
         if next != hint {
             sqlx::query(&format!(
                 "UPDATE networks SET {col} = $1 WHERE name = $2 AND {col} < $1"
@@ -792,9 +790,7 @@ impl Tx for PgTx {
     // The event log.
 
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
-        let locked = resource
-            .network()
-            .is_some_and(|n| self.locked.contains(&n));
+        let locked = resource.network().is_some_and(|n| self.locked.contains(&n));
         let revision = log::append(self.conn(), action, resource, config, locked).await?;
         self.appended = self.appended.max(revision);
         Ok(revision)

@@ -62,7 +62,9 @@ async fn fill_range_bounds(pool: &SqlitePool) -> Result<()> {
     .await
     .map_err(db_err)?;
     for (name, range4, range6) in rows {
-        let bad = |what: &str| Error::Internal(format!("stored {what} of network {name:?} is not a range"));
+        let bad = |what: &str| {
+            Error::Internal(format!("stored {what} of network {name:?} is not a range"))
+        };
         let range4 = range4
             .map(|r| r.parse::<ipnet::Ipv4Net>().map_err(|_| bad("range4")))
             .transpose()?;

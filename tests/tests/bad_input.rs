@@ -543,6 +543,7 @@ fn new_client(server: &str, f: impl FnOnce(&mut pb::CreateExtClientRequest)) -> 
         name: "tablet".into(),
         public_key: String::new(),
         dns: vec![],
+        tags: vec![],
     };
     f(&mut r);
     Call::CreateExtClient(r)

@@ -81,6 +81,7 @@ fn node(id: &str, net: &str, name: &str, k: u8, a4: Option<&str>, a6: Option<&st
         host: None,
         apply_error: None,
         failed_revision: 0,
+        tags: vec![],
     }
 }
 
@@ -100,6 +101,7 @@ fn client(id: &str, net: &str, ingress: &str, name: &str, k: u8) -> ExtClient {
         downloaded_revision: 0,
         create_time: t(20),
         update_time: t(20),
+        tags: vec![],
     }
 }
 

@@ -33,6 +33,7 @@ pub fn to_pb(c: &ExtClient) -> pb::ExtClient {
         config_stale: c.config_stale(),
         create_time: ts(c.create_time),
         update_time: ts(c.update_time),
+        tags: c.tags.iter().map(ToString::to_string).collect(),
     }
 }
 

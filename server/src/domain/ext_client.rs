@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, Violations, shown};
 use super::names::{DnsLabel, parse_ips};
 use super::node::WgKey;
+use super::policy::Tag;
 
 /// A stored external client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,9 @@ pub struct ExtClient {
     pub create_time: DateTime<Utc>,
     /// Last change.
     pub update_time: DateTime<Utc>,
+    /// Tags the access policy selects it by, sorted without duplicates.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
 }
 
 impl ExtClient {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{FieldViolation, Result, Violations, shown};
 use super::host::HostReport;
 use super::names::DnsLabel;
+use super::policy::Tag;
 
 /// A WireGuard key (public or private): 32 bytes, written as base64.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -228,6 +229,9 @@ pub struct Node {
     /// The revision whose apply failed; 0 when none.
     #[serde(default)]
     pub failed_revision: u64,
+    /// Tags the access policy selects it by, sorted without duplicates.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
 }
 
 /// A validated registration, before addresses are allocated.

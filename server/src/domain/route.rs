@@ -303,6 +303,7 @@ mod tests {
             ext_clients: vec![phone.clone()],
             dns_entries: vec![],
             revision: 1,
+            policy: Default::default(),
         };
         (v, server, office, phone)
     }

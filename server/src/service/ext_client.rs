@@ -51,6 +51,8 @@ impl Service {
             downloaded_revision: 0,
             create_time: now,
             update_time: now,
+            // TODO(#14): tags from CreateExtClientRequest.tags (policy::parse_tags).
+            tags: Vec::new(),
         };
         let network = client.network.as_str();
         self.write(async {

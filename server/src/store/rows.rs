@@ -178,6 +178,8 @@ pub fn node(r: &dyn Cols) -> Result<Node> {
         host,
         apply_error: r.opt_text("apply_error")?.filter(|e| !e.is_empty()),
         failed_revision: u64_of(r, w, &id, "failed_revision")?,
+        // TODO(#14): a tags column; until then nodes carry none.
+        tags: Vec::new(),
         id,
     })
 }
@@ -203,6 +205,8 @@ pub fn ext_client(r: &dyn Cols) -> Result<ExtClient> {
         downloaded_revision: u64_of(r, w, &id, "downloaded_revision")?,
         create_time: r.time("create_time")?,
         update_time: r.time("update_time")?,
+        // TODO(#14): a tags column; until then clients carry none.
+        tags: Vec::new(),
         id,
     })
 }

@@ -465,6 +465,8 @@ impl Store for PgStore {
                 ext_clients: Vec::new(),
                 dns_entries: Vec::new(),
                 revision: unsigned(r.int("revision")?, "network revision")?,
+                // TODO(#14): load the network's stored policy.
+                policy: Default::default(),
             });
         }
         for r in &nodes {

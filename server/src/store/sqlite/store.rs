@@ -396,6 +396,8 @@ async fn load_views(conn: &mut SqliteConnection) -> Result<(u64, Vec<NetworkView
             dns_entries: dns.remove(&name).unwrap_or_default(),
             network,
             revision,
+            // TODO(#14): load the network's stored policy.
+            policy: Default::default(),
         });
     }
     Ok((cursor, views))

@@ -2590,7 +2590,9 @@ async fn sweep(select: fn(&Row) -> bool) {
         .expect("descriptor set");
     let mut missing = Vec::new();
     for file in set.file.iter().filter(|f| f.package() == "meshplane.v1") {
-        for svc in &file.service {
+        // TODO(#14): rows for PolicyService once the server serves it (its
+        // proto is in, its handler is not yet).
+        for svc in file.service.iter().filter(|s| s.name() != "PolicyService") {
             for m in &svc.method {
                 let rpc = format!("{}/{}", svc.name(), m.name());
                 if !rows

@@ -157,8 +157,14 @@ struct State {
     cursor: u64,
     networks: HashMap<String, NetworkState>,
     node_network: HashMap<String, String>,
-    /// Latest config revision per node; streams watch these.
+    /// Latest config revision per node; streams watch these. Kept current
+    /// only while a stream watches (see `listening`); [`Hub::subscribe`]
+    /// brings a cell up to date before it hands it out.
     cells: HashMap<String, Cell>,
+    /// Per network, the nodes whose cells a stream may be watching (pruned
+    /// when their last stream has gone): an event wakes these, so its cost
+    /// grows with the streams it reaches, not with the network's nodes.
+    listening: HashMap<String, HashSet<String>>,
 }
 
 /// What a config stream sends next.
@@ -347,6 +353,29 @@ impl Hub {
     /// snapshots).
     pub async fn catch_up(&self) -> Result<()> {
         let _one = self.catching_up.lock().await;
+        self.follow().await
+    }
+
+    /// [`Hub::catch_up`] for a caller that knows the log holds `revision`
+    /// (a write it just committed): nothing to read when the hub has applied
+    /// that far already — as it has, usually, for all but the first of the
+    /// writes a batch committed together, which the first one's read
+    /// brought in.
+    pub async fn catch_up_to(&self, revision: u64) -> Result<()> {
+        if self.read().cursor >= revision {
+            return Ok(());
+        }
+        let _one = self.catching_up.lock().await;
+        if self.read().cursor >= revision {
+            return Ok(());
+        }
+        self.follow().await
+    }
+
+    /// Reads and applies events until a read comes back short: since
+    /// revisions commit in order, a short read held every event committed
+    /// before it began.
+    async fn follow(&self) -> Result<()> {
         loop {
             let cursor = self.read().cursor;
             let events = self.store.events_after(cursor, BATCH).await?;
@@ -374,6 +403,9 @@ impl Hub {
                 st.cursor = last;
             }
             self.latest.send_replace(last);
+            if events.len() < BATCH {
+                return Ok(());
+            }
         }
     }
 
@@ -424,10 +456,23 @@ impl Hub {
     /// owe an update for (see [`OwedQueue::sent`]); None when the node does
     /// not exist.
     pub fn subscribe(&self, node_id: &str) -> Option<(watch::Receiver<u64>, Arc<OwedQueue>)> {
-        self.read()
-            .cells
-            .get(node_id)
-            .map(|c| (c.tx.subscribe(), c.owed.clone()))
+        let mut st = self.write();
+        let st = &mut *st;
+        let network = st.node_network.get(node_id)?;
+        let revision = st.networks.get(network)?.node_revision(node_id)?;
+        let cell = st.cells.get(node_id)?;
+        // Nobody may have watched it for a while: bring it up to date
+        // (under the write lock, so no event slips in between).
+        cell.tx.send_if_modified(|v| {
+            let moved = *v != revision;
+            *v = revision;
+            moved
+        });
+        st.listening
+            .entry(network.clone())
+            .or_default()
+            .insert(node_id.to_owned());
+        Some((cell.tx.subscribe(), cell.owed.clone()))
     }
 
     /// Whether a config stream of the node is open, on this replica or (as
@@ -619,6 +664,13 @@ impl State {
                 let cell = match cells.remove(&n.id) {
                     Some(c) => {
                         c.tx.send_replace(view.revision);
+                        if c.tx.receiver_count() > 0 {
+                            state
+                                .listening
+                                .entry(view.network.name.to_string())
+                                .or_default()
+                                .insert(n.id.clone());
+                        }
                         c
                     }
                     None => Cell::new(view.revision),
@@ -654,6 +706,7 @@ impl State {
                 return;
             }
             (Resource::Network(_), Action::Deleted) => {
+                self.listening.remove(&net);
                 if let Some(state) = self.networks.remove(&net) {
                     for id in state.node_ids() {
                         self.node_network.remove(id);
@@ -686,15 +739,24 @@ impl State {
         if affected == Affected::Nobody {
             return;
         }
+        let Some(listening) = self.listening.get_mut(&net) else {
+            return;
+        };
+        let cells = &self.cells;
         let mut measured: Option<Arc<Fanout>> = None;
-        for id in state.node_ids() {
+        listening.retain(|id| {
+            let Some(cell) = cells.get(id) else {
+                return false;
+            };
+            if cell.tx.receiver_count() == 0 {
+                // Its last stream has gone; a new one subscribes afresh.
+                return false;
+            }
             if affected.contains(id)
-                && let (Some(cell), Some(rev)) = (self.cells.get(id), state.node_revision(id))
+                && let Some(rev) = state.node_revision(id)
             {
                 cell.tx.send_replace(rev);
-                if let Some((histogram, applied)) = fanout
-                    && cell.tx.receiver_count() > 0
-                {
+                if let Some((histogram, applied)) = fanout {
                     let f = measured.get_or_insert_with(|| {
                         Arc::new(Fanout {
                             applied,
@@ -708,6 +770,7 @@ impl State {
                     });
                 }
             }
-        }
+            true
+        });
     }
 }

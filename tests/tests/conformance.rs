@@ -175,8 +175,36 @@ async fn networks_roundtrip_page_update_delete(s: Arc<dyn Store>) {
     aborted(tx.insert_network(&a).await);
     drop(tx);
 
+    // The networks a new one collides with: by name, and by overlap in
+    // either family (containing, contained, equal); neighbours do not.
     let mut tx = s.begin().await.unwrap();
-    assert_eq!(tx.networks_for_create().await.unwrap().len(), 3);
+    let conflicts = |name: &str, r4: &str, r6: &str| network(name, r4, r6);
+    for (new, want) in [
+        (conflicts("delta", "10.3.0.0/24", "fd00:4::/64"), vec![]),
+        (conflicts("alpha", "10.3.0.0/24", ""), vec!["alpha"]),
+        (conflicts("delta", "10.1.7.0/24", ""), vec!["alpha"]),
+        (conflicts("delta", "10.0.0.0/8", ""), vec!["alpha", "beta"]),
+        (conflicts("delta", "10.2.0.0/24", ""), vec!["beta"]),
+        (conflicts("delta", "10.2.1.0/24", "fd00:2::/64"), vec![]),
+        (conflicts("delta", "10.1.255.255/32", ""), vec!["alpha"]),
+        (conflicts("delta", "10.0.255.255/32", ""), vec![]),
+        (conflicts("delta", "", "fd00:3::8/125"), vec!["gamma"]),
+        (conflicts("delta", "", "fd00::/16"), vec!["alpha", "gamma"]),
+        (conflicts("beta", "", "fd00:1::/48"), vec!["alpha", "beta"]),
+        (conflicts("delta", "", ""), vec![]),
+    ] {
+        let got = names(tx.network_conflicts(&new).await.unwrap());
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(
+            got_sorted,
+            want,
+            "conflicts of {:?} {:?} {:?}",
+            new.name.as_str(),
+            new.range4,
+            new.range6
+        );
+    }
     let mut locked = tx.lock_network("alpha").await.unwrap().unwrap();
     assert!(tx.lock_network("nope").await.unwrap().is_none());
     locked.mtu = 1280;
@@ -570,6 +598,83 @@ async fn addresses_lowest_free_unique_and_freed(s: Arc<dyn Store>) {
     tx.commit().await.unwrap();
 }
 
+/// Random takes and frees, each followed by the lowest free offset, checked
+/// against a model: the store's free-offset hint never hides a free offset
+/// and never returns a taken one, across transactions and rollbacks.
+async fn lowest_free_follows_takes_and_frees(s: Arc<dyn Store>) {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    with_network(&*s, &network("corp", "10.1.0.0/16", "fd00:1::/64")).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    // offset -> owner, per family; owners hold one offset per family.
+    let mut held: [BTreeMap<u128, String>; 2] = [BTreeMap::new(), BTreeMap::new()];
+    let fams = [Family::V4, Family::V6];
+    let mut next_owner = 0u32;
+    for round in 0..40 {
+        let mut tx = s.begin().await.unwrap();
+        let mut trial = held.clone();
+        for _ in 0..rng.random_range(1..12) {
+            let f = rng.random_range(0..2usize);
+            let lowest = tx.lowest_free_offset("corp", fams[f]).await.unwrap();
+            let want = (1u128..).find(|o| !trial[f].contains_key(o)).unwrap();
+            assert_eq!(
+                lowest,
+                want,
+                "round {round}, {:?}, held {:?}",
+                fams[f],
+                trial[f].keys()
+            );
+            match rng.random_range(0..10) {
+                // Take the lowest free offset, as registration does.
+                0..=5 => {
+                    next_owner += 1;
+                    let owner = format!("o{next_owner}");
+                    tx.insert_allocation("corp", fams[f], lowest, &Owner::Node(owner.clone()))
+                        .await
+                        .unwrap();
+                    trial[f].insert(lowest, owner);
+                }
+                // Take some higher free offset.
+                6 => {
+                    let off = lowest + rng.random_range(1..4u128);
+                    if !trial[f].contains_key(&off) {
+                        next_owner += 1;
+                        let owner = format!("o{next_owner}");
+                        tx.insert_allocation("corp", fams[f], off, &Owner::Node(owner.clone()))
+                            .await
+                            .unwrap();
+                        trial[f].insert(off, owner);
+                    }
+                }
+                // Free a random owner's offsets.
+                _ => {
+                    if let Some((_, owner)) = trial[f]
+                        .iter()
+                        .nth(rng.random_range(0..trial[f].len().max(1)))
+                        .map(|(o, w)| (*o, w.clone()))
+                    {
+                        tx.free_addresses(&owner).await.unwrap();
+                        for h in trial.iter_mut() {
+                            h.retain(|_, w| *w != owner);
+                        }
+                    }
+                }
+            }
+        }
+        if rng.random_range(0..4) == 0 {
+            drop(tx); // rolled back: the hint must be too
+        } else {
+            tx.commit().await.unwrap();
+            held = trial;
+        }
+    }
+    let mut tx = s.begin().await.unwrap();
+    for (f, fam) in fams.iter().enumerate() {
+        let want = (1u128..).find(|o| !held[f].contains_key(o)).unwrap();
+        assert_eq!(tx.lowest_free_offset("corp", *fam).await.unwrap(), want);
+    }
+}
+
 async fn ext_clients_roundtrip_and_revisions(s: Arc<dyn Store>) {
     with_network(&*s, &network("corp", "10.1.0.0/24", "")).await;
     with_network(&*s, &network("lab", "10.2.0.0/24", "")).await;
@@ -829,15 +934,19 @@ async fn savepoints_and_rollback(s: Arc<dyn Store>) {
         .await
         .unwrap();
     tx.rollback_to_savepoint().await.unwrap();
-    // After a failed statement too, the transaction goes on.
-    tx.savepoint().await.unwrap();
+    // After a failed statement too, the transaction goes on; the mark
+    // stays after a rollback to it.
     aborted(tx.insert_network(&network("kept", "10.3.0.0/24", "")).await);
     tx.rollback_to_savepoint().await.unwrap();
-    tx.savepoint().await.unwrap();
     tx.insert_network(&network("also", "10.4.0.0/24", ""))
         .await
         .unwrap();
-    tx.release_savepoint().await.unwrap();
+    tx.keep_and_mark().await.unwrap();
+    // Kept writes survive a rollback to the new mark.
+    tx.insert_network(&network("later", "10.6.0.0/24", ""))
+        .await
+        .unwrap();
+    tx.rollback_to_savepoint().await.unwrap();
     tx.commit().await.unwrap();
     let names: Vec<String> = s
         .list_networks(&PageRequest {
@@ -856,9 +965,8 @@ async fn savepoints_and_rollback(s: Arc<dyn Store>) {
     let key = Resource::EnrollmentKey(enrollment_key("k", &[], 1, false));
     let undone = tx.append(Action::Created, &key, false).await.unwrap();
     tx.rollback_to_savepoint().await.unwrap();
-    tx.savepoint().await.unwrap();
     let kept = tx.append(Action::Created, &key, false).await.unwrap();
-    tx.release_savepoint().await.unwrap();
+    tx.keep_and_mark().await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(undone, kept);
     assert_eq!(s.log_bounds().await.unwrap().latest, kept);
@@ -970,6 +1078,7 @@ mod on_each_backend {
         node_lists_page_by_network_then_name,
         names_and_keys_have_one_owner_per_network,
         addresses_lowest_free_unique_and_freed,
+        lowest_free_follows_takes_and_frees,
         ext_clients_roundtrip_and_revisions,
         event_log_dense_ordered_pruned,
         presence_per_replica_with_expiry,

@@ -204,13 +204,31 @@ pub struct NetworkState {
     /// [`node_config`] (correct, not yet incremental: see issue #14).
     policy: Policy,
     revision: u64,
-    node_rev: HashMap<String, u64>,
+    /// Per node, what its config revision is made of (see [`NodeRev`]).
+    node_rev: HashMap<String, NodeRev>,
+    /// Revision of the last change that affected every node (all but one,
+    /// for [`Affected::AllExcept`]: that one is exempt). Kept once here
+    /// rather than in every node's entry, so a change to everyone costs the
+    /// same in a network of ten nodes or of ten thousand.
+    all_rev: u64,
     /// Revision at which each node appeared in this state (no config of it
     /// existed before).
     node_since: HashMap<String, u64>,
     log: VecDeque<Change>,
     floor: u64,
     capacity: usize,
+}
+
+/// A node's part of its config revision: its effective revision is `own`,
+/// or the network's `all_rev` when that is newer — unless the node was the
+/// one left out of that change (`exempt == all_rev`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct NodeRev {
+    /// Revision of the last change that affected it alone or among a few
+    /// (or its effective revision when it was exempted from an all-change).
+    own: u64,
+    /// The all-change it was left out of.
+    exempt: u64,
 }
 
 fn record(
@@ -241,6 +259,7 @@ impl NetworkState {
             policy: view.policy,
             revision: view.revision,
             node_rev: HashMap::new(),
+            all_rev: 0,
             node_since: HashMap::new(),
             log: VecDeque::new(),
             floor: view.revision,
@@ -253,7 +272,13 @@ impl NetworkState {
             // Configs do not depend on the host report: keep it out of the
             // hub's memory.
             n.host = None;
-            s.node_rev.insert(n.id.clone(), view.revision);
+            s.node_rev.insert(
+                n.id.clone(),
+                NodeRev {
+                    own: view.revision,
+                    exempt: 0,
+                },
+            );
             s.node_since.insert(n.id.clone(), view.revision);
             s.nodes.insert(n.id.clone(), n);
         }
@@ -312,7 +337,15 @@ impl NetworkState {
 
     /// The revision of a node's current config.
     pub fn node_revision(&self, id: &str) -> Option<u64> {
-        self.node_rev.get(id).copied()
+        self.node_rev.get(id).map(|r| self.effective(*r))
+    }
+
+    fn effective(&self, r: NodeRev) -> u64 {
+        if r.exempt == self.all_rev {
+            r.own
+        } else {
+            r.own.max(self.all_rev)
+        }
     }
 
     fn peer_of(&self, id: &str) -> Option<Arc<Peer>> {
@@ -430,9 +463,28 @@ impl NetworkState {
         if ch.is_empty() {
             return Affected::Nobody;
         }
-        for (id, rev) in self.node_rev.iter_mut() {
-            if ch.affected.contains(id) {
-                *rev = ev.revision;
+        match &ch.affected {
+            Affected::Nobody => {}
+            Affected::All => self.all_rev = ev.revision,
+            Affected::AllExcept(x) => {
+                if let Some(r) = self.node_rev.get(x).copied() {
+                    let own = self.effective(r);
+                    self.node_rev.insert(
+                        x.clone(),
+                        NodeRev {
+                            own,
+                            exempt: ev.revision,
+                        },
+                    );
+                }
+                self.all_rev = ev.revision;
+            }
+            Affected::Some(ids) => {
+                for id in ids {
+                    if let Some(r) = self.node_rev.get_mut(id) {
+                        r.own = ev.revision;
+                    }
+                }
             }
         }
         let affected = ch.affected.clone();
@@ -452,7 +504,7 @@ impl NetworkState {
         let old = self.nodes.insert(n.id.clone(), kept);
         if old.is_none() {
             // A new node: its own config is new too.
-            self.node_rev.insert(n.id.clone(), 0);
+            self.node_rev.insert(n.id.clone(), NodeRev::default());
             self.node_since.insert(n.id.clone(), ch.revision);
             ch.affected.add(Affected::one(&n.id));
         }
@@ -591,7 +643,7 @@ impl NetworkState {
         let node = self.nodes.get(node_id)?;
         if !self.policy.is_unrestricted() {
             let mut c = node_config(&self.view(), node_id)?;
-            c.revision = self.node_rev.get(node_id).copied().unwrap_or(self.revision);
+            c.revision = self.node_revision(node_id).unwrap_or(self.revision);
             return Some(c);
         }
         let mut peers: BTreeMap<WgKey, Arc<Peer>> = self
@@ -610,7 +662,7 @@ impl NetworkState {
             }
         }
         Some(NodeConfig {
-            revision: self.node_rev.get(node_id).copied().unwrap_or(self.revision),
+            revision: self.node_revision(node_id).unwrap_or(self.revision),
             node_id: node.id.clone(),
             network: self.network.name.to_string(),
             interface: interface_for(&self.network, node),
@@ -633,7 +685,7 @@ impl NetworkState {
     /// revision is one this node had (its current one, the start of the log
     /// window, or a logged change that affected it).
     pub fn can_continue(&self, node_id: &str, from: u64) -> bool {
-        let Some(&current) = self.node_rev.get(node_id) else {
+        let Some(current) = self.node_revision(node_id) else {
             return false;
         };
         if from == 0 || from > current {
@@ -712,7 +764,7 @@ impl NetworkState {
             .partition(|n| self.dns.contains_key(n.as_str()));
         Some(Delta {
             from_revision: from,
-            revision: self.node_rev[node_id],
+            revision: self.node_revision(node_id)?,
             upsert_peers: upsert,
             remove_peers: removed.into_iter().collect(),
             interface: interface.then(|| interface_for(&self.network, node)),

@@ -3,8 +3,10 @@
 //! acknowledged only after that commit.
 //!
 //! A write takes its turn on the open batch (beginning one when there is
-//! none), runs between `SAVEPOINT` and `RELEASE` (or `ROLLBACK TO`, when it
-//! fails: its writes vanish, the batch goes on), and then either commits
+//! none), runs after a `SAVEPOINT` and ends with `RELEASE` plus a new
+//! `SAVEPOINT` for the next write, in one round trip (or with `ROLLBACK TO`,
+//! when it fails: its writes vanish, the mark stays, the batch goes on), and
+//! then either commits
 //! the batch — when nobody else is queued for a turn, the batch has had
 //! [`MAX_TURNS`] turns, or it has been open for [`MAX_AGE`] — or leaves it
 //! open for the writes queued behind it and waits for the commit. The next
@@ -58,6 +60,8 @@ struct Batch {
     tx: Box<dyn Tx>,
     /// Turns taken, failed ones included.
     turns: usize,
+    /// A savepoint is marked for the next write.
+    marked: bool,
     /// Writes to acknowledge after the commit.
     members: usize,
     opened: Instant,
@@ -72,6 +76,8 @@ struct Inner {
     kick: Notify,
     commits: AtomicU64,
     writes: AtomicU64,
+    /// The highest revision a committed batch appended.
+    committed: Arc<AtomicU64>,
     max_age: Duration,
 }
 
@@ -114,6 +120,7 @@ impl Committer {
             kick: Notify::new(),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            committed: Arc::new(AtomicU64::new(0)),
             max_age,
         });
         tokio::spawn(closer(Arc::downgrade(&inner)));
@@ -127,6 +134,13 @@ impl Committer {
             self.inner.commits.load(Ordering::Relaxed),
             self.inner.writes.load(Ordering::Relaxed),
         )
+    }
+
+    /// The highest revision appended by a batch committed so far: after a
+    /// write was acknowledged, the log holds at least this far (and at least
+    /// that write's own event).
+    pub fn committed(&self) -> u64 {
+        self.inner.committed.load(Ordering::Acquire)
     }
 
     /// Waits for a turn on the open batch (beginning one when there is
@@ -143,6 +157,7 @@ impl Committer {
             *slot = Some(Batch {
                 tx,
                 turns: 0,
+                marked: false,
                 members: 0,
                 opened: Instant::now(),
                 done: watch::Sender::new(None),
@@ -152,9 +167,14 @@ impl Committer {
             inner,
             slot: Some(slot),
         };
-        if let Err(e) = turn.batch().tx.savepoint().await {
-            turn.poison();
-            return Err(e);
+        // A batch's first write marks the savepoint; each write's end leaves
+        // one for the next (see `finish`).
+        if !turn.batch().marked {
+            if let Err(e) = turn.batch().tx.savepoint().await {
+                turn.poison();
+                return Err(e);
+            }
+            turn.batch().marked = true;
         }
         Ok(turn)
     }
@@ -191,7 +211,7 @@ impl Turn<'_> {
     /// returns the result once it is durable (or the error at once).
     pub async fn finish<T>(mut self, result: Result<T>) -> Result<T> {
         let kept = match &result {
-            Ok(_) => self.batch().tx.release_savepoint().await,
+            Ok(_) => self.batch().tx.keep_and_mark().await,
             Err(_) => self.batch().tx.rollback_to_savepoint().await,
         };
         if let Err(e) = kept {
@@ -257,10 +277,13 @@ fn commit(inner: &Inner, slot: &mut MutexGuard<'_, Option<Batch>>) {
     inner
         .writes
         .fetch_add(batch.members as u64, Ordering::Relaxed);
+    let inner_committed = inner.committed.clone();
     tokio::spawn(async move {
         let started = Instant::now();
+        let appended = batch.tx.appended();
         let outcome = match batch.tx.commit().await {
             Ok(()) => {
+                inner_committed.fetch_max(appended, Ordering::AcqRel);
                 // For benchmarks (unary_bench reads it): batch sizes and
                 // commit (fsync) times.
                 tracing::debug!(

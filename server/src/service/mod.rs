@@ -133,7 +133,7 @@ impl Service {
     /// the affected agents' streams are woken. If that fails, the follower
     /// catches up on its next round; the write itself stands.
     async fn wake(&self) {
-        if let Err(e) = self.hub.catch_up().await {
+        if let Err(e) = self.hub.catch_up_to(self.committer.committed()).await {
             tracing::warn!(error = %e, "catching up after a write failed; the follower retries");
             self.hub.nudge();
         }

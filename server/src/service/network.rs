@@ -15,7 +15,7 @@ impl Service {
         let net = input.validate(crate::domain::now())?;
         self.write(async {
             txn!(self.committer, |tx| {
-                let existing = tx.networks_for_create().await?;
+                let existing = tx.network_conflicts(&net).await?;
                 if existing.iter().any(|n| n.name == net.name) {
                     return Err(Error::already_exists(
                         "network.name",

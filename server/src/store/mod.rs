@@ -226,15 +226,17 @@ pub trait Tx: Send {
     /// calls it first in every batch, so write transactions lock in one
     /// order: log, network, rows.
     async fn lock_log(&mut self) -> Result<()>;
-    /// Marks a point the transaction can go back to (`SAVEPOINT`); group
-    /// commit runs each write of a batch between one of these and
-    /// [`Tx::release_savepoint`] or [`Tx::rollback_to_savepoint`].
+    /// Marks a point the transaction can go back to (`SAVEPOINT`). Group
+    /// commit marks one when a batch begins; each write of the batch then
+    /// ends with [`Tx::keep_and_mark`] or [`Tx::rollback_to_savepoint`],
+    /// either of which leaves a mark for the next write, in one round trip.
     async fn savepoint(&mut self) -> Result<()>;
-    /// Keeps the writes since the last savepoint (`RELEASE SAVEPOINT`).
-    async fn release_savepoint(&mut self) -> Result<()>;
-    /// Undoes the writes since the last savepoint and forgets it
-    /// (`ROLLBACK TO SAVEPOINT` then `RELEASE SAVEPOINT`); the transaction
-    /// stays usable, also after a failed statement on PostgreSQL.
+    /// Keeps the writes since the mark and marks anew (`RELEASE SAVEPOINT`
+    /// and `SAVEPOINT`, sent together).
+    async fn keep_and_mark(&mut self) -> Result<()>;
+    /// Undoes the writes since the mark, which stays (`ROLLBACK TO
+    /// SAVEPOINT`); the transaction stays usable, also after a failed
+    /// statement on PostgreSQL.
     async fn rollback_to_savepoint(&mut self) -> Result<()>;
 
     // Networks.
@@ -244,9 +246,12 @@ pub trait Tx: Send {
     /// names, keys, addresses and egress ranges are checked and written by
     /// one transaction at a time per network, across replicas.
     async fn lock_network(&mut self, name: &str) -> Result<Option<Network>>;
-    /// Every network (for the overlap check), locked against concurrent
-    /// network creation (PostgreSQL: a transaction-level advisory lock).
-    async fn networks_for_create(&mut self) -> Result<Vec<Network>>;
+    /// The networks a new network `net` collides with: the one of its name
+    /// and those whose ranges overlap its ranges — found by index, at a cost
+    /// that does not grow with the number of networks. Locked against
+    /// concurrent network creation (PostgreSQL: a transaction-level advisory
+    /// lock).
+    async fn network_conflicts(&mut self, net: &Network) -> Result<Vec<Network>>;
     /// Inserts a network with config revision 0.
     async fn insert_network(&mut self, net: &Network) -> Result<()>;
     /// Writes a network's mutable fields (keepalive, mtu, listen_port,
@@ -302,7 +307,10 @@ pub trait Tx: Send {
     // Overlay addresses.
 
     /// The lowest host offset (from 1) no owner holds in a network's range
-    /// of `family`.
+    /// of `family`. Its cost does not grow with the network's addresses: the
+    /// store keeps, per network and family, an offset below which all are
+    /// taken (raised by [`Tx::insert_allocation`], lowered by
+    /// [`Tx::free_addresses`]) and searches from there.
     async fn lowest_free_offset(&mut self, network: &str, family: Family) -> Result<u128>;
     /// Records that `owner` holds host offset `offset`; the primary key
     /// (network, family, offset) refuses a second owner.
@@ -350,6 +358,9 @@ pub trait Tx: Send {
     /// announces the revision on commit (NOTIFY). Call it after the other
     /// writes of the transaction, so the serialised part stays short.
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64>;
+    /// The highest revision [`Tx::append`] returned in this transaction (0
+    /// when none); it may name an append a rollback to a savepoint undid.
+    fn appended(&self) -> u64;
 }
 
 /// Opens the store a database URL names and runs its migrations:

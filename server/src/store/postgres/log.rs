@@ -63,10 +63,11 @@ pub(super) async fn append(
     action: Action,
     resource: &Resource,
     config: bool,
+    network_locked: bool,
 ) -> Result<u64> {
     let network = resource.network();
     let config = config && network.is_some();
-    if config {
+    if config && !network_locked {
         // The network's row, in case the caller has not locked it: the
         // service's writes lock the log head first (group commit's
         // `lock_log`), then networks, then rows, and an append keeps to that

@@ -185,7 +185,7 @@ async fn every_write_and_read_round_trips() {
     // Networks.
     let net = network("net1", "10.1.0.0/24");
     let mut tx = s.begin().await.unwrap();
-    assert!(tx.networks_for_create().await.unwrap().is_empty());
+    assert!(tx.network_conflicts(&net).await.unwrap().is_empty());
     tx.insert_network(&net).await.unwrap();
     let mut other = network("other", "10.2.0.0/24");
     other.range6 = None;
@@ -200,7 +200,7 @@ async fn every_write_and_read_round_trips() {
         vec![other.clone()]
     );
     let mut tx = s.begin().await.unwrap();
-    assert_eq!(tx.networks_for_create().await.unwrap().len(), 2);
+    assert_eq!(tx.network_conflicts(&net).await.unwrap(), vec![net.clone()]);
     let mut changed = tx.lock_network("net1").await.unwrap().unwrap();
     changed.mtu = 1380;
     changed.nameservers.clear();
@@ -884,8 +884,8 @@ async fn network_creation_is_serialised() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut tx = store.begin().await.unwrap();
-            let existing = tx.networks_for_create().await.unwrap();
             let net = network(&format!("net{i}"), "10.1.0.0/24");
+            let existing = tx.network_conflicts(&net).await.unwrap();
             if existing.iter().any(|n| n.range4 == net.range4) {
                 return false;
             }

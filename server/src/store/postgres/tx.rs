@@ -29,9 +29,24 @@ pub(super) const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 /// creation ("mesh" "pnet" in ASCII; sqlx's migration lock is another).
 const NETWORK_CREATE_LOCK: i64 = 0x6d65_7368_706e_6574;
 
+/// The `networks` column holding the free-offset hint of `family`.
+fn free_from(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "free_from4",
+        Family::V6 => "free_from6",
+    }
+}
+
 /// One write transaction; dropping it uncommitted rolls it back.
 pub(super) struct PgTx {
     tx: Transaction<'static, Postgres>,
+    /// See [`Tx::appended`].
+    appended: u64,
+    /// Networks whose row this transaction holds locked (by
+    /// [`Tx::lock_network`] or by inserting it), so [`Tx::append`] need not
+    /// lock it again; forgotten on a rollback to the savepoint, which may
+    /// have released the lock.
+    locked: std::collections::HashSet<String>,
 }
 
 impl PgTx {
@@ -39,6 +54,8 @@ impl PgTx {
     pub(super) async fn begin(pool: &PgPool) -> Result<Self> {
         Ok(Self {
             tx: pool.begin_with(BEGIN).await.map_err(db_err)?,
+            appended: 0,
+            locked: std::collections::HashSet::new(),
         })
     }
 
@@ -84,20 +101,13 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn release_savepoint(&mut self) -> Result<()> {
-        sqlx::query("RELEASE SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    async fn keep_and_mark(&mut self) -> Result<()> {
+        release_and_mark(&mut self.tx).await
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.locked.clear();
         sqlx::query("ROLLBACK TO SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query("RELEASE SAVEPOINT mp_write")
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
@@ -116,10 +126,16 @@ impl Tx for PgTx {
         .fetch_optional(self.conn())
         .await
         .map_err(db_err)?;
-        one(row, rows::network)
+        let net = one(row, rows::network)?;
+        if net.is_some() {
+            self.locked.insert(name.to_owned());
+        }
+        Ok(net)
     }
 
-    async fn networks_for_create(&mut self) -> Result<Vec<Network>> {
+    /// The network named like `net` and those its ranges overlap (`&&`,
+    /// by the GiST indexes), under a lock that serialises network creation.
+    async fn network_conflicts(&mut self, net: &Network) -> Result<Vec<Network>> {
         // Held until the transaction ends; the read below starts after it
         // is granted, so it sees every network created before.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -130,8 +146,12 @@ impl Tx for PgTx {
         let rows = sqlx::query(concat!(
             "SELECT ",
             network_cols!(),
-            " FROM networks ORDER BY name"
+            " FROM networks WHERE name = $1 OR range4 && $2::cidr OR range6 && $3::cidr \
+             ORDER BY name"
         ))
+        .bind(net.name.as_str())
+        .bind(net.range4.map(|r| r.to_string()))
+        .bind(net.range6.map(|r| r.to_string()))
         .fetch_all(self.conn())
         .await
         .map_err(db_err)?;
@@ -157,6 +177,8 @@ impl Tx for PgTx {
         .execute(self.conn())
         .await
         .map_err(db_err)?;
+        // Inserting the row holds its lock.
+        self.locked.insert(net.name.to_string());
         Ok(())
     }
 
@@ -426,32 +448,55 @@ impl Tx for PgTx {
 
     // Overlay addresses.
 
+    /// Searched from the network's `free_from` hint (every offset below it
+    /// is taken): the hint when free, else the first held offset at or
+    /// above it whose successor is free; two index lookups with an accurate
+    /// hint, whatever the number of addresses. When the result lies above
+    /// the hint it becomes the hint.
     async fn lowest_free_offset(&mut self, network: &str, family: Family) -> Result<u128> {
-        // 1 when free, else one past the lowest held offset whose
-        // successor is free.
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
-                 WHERE network = $1 AND family = $2 AND host_offset = 1) THEN 1::bigint \
-             ELSE (SELECT MIN(a.host_offset) + 1 FROM ip_allocations a \
-                 WHERE a.network = $1 AND a.family = $2 AND NOT EXISTS (\
+        let col = free_from(family);
+        let row: (i64, Option<i64>) = sqlx::query_as(
+            "SELECT h.f, CASE WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
+                 WHERE network = $1 AND family = $2 AND host_offset = h.f) THEN h.f \
+             ELSE (SELECT a.host_offset + 1 FROM ip_allocations a \
+                 WHERE a.network = $1 AND a.family = $2 AND a.host_offset >= h.f AND NOT EXISTS (\
                      SELECT 1 FROM ip_allocations b WHERE b.network = $1 AND b.family = $2 \
-                     AND b.host_offset = a.host_offset + 1)) \
-             END",
+                     AND b.host_offset = a.host_offset + 1) \
+                 ORDER BY a.host_offset LIMIT 1) \
+             END \
+             FROM (SELECT COALESCE((SELECT CASE WHEN $2 = 4 THEN free_from4 ELSE free_from6 END \
+                 FROM networks WHERE name = $1), 1)::bigint AS f) h",
         )
         .bind(network)
         .bind(family.as_i64())
         .fetch_one(self.conn())
         .await
         .map_err(db_err)?;
-        next.and_then(|n| u128::try_from(n).ok())
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "bad free host offset {next:?} in network {network:?}"
-                ))
-            })
+        let (hint, next) = row;
+        let next = next.filter(|&n| n >= 1).ok_or_else(|| {
+            Error::Internal(format!(
+                "bad free host offset {next:?} in network {network:?}"
+            ))
+        })?;
+        if next != hint {
+            sqlx::query(&format!(
+                "UPDATE networks SET {col} = $1 WHERE name = $2 AND {col} < $1"
+            ))
+            .bind(next)
+            .bind(network)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        }
+        u128::try_from(next).map_err(|_| {
+            Error::Internal(format!(
+                "bad free host offset {next} in network {network:?}"
+            ))
+        })
     }
 
+    /// Moves the network's hint past `offset` when it named it (one
+    /// statement).
     async fn insert_allocation(
         &mut self,
         network: &str,
@@ -464,10 +509,15 @@ impl Tx for PgTx {
                 "host offset {offset} is beyond what the store keeps"
             ))
         })?;
-        sqlx::query(
-            "INSERT INTO ip_allocations (network, family, host_offset, owner_kind, owner_id) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
+        let col = free_from(family);
+        sqlx::query(&format!(
+            "WITH ins AS (INSERT INTO ip_allocations \
+                 (network, family, host_offset, owner_kind, owner_id) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING host_offset) \
+             UPDATE networks SET {col} = ins.host_offset + 1 FROM ins \
+             WHERE name = $1 AND {col} = ins.host_offset \
+             AND ins.host_offset < 9223372036854775807"
+        ))
         .bind(network)
         .bind(family.as_i64())
         .bind(offset)
@@ -479,12 +529,25 @@ impl Tx for PgTx {
         Ok(())
     }
 
+    /// Lowers each affected network's hints to the lowest offset freed (one
+    /// statement).
     async fn free_addresses(&mut self, owner_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM ip_allocations WHERE owner_id = $1")
-            .bind(owner_id)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM ip_allocations WHERE owner_id = $1 \
+                 RETURNING network, family, host_offset), \
+             low AS (SELECT network, \
+                 MIN(host_offset) FILTER (WHERE family = 4) AS m4, \
+                 MIN(host_offset) FILTER (WHERE family = 6) AS m6 \
+                 FROM gone GROUP BY network) \
+             UPDATE networks n SET \
+                 free_from4 = LEAST(n.free_from4, COALESCE(low.m4, n.free_from4)), \
+                 free_from6 = LEAST(n.free_from6, COALESCE(low.m6, n.free_from6)) \
+             FROM low WHERE n.name = low.network",
+        )
+        .bind(owner_id)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 
@@ -629,6 +692,24 @@ impl Tx for PgTx {
     // The event log.
 
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
-        log::append(self.conn(), action, resource, config).await
+        let locked = resource.network().is_some_and(|n| self.locked.contains(&n));
+        let revision = log::append(self.conn(), action, resource, config, locked).await?;
+        self.appended = self.appended.max(revision);
+        Ok(revision)
     }
+
+    fn appended(&self) -> u64 {
+        self.appended
+    }
+}
+
+/// `RELEASE SAVEPOINT` and a new `SAVEPOINT`, in one round trip (a plain
+/// multi-statement query).
+async fn release_and_mark(conn: &mut sqlx::PgConnection) -> Result<()> {
+    // A query text without arguments runs unprepared, which allows two
+    // statements in it.
+    sqlx::Executor::execute(conn, "RELEASE SAVEPOINT mp_write; SAVEPOINT mp_write")
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }

@@ -49,6 +49,46 @@ pub struct SqliteStore {
     queue: Arc<Mutex<()>>,
 }
 
+/// Fills `range4_lo` … `range6_hi` of networks written before those columns
+/// existed (migration 0007), which SQL alone cannot compute from the CIDR
+/// text. A no-op once done.
+async fn fill_range_bounds(pool: &SqlitePool) -> Result<()> {
+    let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT name, range4, range6 FROM networks \
+         WHERE (range4 IS NOT NULL AND range4_lo IS NULL) \
+         OR (range6 IS NOT NULL AND range6_lo IS NULL)",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    for (name, range4, range6) in rows {
+        let bad = |what: &str| {
+            Error::Internal(format!("stored {what} of network {name:?} is not a range"))
+        };
+        let range4 = range4
+            .map(|r| r.parse::<ipnet::Ipv4Net>().map_err(|_| bad("range4")))
+            .transpose()?;
+        let range6 = range6
+            .map(|r| r.parse::<ipnet::Ipv6Net>().map_err(|_| bad("range6")))
+            .transpose()?;
+        let (lo4, hi4) = queries::bounds4(range4).unzip();
+        let (lo6, hi6) = queries::bounds6(range6).unzip();
+        sqlx::query(
+            "UPDATE networks SET range4_lo = ?, range4_hi = ?, range6_lo = ?, range6_hi = ? \
+             WHERE name = ?",
+        )
+        .bind(lo4)
+        .bind(hi4)
+        .bind(lo6)
+        .bind(hi6)
+        .bind(&name)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and migrates it.
     pub async fn open(url: &str) -> Result<Self> {
@@ -69,6 +109,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(format!("migrating the database: {e}")))?;
+        fill_range_bounds(&pool).await?;
         Ok(Self {
             pool,
             queue: Arc::new(Mutex::new(())),

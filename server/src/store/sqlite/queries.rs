@@ -18,6 +18,28 @@ use crate::store::{
     to_micros,
 };
 
+/// An IPv4 range's first and last address as stored in `range4_lo` and
+/// `range4_hi`.
+pub(super) fn bounds4(range: Option<ipnet::Ipv4Net>) -> Option<(i64, i64)> {
+    range.map(|r| {
+        (
+            i64::from(u32::from(r.network())),
+            i64::from(u32::from(r.broadcast())),
+        )
+    })
+}
+
+/// An IPv6 range's first and last address as stored in `range6_lo` and
+/// `range6_hi` (16 big-endian bytes: SQLite orders BLOBs bytewise).
+pub(super) fn bounds6(range: Option<ipnet::Ipv6Net>) -> Option<(Vec<u8>, Vec<u8>)> {
+    range.map(|r| {
+        (
+            r.network().octets().to_vec(),
+            r.broadcast().octets().to_vec(),
+        )
+    })
+}
+
 /// Columns [`rows::network`] reads.
 macro_rules! network_cols {
     () => {

@@ -138,7 +138,7 @@ async fn an_inserted_network_is_what_lock_network_returns() {
     assert_eq!(tx.lock_network("corp").await.unwrap(), None);
     tx.insert_network(&net).await.unwrap();
     assert_eq!(tx.lock_network("corp").await.unwrap(), Some(net.clone()));
-    assert_eq!(tx.networks_for_create().await.unwrap(), vec![net.clone()]);
+    assert_eq!(tx.network_conflicts(&net).await.unwrap(), vec![net.clone()]);
     // The same name twice is a conflict the service retries.
     let again = tx.insert_network(&net).await.unwrap_err();
     assert!(matches!(again, Error::Aborted(_)), "{again:?}");

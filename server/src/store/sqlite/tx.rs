@@ -22,17 +22,31 @@ use crate::domain::{
 };
 use crate::store::{AdminToken, Clients, Owner, StoredKey, Tx, db_err, join_ips, rows, to_micros};
 
-/// The lowest host offset, from 1, no owner holds in a network's range of
-/// one family (?1 network, ?2 family): 1 when it is free, else the first
-/// held offset whose successor is free.
-const LOWEST_FREE: &str = "SELECT CASE \
+/// The lowest host offset no owner holds in a network's range of one family
+/// (?1 network, ?2 family), searched from the network's `free_from` hint
+/// (every offset below it is taken, so the result is the lowest overall):
+/// the hint itself when it is free, else the first held offset at or above
+/// it whose successor is free. With an accurate hint (the usual case: it
+/// moves up with every address taken) this is two index lookups, whatever
+/// the number of addresses. Returns the hint too.
+const LOWEST_FREE: &str = "SELECT f, CASE \
     WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
-        WHERE network = ?1 AND family = ?2 AND host_offset = 1) THEN 1 \
-    ELSE (SELECT MIN(a.host_offset) + 1 FROM ip_allocations a \
-        WHERE a.network = ?1 AND a.family = ?2 AND NOT EXISTS (\
+        WHERE network = ?1 AND family = ?2 AND host_offset = f) THEN f \
+    ELSE (SELECT a.host_offset + 1 FROM ip_allocations a \
+        WHERE a.network = ?1 AND a.family = ?2 AND a.host_offset >= f AND NOT EXISTS (\
             SELECT 1 FROM ip_allocations b WHERE b.network = ?1 AND b.family = ?2 \
-            AND b.host_offset = a.host_offset + 1)) \
-    END";
+            AND b.host_offset = a.host_offset + 1) \
+        ORDER BY a.host_offset LIMIT 1) \
+    END FROM (SELECT COALESCE((SELECT CASE ?2 WHEN 4 THEN free_from4 ELSE free_from6 END \
+        FROM networks WHERE name = ?1), 1) AS f)";
+
+/// The `networks` column holding the free-offset hint of `family`.
+fn free_from(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "free_from4",
+        Family::V6 => "free_from6",
+    }
+}
 
 /// One write transaction on SQLite.
 ///
@@ -46,6 +60,8 @@ pub struct SqliteTx {
     // before the queue lets the next writer in.
     /// The transaction; dropping it uncommitted rolls back.
     tx: Transaction<'static, Sqlite>,
+    /// See [`Tx::appended`].
+    appended: u64,
     /// This writer's turn in [`super::SqliteStore`]'s queue, held until
     /// commit or drop.
     _turn: OwnedMutexGuard<()>,
@@ -54,14 +70,18 @@ pub struct SqliteTx {
 impl SqliteTx {
     /// Wraps a transaction begun with `BEGIN IMMEDIATE` while holding `turn`.
     pub(super) fn new(tx: Transaction<'static, Sqlite>, turn: OwnedMutexGuard<()>) -> Self {
-        Self { tx, _turn: turn }
+        Self {
+            tx,
+            appended: 0,
+            _turn: turn,
+        }
     }
 }
 
 #[async_trait]
 impl Tx for SqliteTx {
     async fn commit(self: Box<Self>) -> Result<()> {
-        let SqliteTx { tx, _turn } = *self;
+        let SqliteTx { tx, _turn, .. } = *self;
         tx.commit().await.map_err(db_err)
     }
 
@@ -78,20 +98,12 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn release_savepoint(&mut self) -> Result<()> {
-        sqlx::query("RELEASE SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    async fn keep_and_mark(&mut self) -> Result<()> {
+        release_and_mark(&mut self.tx).await
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<()> {
         sqlx::query("ROLLBACK TO SAVEPOINT mp_write")
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query("RELEASE SAVEPOINT mp_write")
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
@@ -106,14 +118,31 @@ impl Tx for SqliteTx {
         queries::network(&mut self.tx, name).await
     }
 
-    /// Every network, ordered by name; the write lock already keeps
+    /// The network named like `net` and those its ranges overlap, by index:
+    /// those starting inside the new range, and, of a family's ranges
+    /// (pairwise disjoint, which creation enforces), the one starting last
+    /// before it when it reaches into it. The write lock already keeps
     /// concurrent creations out.
-    async fn networks_for_create(&mut self) -> Result<Vec<Network>> {
+    async fn network_conflicts(&mut self, net: &Network) -> Result<Vec<Network>> {
+        let (lo4, hi4) = queries::bounds4(net.range4).unzip();
+        let (lo6, hi6) = queries::bounds6(net.range6).unzip();
         let rows = sqlx::query(concat!(
             "SELECT ",
             network_cols!(),
-            " FROM networks ORDER BY name"
+            " FROM networks WHERE name = ?1 \
+             OR range4_lo BETWEEN ?2 AND ?3 \
+             OR name = (SELECT name FROM networks WHERE range4_lo < ?2 \
+                 ORDER BY range4_lo DESC LIMIT 1) AND range4_hi >= ?2 \
+             OR range6_lo BETWEEN ?4 AND ?5 \
+             OR name = (SELECT name FROM networks WHERE range6_lo < ?4 \
+                 ORDER BY range6_lo DESC LIMIT 1) AND range6_hi >= ?4 \
+             ORDER BY name"
         ))
+        .bind(net.name.as_str())
+        .bind(lo4)
+        .bind(hi4)
+        .bind(lo6)
+        .bind(hi6)
         .fetch_all(&mut *self.tx)
         .await
         .map_err(db_err)?;
@@ -121,10 +150,13 @@ impl Tx for SqliteTx {
     }
 
     async fn insert_network(&mut self, net: &Network) -> Result<()> {
+        let (lo4, hi4) = queries::bounds4(net.range4).unzip();
+        let (lo6, hi6) = queries::bounds6(net.range6).unzip();
         sqlx::query(concat!(
             "INSERT INTO networks (",
             network_cols!(),
-            ", revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            ", revision, range4_lo, range4_hi, range6_lo, range6_hi) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
         ))
         .bind(net.name.as_str())
         .bind(net.range4.map(|r| r.to_string()))
@@ -136,6 +168,10 @@ impl Tx for SqliteTx {
         .bind(join_ips(&net.nameservers))
         .bind(to_micros(net.create_time))
         .bind(to_micros(net.update_time))
+        .bind(lo4)
+        .bind(hi4)
+        .bind(lo6)
+        .bind(hi6)
         .execute(&mut *self.tx)
         .await
         .map_err(db_err)?;
@@ -392,13 +428,27 @@ impl Tx for SqliteTx {
 
     // Overlay addresses.
 
+    /// Also lowers the work of the next search: when the lowest free offset
+    /// lies above the hint, everything below it is taken, so it becomes the
+    /// hint.
     async fn lowest_free_offset(&mut self, network: &str, family: Family) -> Result<u128> {
-        let next: i64 = sqlx::query_scalar(LOWEST_FREE)
+        let (hint, next): (i64, i64) = sqlx::query_as(LOWEST_FREE)
             .bind(network)
             .bind(family.as_i64())
             .fetch_one(&mut *self.tx)
             .await
             .map_err(db_err)?;
+        if next != hint {
+            sqlx::query(&format!(
+                "UPDATE networks SET {col} = ?1 WHERE name = ?2 AND {col} < ?1",
+                col = free_from(family)
+            ))
+            .bind(next)
+            .bind(network)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        }
         u128::try_from(next).map_err(|_| {
             Error::Internal(format!(
                 "stored addresses of network {network}: bad host_offset"
@@ -406,6 +456,7 @@ impl Tx for SqliteTx {
         })
     }
 
+    /// Moves the network's hint past `offset` when it named it.
     async fn insert_allocation(
         &mut self,
         network: &str,
@@ -427,10 +478,35 @@ impl Tx for SqliteTx {
         .execute(&mut *self.tx)
         .await
         .map_err(db_err)?;
+        if let Some(next) = offset.checked_add(1) {
+            sqlx::query(&format!(
+                "UPDATE networks SET {col} = ?1 WHERE name = ?2 AND {col} = ?3",
+                col = free_from(family)
+            ))
+            .bind(next)
+            .bind(network)
+            .bind(offset)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        }
         Ok(())
     }
 
+    /// Lowers each affected network's hints to the lowest offset freed.
     async fn free_addresses(&mut self, owner_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE networks SET \
+             free_from4 = MIN(free_from4, COALESCE((SELECT MIN(host_offset) FROM ip_allocations \
+                 WHERE owner_id = ?1 AND network = networks.name AND family = 4), free_from4)), \
+             free_from6 = MIN(free_from6, COALESCE((SELECT MIN(host_offset) FROM ip_allocations \
+                 WHERE owner_id = ?1 AND network = networks.name AND family = 6), free_from6)) \
+             WHERE name IN (SELECT network FROM ip_allocations WHERE owner_id = ?1)",
+        )
+        .bind(owner_id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db_err)?;
         sqlx::query("DELETE FROM ip_allocations WHERE owner_id = ?")
             .bind(owner_id)
             .execute(&mut *self.tx)
@@ -582,7 +658,13 @@ impl Tx for SqliteTx {
     /// SQLite's single writer serialises appends: the transaction holds the
     /// write lock from its BEGIN IMMEDIATE.
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
-        queries::append(&mut self.tx, action, resource, config).await
+        let revision = queries::append(&mut self.tx, action, resource, config).await?;
+        self.appended = self.appended.max(revision);
+        Ok(revision)
+    }
+
+    fn appended(&self) -> u64 {
+        self.appended
     }
 }
 
@@ -594,4 +676,15 @@ fn owner((kind, id): (String, String)) -> Result<Owner> {
         "dns_entry" => Ok(Owner::DnsEntry(id)),
         _ => Err(Error::Internal(format!("unknown owner kind {kind:?}"))),
     }
+}
+
+/// `RELEASE SAVEPOINT` and a new `SAVEPOINT`, in one round trip (a plain
+/// multi-statement query).
+async fn release_and_mark(conn: &mut sqlx::SqliteConnection) -> Result<()> {
+    // A query text without arguments runs unprepared, which allows two
+    // statements in it.
+    sqlx::Executor::execute(conn, "RELEASE SAVEPOINT mp_write; SAVEPOINT mp_write")
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }

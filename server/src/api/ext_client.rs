@@ -55,6 +55,7 @@ impl ExtClientService for ExtClients {
                 name: r.name,
                 public_key: r.public_key,
                 dns: r.dns,
+                tags: r.tags,
             })
             .await
             .status()?;
@@ -112,7 +113,7 @@ impl ExtClientService for ExtClients {
         let c = self
             .0
             .service
-            .update_ext_client(&c.id, &c.name, &c.dns, c.enabled, &mask)
+            .update_ext_client(&c.id, &c.name, &c.dns, c.enabled, &c.tags, &mask)
             .await
             .status()?;
         tracing::info!(client = %c.id, enabled = c.enabled, "external client updated");

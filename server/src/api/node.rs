@@ -144,6 +144,7 @@ impl NodeService for Nodes {
             listen_port: n.listen_port,
             keepalive: n.persistent_keepalive,
             public_key: n.public_key,
+            tags: n.tags,
         };
         let node = self
             .0

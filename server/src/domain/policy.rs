@@ -296,6 +296,93 @@ impl Policy {
     }
 }
 
+/// A network's policy as stored: what `GetPolicy` answers and a policy
+/// event carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicy {
+    /// The network.
+    pub network: DnsLabel,
+    /// The policy.
+    pub policy: Policy,
+    /// The network's config revision at which the policy last changed; 0
+    /// when it never did. In a policy event's payload it is the previous
+    /// one: the change's own revision is the event's.
+    #[serde(default)]
+    pub revision: u64,
+    /// When the policy last changed; None when it never did.
+    #[serde(default)]
+    pub update_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl NetworkPolicy {
+    /// What a network without a stored policy has: [`Policy::default`].
+    pub fn none(network: DnsLabel) -> Self {
+        NetworkPolicy {
+            network,
+            policy: Policy::default(),
+            revision: 0,
+            update_time: None,
+        }
+    }
+}
+
+/// Fields `UpdatePolicy`'s mask may name.
+pub const UPDATABLE: &[&str] = &["default_action", "rules"];
+
+/// `UpdatePolicy`: the policy `sent` with `mask` applied over `stored`
+/// (fields the mask names come from `sent`, the others from `stored`; an
+/// empty mask names both), validated. Field violations are named as sent
+/// (`policy.rules[0].sources[1]`, `update_mask`).
+pub fn apply_mask(stored: &Policy, sent: PolicyInput, mask: &[String]) -> Result<Policy> {
+    let (mut action, mut rules) = (false, false);
+    let mut v = Violations::default();
+    for path in mask {
+        match path.as_str() {
+            "default_action" => action = true,
+            "rules" => rules = true,
+            other => v.add(
+                "update_mask",
+                format!(
+                    "{} cannot be updated; updatable fields are {}",
+                    shown(other),
+                    UPDATABLE.join(", ")
+                ),
+            ),
+        }
+    }
+    v.finish()?;
+    if mask.is_empty() {
+        (action, rules) = (true, true);
+    }
+    PolicyInput {
+        default_action: if action {
+            sent.default_action
+        } else {
+            Some(stored.default_action)
+        },
+        rules: if rules {
+            sent.rules
+        } else {
+            stored.rules.iter().map(RuleInput::from).collect()
+        },
+    }
+    .validate()
+}
+
+impl From<&Rule> for RuleInput {
+    /// A stored rule written as sent (validating it again gives it back).
+    fn from(r: &Rule) -> Self {
+        RuleInput {
+            name: r.name.as_ref().map(ToString::to_string).unwrap_or_default(),
+            sources: r.sources.iter().map(ToString::to_string).collect(),
+            destinations: r.destinations.iter().map(ToString::to_string).collect(),
+            protocols: r.protocols.iter().copied().map(Some).collect(),
+            ports: r.ports.iter().map(ToString::to_string).collect(),
+            action: Some(r.action),
+        }
+    }
+}
+
 /// One rule as sent (`PolicyRule`).
 #[derive(Debug, Clone, Default)]
 pub struct RuleInput {
@@ -411,6 +498,7 @@ fn validate_rule(
     let sources = selectors(at, "sources", &r.sources, false, v);
     let destinations = selectors(at, "destinations", &r.destinations, true, v);
     let mut protocols = BTreeSet::new();
+    let bad_protocol = r.protocols.iter().any(Option::is_none);
     for (j, p) in r.protocols.iter().enumerate() {
         match p {
             Some(p) => {
@@ -435,7 +523,12 @@ fn validate_rule(
             }
         }
     }
-    if !r.ports.is_empty() && (protocols.is_empty() || protocols.iter().any(|p| !p.has_ports())) {
+    // (With a protocol already refused, what it should have been is
+    // unknown: no second violation about the ports.)
+    if !r.ports.is_empty()
+        && !bad_protocol
+        && (protocols.is_empty() || protocols.iter().any(|p| !p.has_ports()))
+    {
         v.add(
             format!("{at}.ports"),
             "ports need protocols TCP and/or UDP only (ICMP has no ports; an empty protocol \

@@ -438,6 +438,16 @@ impl NetworkState {
             }
             (Resource::ExtClient(c), Action::Deleted) => self.upsert_client(None, &c.id, &mut ch),
             (Resource::EnrollmentKey(_), _) => {}
+            (Resource::Policy(p), _) => {
+                // Who may reach whom: anyone's peers and firewall. Served
+                // as snapshots (see [`Change::full`]), also when the new
+                // policy is unrestricted (the old one's pruning undone).
+                if p.policy != self.policy {
+                    self.policy = p.policy.clone();
+                    ch.full = true;
+                    ch.affected = Affected::All;
+                }
+            }
             (Resource::DnsEntry(e), action) => {
                 let r = e.record();
                 let old = self.custom_dns.remove(&r.name);

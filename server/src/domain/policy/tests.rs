@@ -143,7 +143,7 @@ fn violations_point_at_the_rule_and_field() {
             "policy.rules[4].destinations[1]",
             "policy.rules[4].protocols[0]",
             "policy.rules[4].ports[0]",
-            "policy.rules[4].ports",
+            // No "ports need TCP and/or UDP" on top of a refused protocol.
             "policy.rules[4].action",
         ]
     );

@@ -141,6 +141,31 @@ pub enum Traffic {
     Other(u8),
 }
 
+impl Traffic {
+    /// `TestAccess`'s protocol and port: the protocol is required (None:
+    /// unspecified or unknown), a port from 1 to 65535 with TCP and UDP;
+    /// ICMP ignores the port.
+    pub fn from_request(protocol: Option<Protocol>, port: u32) -> Result<Self, FieldViolation> {
+        let port_of = || {
+            u16::try_from(port).ok().filter(|p| *p >= 1).ok_or_else(|| {
+                FieldViolation::new(
+                    "port",
+                    format!("{port}: TCP and UDP need a port from 1 to 65535"),
+                )
+            })
+        };
+        match protocol {
+            Some(Protocol::Tcp) => Ok(Traffic::Tcp(port_of()?)),
+            Some(Protocol::Udp) => Ok(Traffic::Udp(port_of()?)),
+            Some(Protocol::Icmp) => Ok(Traffic::Icmp),
+            None => Err(FieldViolation::new(
+                "protocol",
+                "is required: TCP, UDP or ICMP",
+            )),
+        }
+    }
+}
+
 impl fmt::Display for Traffic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -443,6 +468,25 @@ mod tests {
         assert_eq!(a.minus(&b).to_string(), "22,80-84");
         assert_eq!(a.union(&b).to_string(), "22,80-100");
         assert_eq!(PortSet::all().complement(), PortSet::none());
+    }
+
+    #[test]
+    fn test_access_traffic_needs_a_protocol_and_a_port_for_tcp_and_udp() {
+        assert_eq!(
+            Traffic::from_request(Some(Protocol::Tcp), 443),
+            Ok(Traffic::Tcp(443))
+        );
+        assert_eq!(
+            Traffic::from_request(Some(Protocol::Icmp), 0),
+            Ok(Traffic::Icmp)
+        );
+        for (proto, port, field) in [
+            (None, 80, "protocol"),
+            (Some(Protocol::Udp), 0, "port"),
+            (Some(Protocol::Tcp), 65536, "port"),
+        ] {
+            assert_eq!(Traffic::from_request(proto, port).unwrap_err().field, field);
+        }
     }
 
     #[test]

@@ -340,6 +340,38 @@ async fn enrollment_keys_and_their_uses(s: Arc<dyn Store>) {
     let k1 = s.get_enrollment_key("k1").await.unwrap().unwrap();
     assert_eq!(k1.key.uses_remaining, 0);
 
+    // Loading and taking a use at once: the key as it was comes back, a
+    // use is taken only when one is left, and undoing gives it back.
+    let mut tx = s.begin().await.unwrap();
+    let three = enrollment_key("k3", &[], 3, false);
+    tx.insert_enrollment_key(&three, &[3; 32]).await.unwrap();
+    let got = tx.take_enrollment_key("k3").await.unwrap().unwrap();
+    assert_eq!((got.key.uses_remaining, got.hash), (3, vec![3; 32]));
+    tx.savepoint().await.unwrap();
+    assert_eq!(
+        tx.take_enrollment_key("k3")
+            .await
+            .unwrap()
+            .unwrap()
+            .key
+            .uses_remaining,
+        2
+    );
+    tx.rollback_to_savepoint().await.unwrap();
+    for left in [2, 1, 0, 0] {
+        let k = tx.take_enrollment_key("k3").await.unwrap().unwrap();
+        assert_eq!(k.key.uses_remaining, left);
+    }
+    let k2 = tx.take_enrollment_key("k2").await.unwrap().unwrap();
+    assert!(k2.key.unlimited);
+    assert!(tx.take_enrollment_key("k1").await.unwrap().is_some());
+    assert!(tx.take_enrollment_key("missing").await.unwrap().is_none());
+    tx.commit().await.unwrap();
+    let k3 = s.get_enrollment_key("k3").await.unwrap().unwrap();
+    assert_eq!(k3.key.uses_remaining, 0);
+    let k2_after = s.get_enrollment_key("k2").await.unwrap().unwrap();
+    assert_eq!(k2_after.key.uses_remaining, k2.key.uses_remaining);
+
     let mut tx = s.begin().await.unwrap();
     tx.delete_enrollment_key("k1").await.unwrap();
     tx.commit().await.unwrap();
@@ -554,6 +586,23 @@ async fn names_and_keys_have_one_owner_per_network(s: Arc<dyn Store>) {
         Some(Owner::ExtClient("c1".into()))
     );
     assert_eq!(tx.key_owner("lab", &key(1)).await.unwrap(), None);
+    // Both in one read agree with each alone.
+    for (net, name, k) in [
+        ("corp", "gw", key(2)),
+        ("corp", "db.prod", key(1)),
+        ("corp", "phone", key(9)),
+        ("corp", "nobody", key(9)),
+        ("lab", "gw", key(1)),
+    ] {
+        assert_eq!(
+            tx.owners(net, name, &k).await.unwrap(),
+            (
+                tx.name_owner(net, name).await.unwrap(),
+                tx.key_owner(net, &k).await.unwrap()
+            ),
+            "{net} {name}"
+        );
+    }
     let e = tx.dns_entry("corp", "db.prod").await.unwrap().unwrap();
     assert_eq!(e.address6, Some("fd00::5".parse().unwrap()));
     assert_eq!(e.create_time, t(30));
@@ -626,13 +675,20 @@ async fn lowest_free_follows_takes_and_frees(s: Arc<dyn Store>) {
                 trial[f].keys()
             );
             match rng.random_range(0..10) {
-                // Take the lowest free offset, as registration does.
+                // Take the lowest free offset, in two steps or as
+                // registration does, in one.
                 0..=5 => {
                     next_owner += 1;
                     let owner = format!("o{next_owner}");
-                    tx.insert_allocation("corp", fams[f], lowest, &Owner::Node(owner.clone()))
-                        .await
-                        .unwrap();
+                    let o = Owner::Node(owner.clone());
+                    if next_owner.is_multiple_of(2) {
+                        tx.insert_allocation("corp", fams[f], lowest, &o)
+                            .await
+                            .unwrap();
+                    } else {
+                        let took = tx.take_lowest_free("corp", fams[f], &o).await.unwrap();
+                        assert_eq!(took, lowest);
+                    }
                     trial[f].insert(lowest, owner);
                 }
                 // Take some higher free offset.

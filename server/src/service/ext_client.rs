@@ -65,10 +65,11 @@ impl Service {
                     .await?
                     .ok_or_else(|| Error::not_found("node", &client.ingress_node_id))?;
                 rules::ingress_usable(&client, &ingress)?;
-                let owner = tx.name_owner(network, client.name.as_str()).await?;
-                rules::name_free("name", network, &client.name, owner, None)?;
-                let owner = tx.key_owner(network, &client.public_key).await?;
-                rules::key_free("public_key", network, &client.public_key, owner, None)?;
+                let (name_owner, key_owner) = tx
+                    .owners(network, client.name.as_str(), &client.public_key)
+                    .await?;
+                rules::name_free("name", network, &client.name, name_owner, None)?;
+                rules::key_free("public_key", network, &client.public_key, key_owner, None)?;
                 let mut c = client.clone();
                 (c.address, c.address6) =
                     allocate(&mut *tx, &net, &Owner::ExtClient(c.id.clone())).await?;

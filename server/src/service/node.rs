@@ -62,9 +62,10 @@ pub(super) async fn allocate(
             IpNet::V4(_) => Family::V4,
             IpNet::V6(_) => Family::V6,
         };
-        let offset = tx.lowest_free_offset(name, family).await?;
+        let offset = tx.take_lowest_free(name, family, owner).await?;
+        // Beyond the range (the network is full): the write fails and its
+        // allocation is undone with it.
         let address = rules::address_at(name, range, offset)?;
-        tx.insert_allocation(name, family, offset, owner).await?;
         match address {
             std::net::IpAddr::V4(a) => v4 = Some(a),
             std::net::IpAddr::V6(a) => v6 = Some(a),
@@ -131,23 +132,20 @@ impl Service {
                         .ok_or_else(|| Error::not_found("network", network))?;
                     // Again under the key's lock: it may have been used up,
                     // revoked or expired since.
-                    let key = opened(tx.enrollment_key(&key_id).await?, enrollment_key)?;
+                    // Its use is taken now; a refusal below undoes that.
+                    let key = opened(tx.take_enrollment_key(&key_id).await?, enrollment_key)?;
                     key.check_usable(now)?;
                     key.admit(&reg.network, now)?;
-                    let owner = tx.name_owner(network, reg.name.as_str()).await?;
-                    rules::name_free("name", network, &reg.name, owner, None)?;
-                    let owner = tx.key_owner(network, &reg.public_key).await?;
-                    rules::key_free("public_key", network, &reg.public_key, owner, None)?;
+                    let (name_owner, key_owner) = tx
+                        .owners(network, reg.name.as_str(), &reg.public_key)
+                        .await?;
+                    rules::name_free("name", network, &reg.name, name_owner, None)?;
+                    rules::key_free("public_key", network, &reg.public_key, key_owner, None)?;
                     let (address, address6) =
                         allocate(&mut *tx, &net, &Owner::Node(node_id.clone())).await?;
                     let mut node =
                         rules::new_node(node_id.clone(), &reg, &net, address, address6, now);
                     tx.insert_node(&node, &token).await?;
-                    if !tx.take_key_use(&key.id).await? {
-                        return Err(Error::Unauthenticated(
-                            "enrollment key has no uses left".into(),
-                        ));
-                    }
                     node.config_revision = node_event(&mut *tx, Action::Created, &node).await?;
                     Ok(node)
                 })

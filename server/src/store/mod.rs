@@ -283,6 +283,18 @@ pub trait Tx: Send {
     /// Takes one use of a key when it has one left (or is unlimited), in
     /// one conditional update; false when none was left.
     async fn take_key_use(&mut self, id: &str) -> Result<bool>;
+    /// [`Tx::enrollment_key`] and [`Tx::take_key_use`] together: the key as
+    /// it was, locked until commit, with one use taken when it had one left.
+    /// The caller's checks on the returned key (usable, admits the network)
+    /// decide; when they refuse, undoing the write gives the use back.
+    /// PostgreSQL does it in one round trip.
+    async fn take_enrollment_key(&mut self, id: &str) -> Result<Option<StoredKey>> {
+        let key = self.enrollment_key(id).await?;
+        if key.is_some() {
+            self.take_key_use(id).await?;
+        }
+        Ok(key)
+    }
 
     // Nodes.
 
@@ -295,6 +307,19 @@ pub trait Tx: Send {
     async fn name_owner(&mut self, network: &str, name: &str) -> Result<Option<Owner>>;
     /// The node or client of a network with this public key.
     async fn key_owner(&mut self, network: &str, key: &WgKey) -> Result<Option<Owner>>;
+    /// [`Tx::name_owner`] and [`Tx::key_owner`] together (PostgreSQL: in
+    /// one round trip).
+    async fn owners(
+        &mut self,
+        network: &str,
+        name: &str,
+        key: &WgKey,
+    ) -> Result<(Option<Owner>, Option<Owner>)> {
+        Ok((
+            self.name_owner(network, name).await?,
+            self.key_owner(network, key).await?,
+        ))
+    }
     /// Inserts a node with its token's record id and hash.
     async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()>;
     /// Writes a node's fields that operators and configs own: name,
@@ -325,6 +350,20 @@ pub trait Tx: Send {
         offset: u128,
         owner: &Owner,
     ) -> Result<()>;
+    /// [`Tx::lowest_free_offset`] and [`Tx::insert_allocation`] together:
+    /// `owner` takes the lowest free offset of `family`, which is returned
+    /// (PostgreSQL: in one round trip).
+    async fn take_lowest_free(
+        &mut self,
+        network: &str,
+        family: Family,
+        owner: &Owner,
+    ) -> Result<u128> {
+        let offset = self.lowest_free_offset(network, family).await?;
+        self.insert_allocation(network, family, offset, owner)
+            .await?;
+        Ok(offset)
+    }
     /// Frees every address an owner holds.
     async fn free_addresses(&mut self, owner_id: &str) -> Result<()>;
 

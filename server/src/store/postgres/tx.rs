@@ -67,11 +67,19 @@ impl PgTx {
 
 /// The owner a `kind`, `id` row names.
 fn owner_of(row: Option<sqlx::postgres::PgRow>) -> Result<Option<Owner>> {
-    let Some(r) = row else {
+    match row {
+        Some(r) => owner_in(&r, "kind", "id"),
+        None => Ok(None),
+    }
+}
+
+/// The owner the columns `kind` and `id` of `r` name (none when NULL).
+fn owner_in(r: &sqlx::postgres::PgRow, kind: &str, id: &str) -> Result<Option<Owner>> {
+    let kind: Option<String> = r.try_get(kind).map_err(db_err)?;
+    let id: Option<String> = r.try_get(id).map_err(db_err)?;
+    let (Some(kind), Some(id)) = (kind, id) else {
         return Ok(None);
     };
-    let kind: String = r.try_get("kind").map_err(db_err)?;
-    let id: String = r.try_get("id").map_err(db_err)?;
     Ok(Some(match kind.as_str() {
         "node" => Owner::Node(id),
         "ext_client" => Owner::ExtClient(id),
@@ -305,6 +313,23 @@ impl Tx for PgTx {
         Ok(done.rows_affected() > 0)
     }
 
+    /// One statement: the key as it was, locked, and its use taken.
+    async fn take_enrollment_key(&mut self, id: &str) -> Result<Option<StoredKey>> {
+        let row = sqlx::query(concat!(
+            "WITH k AS (SELECT ",
+            key_cols!(),
+            " FROM enrollment_keys k WHERE k.id = $1 FOR UPDATE OF k), \
+             took AS (UPDATE enrollment_keys e SET uses_remaining = e.uses_remaining - 1 \
+                 FROM k WHERE e.id = k.id AND NOT k.unlimited AND k.uses_remaining > 0) \
+             SELECT * FROM k"
+        ))
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(key_of).transpose()
+    }
+
     // Nodes.
 
     async fn node(&mut self, id: &str) -> Result<Option<Node>> {
@@ -355,6 +380,41 @@ impl Tx for PgTx {
         .await
         .map_err(db_err)?;
         owner_of(row)
+    }
+
+    /// One statement.
+    async fn owners(
+        &mut self,
+        network: &str,
+        name: &str,
+        key: &WgKey,
+    ) -> Result<(Option<Owner>, Option<Owner>)> {
+        let row = sqlx::query(
+            "SELECT n.kind AS name_kind, n.id AS name_id, k.kind AS key_kind, k.id AS key_id \
+             FROM (SELECT 1) one \
+             LEFT JOIN LATERAL (SELECT kind, id FROM (\
+                 SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
+                 WHERE network = $1 AND name = $2 \
+                 UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
+                 WHERE network = $1 AND name = $2 \
+                 UNION ALL SELECT 3, 'dns_entry', name FROM dns_entries \
+                 WHERE network = $1 AND name = $2) o ORDER BY rank LIMIT 1) n ON true \
+             LEFT JOIN LATERAL (SELECT kind, id FROM (\
+                 SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
+                 WHERE network = $1 AND public_key = $3 \
+                 UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
+                 WHERE network = $1 AND public_key = $3) o ORDER BY rank LIMIT 1) k ON true",
+        )
+        .bind(network)
+        .bind(name)
+        .bind(key.to_string())
+        .fetch_one(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok((
+            owner_in(&row, "name_kind", "name_id")?,
+            owner_in(&row, "key_kind", "key_id")?,
+        ))
     }
 
     async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()> {
@@ -496,6 +556,44 @@ impl Tx for PgTx {
                 "bad free host offset {next} in network {network:?}"
             ))
         })
+    }
+
+    /// One statement: the lowest free offset from the hint (as in
+    /// [`Tx::lowest_free_offset`]), taken, and the hint moved past it (all
+    /// below it are taken).
+    async fn take_lowest_free(
+        &mut self,
+        network: &str,
+        family: Family,
+        owner: &Owner,
+    ) -> Result<u128> {
+        let col = free_from(family);
+        let offset: Option<i64> = sqlx::query_scalar(&format!(
+            "WITH h AS (SELECT {col} AS f FROM networks WHERE name = $1), \
+             pick AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
+                     WHERE network = $1 AND family = $2 AND host_offset = h.f) THEN h.f \
+                 ELSE (SELECT a.host_offset + 1 FROM ip_allocations a \
+                     WHERE a.network = $1 AND a.family = $2 AND a.host_offset >= h.f \
+                     AND NOT EXISTS (SELECT 1 FROM ip_allocations b WHERE b.network = $1 \
+                         AND b.family = $2 AND b.host_offset = a.host_offset + 1) \
+                     ORDER BY a.host_offset LIMIT 1) END AS off FROM h), \
+             ins AS (INSERT INTO ip_allocations \
+                 (network, family, host_offset, owner_kind, owner_id) \
+                 SELECT $1, $2, off, $3, $4 FROM pick RETURNING host_offset), \
+             moved AS (UPDATE networks SET {col} = ins.host_offset + 1 FROM ins \
+                 WHERE name = $1 AND ins.host_offset < 9223372036854775807) \
+             SELECT host_offset FROM ins"
+        ))
+        .bind(network)
+        .bind(family.as_i64())
+        .bind(owner.kind())
+        .bind(owner.id())
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        offset
+            .and_then(|o| u128::try_from(o).ok())
+            .ok_or_else(|| Error::Internal(format!("network {network:?} is gone")))
     }
 
     /// Moves the network's hint past `offset` when it named it (one

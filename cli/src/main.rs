@@ -107,6 +107,10 @@ enum Command {
     /// The path a packet takes (ExplainRoute).
     #[command(subcommand)]
     Route(commands::RouteCmd),
+    /// A network's access policy: get, set FILE, diff FILE (a preview),
+    /// test (which rule decides a packet).
+    #[command(subcommand)]
+    Policy(commands::PolicyCmd),
     /// Resource changes as they happen.
     #[command(subcommand)]
     Events(commands::EventsCmd),
@@ -303,6 +307,7 @@ fn main() -> ExitCode {
             Command::ExtClient(c) => c.run(&ctx).await,
             Command::Dns(c) => c.run(&ctx).await,
             Command::Route(c) => c.run(&ctx).await,
+            Command::Policy(c) => c.run(&ctx).await,
             Command::Events(c) => c.run(&ctx).await,
             Command::Quickstart(c) => c.run(&ctx).await,
             Command::Agent(c) => c.run(&ctx.server, cli.global.builder()?).await,

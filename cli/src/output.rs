@@ -46,6 +46,9 @@ named!(
     ExplainRouteResponse,
     Event,
     GetHostsFileResponse,
+    Policy,
+    UpdatePolicyResponse,
+    TestAccessResponse,
 );
 
 fn pool() -> &'static DescriptorPool {
@@ -54,6 +57,16 @@ fn pool() -> &'static DescriptorPool {
         DescriptorPool::decode(meshplane_sdk::FILE_DESCRIPTOR_SET)
             .expect("the SDK's descriptor set decodes")
     })
+}
+
+/// A message from proto3 JSON (field names as in the proto or in
+/// lowerCamelCase, enums by name); the error says what does not fit.
+pub fn from_json<M: Named + Default>(v: Value) -> Result<M, String> {
+    let desc = pool()
+        .get_message_by_name(M::NAME)
+        .unwrap_or_else(|| panic!("{} is in the descriptor set", M::NAME));
+    let dynamic = DynamicMessage::deserialize(desc, v).map_err(|e| e.to_string())?;
+    dynamic.transcode_to::<M>().map_err(|e| e.to_string())
 }
 
 /// A message as proto3 JSON.

@@ -29,6 +29,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "meshplane.v1.DnsService",
     "meshplane.v1.AgentService",
     "meshplane.v1.EventService",
+    "meshplane.v1.PolicyService",
 ];
 
 const REDACTED: &str = "<redacted>";

@@ -14,7 +14,7 @@ use tonic::{
 use crate::{
     error::{Error, Result},
     retry::RetryPolicy,
-    services::{Dns, EnrollmentKeys, Events, ExtClients, Gateways, Networks, Nodes},
+    services::{Dns, EnrollmentKeys, Events, ExtClients, Gateways, Networks, Nodes, Policies},
 };
 
 /// A secret string (a token or a private key): its `Debug` and `Display`
@@ -571,6 +571,11 @@ impl Client {
     /// EventService.
     pub fn events(&self) -> Events {
         Events::new(self.inner.clone(), self.opts)
+    }
+
+    /// PolicyService.
+    pub fn policies(&self) -> Policies {
+        Policies::new(self.inner.clone(), self.opts)
     }
 
     /// An agent client on the same connection, sending no admin token (see

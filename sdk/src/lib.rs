@@ -52,7 +52,7 @@ pub use client::{Client, ClientBuilder, Secret, TlsConfig};
 pub use error::{Error, ErrorKind, FieldViolation, ResourceInfo, Result, code_name};
 pub use retry::{Backoff, RetryPolicy};
 pub use services::{
-    Dns, EnrollmentKeys, EventStream, Events, ExtClients, Gateways, Networks, Nodes,
+    Dns, EnrollmentKeys, EventStream, Events, ExtClients, Gateways, Networks, Nodes, Policies,
 };
 /// The gRPC status code of an [`Error`].
 pub use tonic::Code;

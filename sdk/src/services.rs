@@ -16,7 +16,7 @@ use crate::{
         event_service_client::EventServiceClient,
         ext_client_service_client::ExtClientServiceClient,
         gateway_service_client::GatewayServiceClient, network_service_client::NetworkServiceClient,
-        node_service_client::NodeServiceClient,
+        node_service_client::NodeServiceClient, policy_service_client::PolicyServiceClient,
     },
     retry::RetryPolicy,
 };
@@ -619,5 +619,44 @@ impl Events {
             )
             .await?;
         Ok(Box::pin(s.map(|r| r.map_err(Error::from))))
+    }
+}
+
+handle!(
+    /// PolicyService: a network's access policy, its preview and TestAccess.
+    Policies,
+    PolicyServiceClient
+);
+
+impl Policies {
+    /// GetPolicy (ALLOW and no rules when the network has none).
+    pub async fn get(&self, network: &str) -> Result<pb::Policy> {
+        let msg = pb::GetPolicyRequest {
+            network: network.into(),
+        };
+        self.opts
+            .unary(&self.c, true, msg, |mut c, r| async move {
+                c.get_policy(r).await
+            })
+            .await
+    }
+
+    /// UpdatePolicy (with `validate_only`, a preview that writes nothing).
+    /// Not retried.
+    pub async fn update(&self, req: pb::UpdatePolicyRequest) -> Result<pb::UpdatePolicyResponse> {
+        self.opts
+            .unary(&self.c, false, req, |mut c, r| async move {
+                c.update_policy(r).await
+            })
+            .await
+    }
+
+    /// TestAccess.
+    pub async fn test_access(&self, req: pb::TestAccessRequest) -> Result<pb::TestAccessResponse> {
+        self.opts
+            .unary(&self.c, true, req, |mut c, r| async move {
+                c.test_access(r).await
+            })
+            .await
     }
 }

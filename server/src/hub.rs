@@ -700,6 +700,7 @@ impl State {
                         ext_clients: vec![],
                         dns_entries: vec![],
                         revision: ev.revision,
+                        policy: Default::default(),
                     })
                 });
                 return;

@@ -414,6 +414,12 @@ pub async fn serve_with(
         .add_service(
             pb::event_service_server::EventServiceServer::new(api::event::Events(state.clone()))
                 .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::policy_service_server::PolicyServiceServer::new(api::policy::Policies(
+                state.clone(),
+            ))
+            .max_decoding_message_size(max_message),
         );
     let server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
         match options.tls {

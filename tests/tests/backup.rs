@@ -287,6 +287,7 @@ async fn a_backup_taken_while_writing_restores_every_resource_and_revision() {
             name: "byo".into(),
             public_key: wg_key(),
             dns: vec!["192.0.2.1".into()],
+            tags: vec![],
         })
         .await
         .expect("a client with its own key");

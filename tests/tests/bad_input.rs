@@ -120,6 +120,9 @@ rpcs! {
     AgentService/WatchConfig(WatchConfigRequest) => agent_service_client::AgentServiceClient.watch_config;
     AgentService/ReportStatus(ReportStatusRequest) => agent_service_client::AgentServiceClient.report_status;
     EventService/WatchEvents(WatchEventsRequest) => event_service_client::EventServiceClient.watch_events;
+    PolicyService/GetPolicy(GetPolicyRequest) => policy_service_client::PolicyServiceClient.get_policy;
+    PolicyService/UpdatePolicy(UpdatePolicyRequest) => policy_service_client::PolicyServiceClient.update_policy;
+    PolicyService/TestAccess(TestAccessRequest) => policy_service_client::PolicyServiceClient.test_access;
 }
 
 /// One row of the table: a request, who sends it, and the refusal it must
@@ -373,8 +376,22 @@ impl Fixture {
                     .content,
             );
         }
+        let mut policy_c = pb::policy_service_client::PolicyServiceClient::new(admin());
+        let mut policies = Vec::new();
+        for n in &networks.networks {
+            policies.push(
+                policy_c
+                    .get_policy(pb::GetPolicyRequest {
+                        network: n.name.clone(),
+                    })
+                    .await
+                    .expect("GetPolicy")
+                    .into_inner(),
+            );
+        }
         State {
             latest_revision: self.s.store.log_bounds().await.expect("log bounds").latest,
+            policies,
             networks,
             keys,
             nodes,
@@ -397,6 +414,7 @@ struct State {
     configs: Vec<pb::NodeConfig>,
     dns: Vec<pb::ListDnsEntriesResponse>,
     hosts: Vec<String>,
+    policies: Vec<pb::Policy>,
 }
 
 impl State {
@@ -453,6 +471,11 @@ impl State {
             "hosts files",
             format!("{:?}", self.hosts),
             format!("{:?}", other.hosts),
+        );
+        part(
+            "policies",
+            format!("{:?}", self.policies),
+            format!("{:?}", other.policies),
         );
         out
     }
@@ -535,6 +558,57 @@ fn explain(network: &str, from: &str, destination: &str) -> Call {
     })
 }
 
+/// A valid UpdatePolicy of corp (default DENY, one rule letting tag `ops`
+/// reach 10.10.10.0/24 on tcp/443) with `f` applied.
+fn update_policy(paths: &[&str], f: impl FnOnce(&mut pb::UpdatePolicyRequest)) -> Call {
+    let mut r = pb::UpdatePolicyRequest {
+        policy: Some(pb::Policy {
+            network: "corp".into(),
+            default_action: pb::PolicyAction::Deny as i32,
+            rules: vec![rule(|_| {})],
+            ..Default::default()
+        }),
+        update_mask: mask(paths),
+        validate_only: false,
+        expected_revision: 0,
+    };
+    f(&mut r);
+    Call::UpdatePolicy(r)
+}
+
+/// A valid rule (tag:ops -> 10.10.10.0/24 tcp/443 ALLOW) with `f` applied.
+fn rule(f: impl FnOnce(&mut pb::PolicyRule)) -> pb::PolicyRule {
+    let mut r = pb::PolicyRule {
+        name: "ops-web".into(),
+        sources: strings(&["tag:ops"]),
+        destinations: strings(&["10.10.10.0/24"]),
+        protocols: vec![pb::Protocol::Tcp as i32],
+        ports: strings(&["443"]),
+        action: pb::PolicyAction::Allow as i32,
+    };
+    f(&mut r);
+    r
+}
+
+/// The first rule of an UpdatePolicy request.
+fn rule0(r: &mut pb::UpdatePolicyRequest) -> &mut pb::PolicyRule {
+    &mut r.policy.as_mut().expect("policy").rules[0]
+}
+
+/// A valid TestAccess in corp from laptop to the office over tcp/443 with
+/// `f` applied.
+fn test_access(from: &str, f: impl FnOnce(&mut pb::TestAccessRequest)) -> Call {
+    let mut r = pb::TestAccessRequest {
+        network: "corp".into(),
+        from: from.into(),
+        to: "office".into(),
+        protocol: pb::Protocol::Tcp as i32,
+        port: 443,
+    };
+    f(&mut r);
+    Call::TestAccess(r)
+}
+
 /// A valid new external client of corp's `server` with `f` applied.
 fn new_client(server: &str, f: impl FnOnce(&mut pb::CreateExtClientRequest)) -> Call {
     let mut r = pb::CreateExtClientRequest {
@@ -543,6 +617,7 @@ fn new_client(server: &str, f: impl FnOnce(&mut pb::CreateExtClientRequest)) -> 
         name: "tablet".into(),
         public_key: String::new(),
         dns: vec![],
+        tags: vec![],
     };
     f(&mut r);
     Call::CreateExtClient(r)
@@ -721,6 +796,11 @@ fn every_rpc(fx: &Fixture) -> Vec<Call> {
         Call::WatchConfig(pb::WatchConfigRequest { last_revision: 0 }),
         report(|r| r.endpoint = "203.0.113.99:51821".into()),
         watch_events(0, &[]),
+        Call::GetPolicy(pb::GetPolicyRequest {
+            network: "corp".into(),
+        }),
+        update_policy(&[], |_| {}),
+        test_access(&laptop, |_| {}),
     ]
 }
 
@@ -1337,6 +1417,24 @@ fn table(fx: &Fixture, before: &State) -> Vec<Row> {
         // ---- NodeService.UpdateNode
         invalid("node missing", Call::UpdateNode(Default::default()), "node"),
         invalid(
+            "a tag that is no label",
+            update_node(laptop, &["tags"], |n| n.tags = strings(&["ops", "Ops!"])),
+            "node.tags[1]",
+        ),
+        invalid(
+            "33 tags",
+            update_node(laptop, &["tags"], |n| {
+                n.tags = (0..33).map(|i| format!("t{i}")).collect()
+            }),
+            "node.tags",
+        )
+        .says("at most 32"),
+        invalid(
+            "a tag of 64 characters",
+            update_node(laptop, &["tags"], |n| n.tags = vec![label64.clone()]),
+            "node.tags[0]",
+        ),
+        invalid(
             "id empty",
             update_node("", &["name"], |n| n.name = "pc".into()),
             "node.id",
@@ -1809,6 +1907,11 @@ fn table(fx: &Fixture, before: &State) -> Vec<Row> {
         ),
         // ---- ExtClientService.CreateExtClient
         invalid(
+            "a tag that is no label",
+            new_client(server, |r| r.tags = strings(&["-ops"])),
+            "tags[0]",
+        ),
+        invalid(
             "network empty",
             new_client(server, |r| r.network.clear()),
             "network",
@@ -1947,6 +2050,11 @@ fn table(fx: &Fixture, before: &State) -> Vec<Row> {
         )
         .known("K1"),
         // ---- ExtClientService.UpdateExtClient
+        invalid(
+            "a tag that is no label",
+            update_client(phone, &["tags"], |c| c.tags = strings(&["ops", "a_b"])),
+            "ext_client.tags[1]",
+        ),
         invalid(
             "client missing",
             Call::UpdateExtClient(Default::default()),
@@ -2505,6 +2613,220 @@ fn table(fx: &Fixture, before: &State) -> Vec<Row> {
             "networks[1]",
         )
         .known("K3"),
+        // ---- PolicyService.GetPolicy
+        invalid(
+            "network empty",
+            Call::GetPolicy(Default::default()),
+            "network",
+        ),
+        refused(
+            "unknown network",
+            Call::GetPolicy(pb::GetPolicyRequest {
+                network: "nope".into(),
+            }),
+            Code::NotFound,
+        ),
+        refused(
+            "network of 100,000 characters",
+            Call::GetPolicy(pb::GetPolicyRequest { network: huge() }),
+            Code::NotFound,
+        ),
+        // ---- PolicyService.UpdatePolicy
+        invalid(
+            "policy missing",
+            Call::UpdatePolicy(Default::default()),
+            "policy",
+        ),
+        invalid(
+            "network empty",
+            update_policy(&[], |r| r.policy.as_mut().unwrap().network.clear()),
+            "policy.network",
+        ),
+        refused(
+            "unknown network",
+            update_policy(&[], |r| r.policy.as_mut().unwrap().network = "nope".into()),
+            Code::NotFound,
+        ),
+        invalid(
+            "an unknown mask path",
+            update_policy(&["revision"], |_| {}),
+            "update_mask",
+        )
+        .says("default_action, rules"),
+        invalid(
+            "a rule without sources",
+            update_policy(&[], |r| rule0(r).sources.clear()),
+            "policy.rules[0].sources",
+        )
+        .says("at least one"),
+        invalid(
+            "a rule without destinations",
+            update_policy(&[], |r| rule0(r).destinations.clear()),
+            "policy.rules[0].destinations",
+        ),
+        invalid(
+            "a destination that is no selector",
+            update_policy(&[], |r| rule0(r).destinations.push("office".into())),
+            "policy.rules[0].destinations[1]",
+        )
+        .says("tag:NAME"),
+        invalid(
+            "a range among the sources",
+            update_policy(&[], |r| rule0(r).sources = strings(&["10.60.0.0/24"])),
+            "policy.rules[0].sources[0]",
+        )
+        .says("destinations only"),
+        invalid(
+            "a tag that is no label",
+            update_policy(&[], |r| rule0(r).sources = strings(&["tag:Ops Team"])),
+            "policy.rules[0].sources[0]",
+        ),
+        invalid(
+            "a range with host bits",
+            update_policy(&[], |r| rule0(r).destinations = strings(&["10.10.10.1/24"])),
+            "policy.rules[0].destinations[0]",
+        ),
+        invalid(
+            "no action",
+            update_policy(&[], |r| rule0(r).action = 0),
+            "policy.rules[0].action",
+        ),
+        invalid(
+            "an unknown action number",
+            update_policy(&[], |r| rule0(r).action = 7),
+            "policy.rules[0].action",
+        ),
+        invalid(
+            "an unspecified protocol",
+            update_policy(&[], |r| rule0(r).protocols = vec![0]),
+            "policy.rules[0].protocols[0]",
+        ),
+        invalid(
+            "port 0",
+            update_policy(&[], |r| rule0(r).ports = strings(&["0"])),
+            "policy.rules[0].ports[0]",
+        ),
+        invalid(
+            "a port range backwards",
+            update_policy(&[], |r| rule0(r).ports = strings(&["9000-8000"])),
+            "policy.rules[0].ports[0]",
+        ),
+        invalid(
+            "ports with ICMP",
+            update_policy(&[], |r| {
+                rule0(r).protocols = vec![pb::Protocol::Icmp as i32]
+            }),
+            "policy.rules[0].ports",
+        ),
+        invalid(
+            "ports with every protocol",
+            update_policy(&[], |r| rule0(r).protocols.clear()),
+            "policy.rules[0].ports",
+        ),
+        invalid(
+            "two rules of one name",
+            update_policy(&[], |r| {
+                let again = rule(|_| {});
+                r.policy.as_mut().unwrap().rules.push(again);
+            }),
+            "policy.rules[1].name",
+        ),
+        invalid(
+            "a rule name that is no label",
+            update_policy(&[], |r| rule0(r).name = "Web Rule".into()),
+            "policy.rules[0].name",
+        ),
+        invalid(
+            "257 rules",
+            update_policy(&[], |r| {
+                r.policy.as_mut().unwrap().rules =
+                    (0..257).map(|_| rule(|x| x.name.clear())).collect()
+            }),
+            "policy.rules",
+        )
+        .says("at most 256"),
+        invalid(
+            "65 sources",
+            update_policy(&[], |r| {
+                rule0(r).sources = (0..65).map(|i| format!("tag:t{i}")).collect()
+            }),
+            "policy.rules[0].sources",
+        ),
+        invalid(
+            "bad rules are refused also with validate_only",
+            update_policy(&[], |r| {
+                r.validate_only = true;
+                rule0(r).destinations = strings(&["nowhere"]);
+            }),
+            "policy.rules[0].destinations[0]",
+        ),
+        invalid(
+            "bad rules in the mask only count",
+            update_policy(&["rules"], |r| rule0(r).sources.clear()),
+            "policy.rules[0].sources",
+        ),
+        refused(
+            "an expected revision it is not at",
+            update_policy(&[], |r| r.expected_revision = latest + 100),
+            Code::Aborted,
+        )
+        .says("expected_revision"),
+        refused(
+            "validate_only answers and writes nothing",
+            update_policy(&[], |r| r.validate_only = true),
+            Code::Ok,
+        ),
+        // ---- PolicyService.TestAccess
+        invalid(
+            "network empty",
+            test_access(laptop, |r| r.network.clear()),
+            "network",
+        ),
+        invalid("from empty", test_access("", |_| {}), "from"),
+        invalid("to empty", test_access(laptop, |r| r.to.clear()), "to"),
+        invalid(
+            "no protocol",
+            test_access(laptop, |r| r.protocol = 0),
+            "protocol",
+        ),
+        invalid(
+            "an unknown protocol number",
+            test_access(laptop, |r| r.protocol = 99),
+            "protocol",
+        ),
+        invalid(
+            "tcp without a port",
+            test_access(laptop, |r| r.port = 0),
+            "port",
+        ),
+        invalid(
+            "udp to port 65536",
+            test_access(laptop, |r| {
+                r.protocol = pb::Protocol::Udp as i32;
+                r.port = 65536;
+            }),
+            "port",
+        ),
+        refused(
+            "unknown network",
+            test_access(laptop, |r| r.network = "nope".into()),
+            Code::NotFound,
+        ),
+        refused(
+            "a sender that is no node or client",
+            test_access("nobody", |_| {}),
+            Code::NotFound,
+        ),
+        refused(
+            "a receiver that is no node, client or address",
+            test_access(laptop, |r| r.to = "nobody".into()),
+            Code::NotFound,
+        ),
+        refused(
+            "a sender of another network",
+            test_access(labgw, |_| {}),
+            Code::NotFound,
+        ),
     ];
     rows.extend(credential_rows(fx));
     rows

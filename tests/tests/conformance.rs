@@ -21,6 +21,7 @@ use meshplane_server::domain::{
     network::Network,
     node::{Egress, Endpoint, Ingress, Node, WgKey},
     page::PageRequest,
+    policy::{Action as PolicyAction, NetworkPolicy, Policy, PolicyInput, RuleInput, Tag},
     token::{NewToken, TokenKind},
 };
 use meshplane_server::store::{AdminToken, Clients, Owner, Store};
@@ -81,6 +82,7 @@ fn node(id: &str, net: &str, name: &str, k: u8, a4: Option<&str>, a6: Option<&st
         host: None,
         apply_error: None,
         failed_revision: 0,
+        tags: vec![],
     }
 }
 
@@ -100,6 +102,7 @@ fn client(id: &str, net: &str, ingress: &str, name: &str, k: u8) -> ExtClient {
         downloaded_revision: 0,
         create_time: t(20),
         update_time: t(20),
+        tags: vec![],
     }
 }
 
@@ -1104,6 +1107,154 @@ async fn backup_holds_what_was_committed(s: Arc<dyn Store>) {
     assert_eq!(copy.log_bounds().await.unwrap().latest, rev);
 }
 
+fn tags(v: &[&str]) -> Vec<Tag> {
+    v.iter().map(|t| Tag::parse("tags", t).unwrap()).collect()
+}
+
+/// A restricting policy: default DENY, tag ops to a range on tcp/443 and
+/// 8000-8999, a named rule denying node db to everyone.
+fn restricting_policy() -> Policy {
+    PolicyInput {
+        default_action: Some(PolicyAction::Deny),
+        rules: vec![
+            RuleInput {
+                name: "no-db".into(),
+                sources: vec!["node:db".into()],
+                destinations: vec!["*".into()],
+                action: Some(PolicyAction::Deny),
+                ..Default::default()
+            },
+            RuleInput {
+                sources: vec!["tag:ops".into(), "client:alice".into()],
+                destinations: vec!["10.10.10.0/24".into(), "fd10::/64".into(), "tag:web".into()],
+                protocols: vec![Some(meshplane_server::domain::policy::Protocol::Tcp)],
+                ports: vec!["443".into(), "8000-8999".into()],
+                action: Some(PolicyAction::Allow),
+                ..Default::default()
+            },
+        ],
+    }
+    .validate()
+    .unwrap()
+}
+
+async fn tags_and_policies_roundtrip(s: Arc<dyn Store>) {
+    with_network(&*s, &network("corp", "10.1.0.0/24", "fd00::/64")).await;
+    with_network(&*s, &network("lab", "10.2.0.0/24", "")).await;
+    // Tags on insert and on update, for nodes and clients.
+    let mut n = node("n1", "corp", "n1", 1, Some("10.1.0.1"), None);
+    n.tags = tags(&["ops", "web"]);
+    with_node(&*s, &n).await;
+    let bare = node("n2", "corp", "n2", 2, Some("10.1.0.2"), None);
+    with_node(&*s, &bare).await;
+    let mut c = client("c1", "corp", "n1", "alice", 10);
+    c.tags = tags(&["laptops"]);
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_ext_client(&c).await.unwrap();
+    tx.commit().await.unwrap();
+    let got = s.get_node("n1").await.unwrap().unwrap();
+    assert_eq!(got.tags, tags(&["ops", "web"]));
+    assert_eq!(s.get_node("n2").await.unwrap().unwrap().tags, vec![]);
+    assert_eq!(
+        s.get_ext_client("c1").await.unwrap().unwrap().tags,
+        tags(&["laptops"])
+    );
+
+    let mut tx = s.begin().await.unwrap();
+    let mut n = tx.node("n1").await.unwrap().unwrap();
+    assert_eq!(n.tags, tags(&["ops", "web"]));
+    n.tags = tags(&["db"]);
+    tx.update_node(&n).await.unwrap();
+    c.tags = vec![];
+    tx.update_ext_client(&c).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.get_node("n1").await.unwrap().unwrap().tags, tags(&["db"]));
+    assert_eq!(s.get_ext_client("c1").await.unwrap().unwrap().tags, vec![]);
+    let listed = s
+        .list_nodes(Some("corp"), &PageRequest::parse(10, "").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(listed[0].tags, tags(&["db"]));
+
+    // No policy stored: none read, and the views carry the default.
+    assert_eq!(s.get_policy("corp").await.unwrap(), None);
+    let (_, views) = s.load_all().await.unwrap();
+    assert!(views.iter().all(|v| v.policy == Policy::default()));
+    let corp_view = views
+        .iter()
+        .find(|v| v.network.name.as_str() == "corp")
+        .unwrap();
+    assert_eq!(
+        corp_view.nodes.iter().find(|x| x.id == "n1").unwrap().tags,
+        tags(&["db"])
+    );
+
+    // Saved, read back in and out of a transaction and in the views.
+    let p = NetworkPolicy {
+        network: label("corp"),
+        policy: restricting_policy(),
+        revision: 7,
+        update_time: Some(t(30)),
+    };
+    let mut tx = s.begin().await.unwrap();
+    assert_eq!(tx.policy("corp").await.unwrap(), None);
+    tx.save_policy(&p).await.unwrap();
+    assert_eq!(tx.policy("corp").await.unwrap().as_ref(), Some(&p));
+    tx.commit().await.unwrap();
+    assert_eq!(s.get_policy("corp").await.unwrap().as_ref(), Some(&p));
+    assert_eq!(s.get_policy("lab").await.unwrap(), None);
+    let (_, views) = s.load_all().await.unwrap();
+    for v in &views {
+        let want = if v.network.name.as_str() == "corp" {
+            p.policy.clone()
+        } else {
+            Policy::default()
+        };
+        assert_eq!(v.policy, want, "{}", v.network.name);
+    }
+
+    // Replaced; a rollback keeps the one committed.
+    let p2 = NetworkPolicy {
+        policy: Policy::default(),
+        revision: 9,
+        update_time: Some(t(40)),
+        ..p.clone()
+    };
+    let mut tx = s.begin().await.unwrap();
+    tx.save_policy(&p2).await.unwrap();
+    drop(tx);
+    assert_eq!(s.get_policy("corp").await.unwrap().as_ref(), Some(&p));
+    let mut tx = s.begin().await.unwrap();
+    tx.save_policy(&p2).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.get_policy("corp").await.unwrap().as_ref(), Some(&p2));
+
+    // A policy event round-trips through the log.
+    let mut tx = s.begin().await.unwrap();
+    tx.lock_network("corp").await.unwrap().unwrap();
+    let rev = tx
+        .append(
+            Action::Updated,
+            &Resource::Policy(Box::new(p.clone())),
+            true,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ev = s.events_after(rev - 1, 10).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].resource, Resource::Policy(Box::new(p.clone())));
+    assert_eq!(ev[0].resource.network().as_deref(), Some("corp"));
+
+    // The policy goes with its network.
+    let mut tx = s.begin().await.unwrap();
+    tx.delete_network("corp").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.get_policy("corp").await.unwrap(), None);
+    with_network(&*s, &network("corp", "10.1.0.0/24", "fd00::/64")).await;
+    assert_eq!(s.get_policy("corp").await.unwrap(), None);
+}
+
 /// Generates one test per backend for each case.
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
@@ -1139,5 +1290,6 @@ mod on_each_backend {
         savepoints_and_rollback,
         applied_revisions_of_nodes_heard_from_and_pool_use,
         backup_holds_what_was_committed,
+        tags_and_policies_roundtrip,
     );
 }

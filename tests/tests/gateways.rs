@@ -460,6 +460,7 @@ async fn ext_client_rules_and_lifecycle() {
                 name: "x".into(),
                 public_key: "bm90IGEga2V5".into(),
                 dns: vec![],
+                tags: vec![],
             })
             .await,
         "public_key",
@@ -480,6 +481,7 @@ async fn ext_client_rules_and_lifecycle() {
             name: "byo".into(),
             public_key: own_key.clone(),
             dns: vec!["9.9.9.9".into()],
+            tags: vec![],
         })
         .await
         .unwrap()
@@ -504,6 +506,7 @@ async fn ext_client_rules_and_lifecycle() {
                 name: "byo2".into(),
                 public_key: own_key,
                 dns: vec![],
+                tags: vec![],
             })
             .await,
         Code::AlreadyExists,

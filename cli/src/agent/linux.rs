@@ -37,10 +37,23 @@ use super::plan::{
 };
 use super::state::Applied;
 
-const CHAINS: [(&str, &str); 2] = [
+const CHAINS: [(&str, &str); 3] = [
     ("filter", "MESHPLANE-FWD"),
     ("nat", "MESHPLANE-POSTROUTING"),
+    // What the access policy lets reach the node itself (issue #14).
+    ("filter", "MESHPLANE-IN"),
 ];
+
+/// Whether a restore text declares `chain` (`:CHAIN - [0:0]`): a config
+/// renders only the chains it uses (MESHPLANE-IN only under a restricting
+/// policy, the gateway chains only on gateways).
+fn declares(restore: &str, chain: &str) -> bool {
+    restore.lines().any(|l| {
+        l.strip_prefix(':')
+            .and_then(|r| r.split_whitespace().next())
+            == Some(chain)
+    })
+}
 
 /// A link of the host.
 #[derive(Debug, Clone)]
@@ -593,6 +606,7 @@ impl Host {
             // Chains gone (a reboot, a flush): restore again.
             let chains_there = CHAINS
                 .iter()
+                .filter(|(_, c)| declares(&fw.restore, c))
                 .all(|(t, c)| run(&[f.iptables(), "-w", "-t", t, "-S", c], None).is_ok());
             if !chains_there {
                 fw.restore.clear();
@@ -1002,4 +1016,23 @@ fn route_msg(
         b = b.table_id(t);
     }
     Ok(b.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_declared_chains_are_checked() {
+        let gw = "*filter\n:MESHPLANE-FWD - [0:0]\nCOMMIT\n*nat\n:MESHPLANE-POSTROUTING - [0:0]\nCOMMIT\n";
+        let declared: Vec<&str> = CHAINS
+            .iter()
+            .filter(|(_, c)| declares(gw, c))
+            .map(|(_, c)| *c)
+            .collect();
+        assert_eq!(declared, ["MESHPLANE-FWD", "MESHPLANE-POSTROUTING"]);
+        let node = "*filter\n:MESHPLANE-IN - [0:0]\n-A MESHPLANE-IN -j DROP\nCOMMIT\n";
+        assert!(declares(node, "MESHPLANE-IN") && !declares(node, "MESHPLANE-FWD"));
+        assert!(!declares("", "MESHPLANE-IN"));
+    }
 }

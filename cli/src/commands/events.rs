@@ -38,6 +38,7 @@ fn event_name(e: &pb::Event) -> String {
         Some(R::ExtClient(c)) => format!("{}/{}", c.network, c.name),
         Some(R::EnrollmentKey(k)) => list(&k.networks),
         Some(R::DnsEntry(d)) => format!("{}/{}", d.network, d.name),
+        Some(R::Policy(p)) => format!("{} (policy)", p.network),
         None => "-".into(),
     }
 }

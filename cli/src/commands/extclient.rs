@@ -154,6 +154,7 @@ impl ExtClientCmd {
                         name: name.unwrap_or_default(),
                         public_key: public_key.unwrap_or_default(),
                         dns: csv(&dns),
+                        tags: Vec::new(),
                     })
                     .await?;
                 show_one(ctx, &c, client_table);

@@ -9,6 +9,7 @@ mod ingress;
 mod key;
 mod network;
 mod node;
+mod policy;
 mod route;
 
 use std::io::Write;
@@ -26,6 +27,7 @@ pub use ingress::IngressCmd;
 pub use key::KeyCmd;
 pub use network::NetworkCmd;
 pub use node::NodeCmd;
+pub use policy::PolicyCmd;
 pub use route::RouteCmd;
 
 /// Prints items as a table or as a JSON/YAML array.

@@ -63,6 +63,9 @@ impl RouteCmd {
                 if !r.reason.is_empty() {
                     println!("  {}", r.reason);
                 }
+                if !r.policy.is_empty() {
+                    println!("  {}", r.policy);
+                }
             }
             f => output::print_value(f, &output::to_json(&r)),
         }

@@ -46,6 +46,14 @@ fn to_pb(e: &Event, state: &AppState) -> pb::Event {
             Resource::ExtClient(c) => R::ExtClient(super::ext_client::to_pb(c)),
             Resource::EnrollmentKey(k) => R::EnrollmentKey(super::enrollment_key::to_pb(k)),
             Resource::DnsEntry(d) => R::DnsEntry(super::dns::to_pb(d)),
+            // The payload holds the revision before the change; the
+            // change's own is the event's.
+            Resource::Policy(p) => R::Policy(super::policy::to_pb(
+                &super::super::domain::policy::NetworkPolicy {
+                    revision: e.revision,
+                    ..(**p).clone()
+                },
+            )),
         }),
     }
 }

@@ -33,6 +33,7 @@ pub fn to_pb(c: &ExtClient) -> pb::ExtClient {
         config_stale: c.config_stale(),
         create_time: ts(c.create_time),
         update_time: ts(c.update_time),
+        tags: c.tags.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -54,6 +55,7 @@ impl ExtClientService for ExtClients {
                 name: r.name,
                 public_key: r.public_key,
                 dns: r.dns,
+                tags: r.tags,
             })
             .await
             .status()?;
@@ -111,7 +113,7 @@ impl ExtClientService for ExtClients {
         let c = self
             .0
             .service
-            .update_ext_client(&c.id, &c.name, &c.dns, c.enabled, &mask)
+            .update_ext_client(&c.id, &c.name, &c.dns, c.enabled, &c.tags, &mask)
             .await
             .status()?;
         tracing::info!(client = %c.id, enabled = c.enabled, "external client updated");

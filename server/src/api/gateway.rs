@@ -135,6 +135,7 @@ impl GatewayService for Gateways {
                 })
                 .collect(),
             egress_node_id: ex.egress_node_id.unwrap_or_default(),
+            policy: ex.policy,
             egress_interface: ex.egress_interface.unwrap_or_default(),
             nat: ex.nat,
             reason: ex.reason,

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod methods;
 pub mod network;
 pub mod node;
+pub mod policy;
 
 /// A boxed server stream.
 pub type BoxStream<T> =

@@ -61,6 +61,7 @@ pub fn to_pb(n: &Node, hub: &Hub) -> pb::Node {
         host: n.host.as_ref().map(host_to_pb),
         apply_error: n.apply_error.clone().unwrap_or_default(),
         failed_revision: n.failed_revision,
+        tags: n.tags.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -143,6 +144,7 @@ impl NodeService for Nodes {
             listen_port: n.listen_port,
             keepalive: n.persistent_keepalive,
             public_key: n.public_key,
+            tags: n.tags,
         };
         let node = self
             .0

@@ -11,9 +11,14 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::ext_client::ExtClient;
-use super::firewall::{Firewall, firewall_for};
+use super::firewall::{Firewall, firewall_with_policy};
 use super::network::Network;
 use super::node::{Node, WgKey};
+use super::policy::{
+    Policy,
+    eval::PolicyIndex,
+    prune::{PeerKeep, Pieces, all_pieces, peer_plan},
+};
 
 /// Everything in one network that configs are computed from.
 #[derive(Debug, Clone)]
@@ -28,6 +33,9 @@ pub struct NetworkView {
     pub dns_entries: Vec<DnsRecord>,
     /// The network's config revision.
     pub revision: u64,
+    /// The network's access policy ([`Policy::default`], allow-all, when it
+    /// has none).
+    pub policy: Policy,
 }
 
 /// The node's own WireGuard interface.
@@ -168,13 +176,33 @@ pub fn node_peer<'a>(
     node: &Node,
     clients: impl IntoIterator<Item = &'a ExtClient>,
 ) -> Peer {
+    node_peer_kept(network, node, clients, None)
+}
+
+/// [`node_peer`] with only what a policy lets the observing node keep of
+/// it (see [`super::policy::prune`]): its own addresses, the kept egress
+/// ranges and the kept clients' addresses. `keep` None keeps everything.
+pub fn node_peer_kept<'a>(
+    network: &Network,
+    node: &Node,
+    clients: impl IntoIterator<Item = &'a ExtClient>,
+    keep: Option<&PeerKeep>,
+) -> Peer {
     let mut allowed = host_prefixes(node.address, node.address6);
     if let Some(e) = &node.egress {
-        allowed.extend(e.ranges.iter().copied());
+        allowed.extend(
+            e.ranges
+                .iter()
+                .filter(|r| keep.is_none_or(|k| k.ranges.contains(r)))
+                .copied(),
+        );
     }
     if node.ingress.is_some() {
         for c in clients {
-            if c.enabled && c.ingress_node_id == node.id {
+            if c.enabled
+                && c.ingress_node_id == node.id
+                && keep.is_none_or(|k| k.clients.contains(&c.id))
+            {
                 allowed.extend(host_prefixes(c.address, c.address6));
             }
         }
@@ -260,14 +288,47 @@ pub fn dns_for(view: &NetworkView) -> DnsConfig {
 }
 
 /// The whole config of one node, or None when the node is not in the view.
+/// Under a restricting policy, peers, allowed IPs and routes are pruned to
+/// what the policy lets the node's side exchange (see
+/// [`super::policy::prune`]) and the firewall filters (see
+/// [`firewall_with_policy`]); under an unrestricted one (the default) the
+/// config is the same as without a policy.
 pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
+    let index = PolicyIndex::of_view(view);
+    let pieces = if index.is_unrestricted() {
+        Pieces::new()
+    } else {
+        all_pieces(&index, &view.network, &view.nodes)
+    };
+    node_config_with(view, &index, &pieces, node_id)
+}
+
+/// [`node_config`] with the policy index and range pieces given, so that
+/// computing every node's config resolves the policy once.
+pub fn node_config_with(
+    view: &NetworkView,
+    index: &PolicyIndex<'_>,
+    pieces: &Pieces,
+    node_id: &str,
+) -> Option<NodeConfig> {
     let node = view.nodes.iter().find(|n| n.id == node_id)?;
     let net = &view.network;
+    let plan = (!index.is_unrestricted())
+        .then(|| peer_plan(index, pieces, &view.nodes, &view.ext_clients, node));
     let mut peers: BTreeMap<WgKey, Arc<Peer>> = view
         .nodes
         .iter()
         .filter(|m| m.id != node.id)
-        .map(|m| (m.public_key, Arc::new(node_peer(net, m, &view.ext_clients))))
+        .filter_map(|m| {
+            let keep = match &plan {
+                None => None,
+                Some(p) => Some(p.get(&m.id)?),
+            };
+            Some((
+                m.public_key,
+                Arc::new(node_peer_kept(net, m, &view.ext_clients, keep)),
+            ))
+        })
         .collect();
     if node.ingress.is_some() {
         for c in view
@@ -284,8 +345,20 @@ pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
         network: net.name.to_string(),
         interface: interface_for(net, node),
         peers,
-        routes: routes_for(node, &view.nodes),
-        firewall: firewall_for(net, node),
+        routes: match &plan {
+            None => routes_for(node, &view.nodes),
+            Some(p) => routes_for(node, &view.nodes)
+                .into_iter()
+                .filter(|r| {
+                    view.nodes.iter().any(|m| {
+                        m.public_key == r.via_peer
+                            && p.get(&m.id)
+                                .is_some_and(|k| k.ranges.contains(&r.destination))
+                    })
+                })
+                .collect(),
+        },
+        firewall: firewall_with_policy(net, node, index),
         dns: dns_for(view),
     })
 }
@@ -335,6 +408,7 @@ pub(crate) mod tests {
             host: None,
             apply_error: None,
             failed_revision: 0,
+            tags: vec![],
         }
     }
 
@@ -355,6 +429,7 @@ pub(crate) mod tests {
             downloaded_revision: 0,
             create_time: now,
             update_time: now,
+            tags: vec![],
         }
     }
 
@@ -380,6 +455,7 @@ pub(crate) mod tests {
             ext_clients: vec![phone.clone()],
             dns_entries: vec![],
             revision: 4,
+            policy: Default::default(),
         };
         let cfg = node_config(&view, &laptop.id).unwrap();
         assert_eq!(cfg.peers.len(), 2);
@@ -431,6 +507,7 @@ pub(crate) mod tests {
             ext_clients: vec![],
             dns_entries: vec![],
             revision: 4,
+            policy: Default::default(),
         };
         let l = node_config(&view, &laptop.id).unwrap();
         assert_eq!(l.interface.name, "wg0");

@@ -8,6 +8,7 @@ use super::enrollment::EnrollmentKey;
 use super::ext_client::ExtClient;
 use super::network::Network;
 use super::node::Node;
+use super::policy::NetworkPolicy;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +56,9 @@ pub enum Resource {
     EnrollmentKey(EnrollmentKey),
     /// A custom DNS entry.
     DnsEntry(DnsEntry),
+    /// A network's access policy (always [`Action::Updated`]; it goes with
+    /// its network).
+    Policy(Box<NetworkPolicy>),
 }
 
 impl Resource {
@@ -66,6 +70,7 @@ impl Resource {
             Resource::ExtClient(_) => "ext_client",
             Resource::EnrollmentKey(_) => "enrollment_key",
             Resource::DnsEntry(_) => "dns_entry",
+            Resource::Policy(_) => "policy",
         }
     }
 
@@ -77,6 +82,7 @@ impl Resource {
             Resource::ExtClient(c) => c.id.clone(),
             Resource::EnrollmentKey(k) => k.id.clone(),
             Resource::DnsEntry(e) => format!("{}.{}", e.name, e.network),
+            Resource::Policy(p) => p.network.to_string(),
         }
     }
 
@@ -89,6 +95,7 @@ impl Resource {
             Resource::ExtClient(c) => Some(c.network.to_string()),
             Resource::EnrollmentKey(_) => None,
             Resource::DnsEntry(e) => Some(e.network.to_string()),
+            Resource::Policy(p) => Some(p.network.to_string()),
         }
     }
 }

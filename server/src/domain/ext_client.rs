@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, Violations, shown};
 use super::names::{DnsLabel, parse_ips};
 use super::node::WgKey;
+use super::policy::{Tag, parse_tags};
 
 /// A stored external client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,9 @@ pub struct ExtClient {
     pub create_time: DateTime<Utc>,
     /// Last change.
     pub update_time: DateTime<Utc>,
+    /// Tags the access policy selects it by, sorted without duplicates.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
 }
 
 impl ExtClient {
@@ -64,6 +68,8 @@ pub struct ExtClientInput {
     pub public_key: String,
     /// dns
     pub dns: Vec<String>,
+    /// tags
+    pub tags: Vec<String>,
 }
 
 /// A validated CreateExtClient.
@@ -79,6 +85,8 @@ pub struct NewExtClient {
     pub public_key: Option<WgKey>,
     /// DNS override.
     pub dns: Vec<IpAddr>,
+    /// Tags, sorted without duplicates.
+    pub tags: Vec<Tag>,
 }
 
 impl ExtClientInput {
@@ -105,6 +113,7 @@ impl ExtClientInput {
                 .map(Some)
         };
         let dns = v.check(parse_ips("dns", &self.dns));
+        let tags = v.check(parse_tags("tags", &self.tags));
         v.finish()?;
         Ok(NewExtClient {
             network: network.expect("checked"),
@@ -112,6 +121,7 @@ impl ExtClientInput {
             name: name.expect("checked"),
             public_key: public_key.expect("checked"),
             dns: dns.expect("checked"),
+            tags: tags.expect("checked"),
         })
     }
 }
@@ -124,7 +134,7 @@ pub fn generated_name() -> DnsLabel {
 }
 
 /// Fields UpdateExtClient may change.
-pub const UPDATABLE: &[&str] = &["name", "dns", "enabled"];
+pub const UPDATABLE: &[&str] = &["name", "dns", "enabled", "tags"];
 
 /// A validated UpdateExtClient.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,6 +145,8 @@ pub struct ExtClientPatch {
     pub dns: Option<Vec<IpAddr>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// New tags (the whole list).
+    pub tags: Option<Vec<Tag>>,
 }
 
 impl ExtClientPatch {
@@ -143,6 +155,7 @@ impl ExtClientPatch {
         name: &str,
         dns: &[String],
         enabled: bool,
+        tags: &[String],
         mask: &[String],
     ) -> Result<Self> {
         let mut v = Violations::default();
@@ -167,6 +180,7 @@ impl ExtClientPatch {
                 }
                 "dns" => p.dns = v.check(parse_ips("ext_client.dns", dns)),
                 "enabled" => p.enabled = Some(enabled),
+                "tags" => p.tags = v.check(parse_tags("ext_client.tags", tags)),
                 other => v.add(
                     "update_mask",
                     format!(
@@ -186,6 +200,7 @@ impl ExtClientPatch {
     pub fn changes_network(&self, c: &ExtClient) -> bool {
         self.name.as_ref().is_some_and(|n| *n != c.name)
             || self.enabled.is_some_and(|e| e != c.enabled)
+            || self.tags.as_ref().is_some_and(|t| *t != c.tags)
     }
 
     /// Applies the patch.
@@ -198,6 +213,9 @@ impl ExtClientPatch {
         }
         if let Some(e) = self.enabled {
             c.enabled = e;
+        }
+        if let Some(t) = &self.tags {
+            c.tags = t.clone();
         }
         c.update_time = now;
     }
@@ -228,12 +246,16 @@ mod tests {
             name: "Bad".into(),
             public_key: "xyz".into(),
             dns: vec!["nope".into()],
+            tags: vec!["ops".into(), "Not A Tag".into()],
         }
         .validate();
         let Err(crate::domain::Error::InvalidArgument(v)) = r else {
             panic!()
         };
         let f: Vec<_> = v.iter().map(|x| x.field.as_str()).collect();
-        assert_eq!(f, vec!["ingress_node_id", "name", "public_key", "dns[0]"]);
+        assert_eq!(
+            f,
+            vec!["ingress_node_id", "name", "public_key", "dns[0]", "tags[1]"]
+        );
     }
 }

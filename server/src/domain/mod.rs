@@ -15,6 +15,7 @@ pub mod names;
 pub mod network;
 pub mod node;
 pub mod page;
+pub mod policy;
 #[cfg(test)]
 pub(crate) mod proptests;
 pub mod route;

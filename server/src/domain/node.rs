@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{FieldViolation, Result, Violations, shown};
 use super::host::HostReport;
 use super::names::DnsLabel;
+use super::policy::{Tag, parse_tags};
 
 /// A WireGuard key (public or private): 32 bytes, written as base64.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -228,6 +229,9 @@ pub struct Node {
     /// The revision whose apply failed; 0 when none.
     #[serde(default)]
     pub failed_revision: u64,
+    /// Tags the access policy selects it by, sorted without duplicates.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
 }
 
 /// A validated registration, before addresses are allocated.
@@ -308,6 +312,7 @@ pub const UPDATABLE: &[&str] = &[
     "listen_port",
     "persistent_keepalive",
     "public_key",
+    "tags",
 ];
 
 /// A validated UpdateNode.
@@ -323,6 +328,8 @@ pub struct NodePatch {
     pub keepalive: Option<u32>,
     /// New public key (rotation).
     pub public_key: Option<WgKey>,
+    /// New tags (the whole list).
+    pub tags: Option<Vec<Tag>>,
 }
 
 /// The node fields of UpdateNode as sent.
@@ -338,6 +345,8 @@ pub struct NodeUpdateInput {
     pub keepalive: u32,
     /// public_key
     pub public_key: String,
+    /// tags
+    pub tags: Vec<String>,
 }
 
 impl NodePatch {
@@ -384,6 +393,7 @@ impl NodePatch {
                 "public_key" => {
                     p.public_key = v.check(WgKey::parse("node.public_key", &input.public_key))
                 }
+                "tags" => p.tags = v.check(parse_tags("node.tags", &input.tags)),
                 other => v.add(
                     "update_mask",
                     format!(
@@ -414,6 +424,9 @@ impl NodePatch {
         }
         if let Some(k) = self.public_key {
             node.public_key = k;
+        }
+        if let Some(t) = &self.tags {
+            node.tags = t.clone();
         }
         node.update_time = now;
     }

@@ -444,8 +444,9 @@ proptest! {
         endpoint in prop_oneof![endpoint().prop_map(|e| e.to_string()), Just(String::new()), junk()],
         (listen_port, keepalive) in (any::<u32>(), any::<u32>()),
         public_key in prop_oneof![key().prop_map(|k| k.to_string()), junk()],
+        tags in prop::collection::vec(prop_oneof![label(), junk()], 0..3),
     ) {
-        let input = NodeUpdateInput { name, endpoint, listen_port, keepalive, public_key };
+        let input = NodeUpdateInput { name, endpoint, listen_port, keepalive, public_key, tags };
         let has = |f: &str| mask.iter().any(|m| m == f);
         let unknown = mask.is_empty()
             || mask.iter().any(|p| !super::node::UPDATABLE.contains(&p.as_str()));
@@ -457,6 +458,7 @@ proptest! {
                 prop_assert_eq!(p.listen_port.is_some(), has("listen_port"));
                 prop_assert_eq!(p.keepalive.is_some(), has("persistent_keepalive"));
                 prop_assert_eq!(p.public_key.is_some(), has("public_key"));
+                prop_assert_eq!(p.tags.is_some(), has("tags"));
             }
             Err(e) => {
                 let f = fields(&e);
@@ -469,6 +471,7 @@ proptest! {
                         "node.listen_port" => has("listen_port"),
                         "node.persistent_keepalive" => has("persistent_keepalive"),
                         "node.public_key" => has("public_key"),
+                        t if t.starts_with("node.tags[") => has("tags"),
                         _ => false,
                     };
                     prop_assert!(named, "{} without it in the mask {:?}", f, mask);
@@ -481,7 +484,7 @@ proptest! {
     fn prop_ext_client_masks(
         mask in prop::collection::vec(
             prop_oneof![
-                prop::sample::select(vec!["name", "dns", "enabled", "public_key"]).prop_map(String::from),
+                prop::sample::select(vec!["name", "dns", "enabled", "tags", "public_key"]).prop_map(String::from),
                 junk(),
             ],
             0..4,
@@ -489,16 +492,18 @@ proptest! {
         name in prop_oneof![label(), junk()],
         dns in prop::collection::vec(prop_oneof![ip().prop_map(|a| a.to_string()), junk()], 0..3),
         enabled in any::<bool>(),
+        tags in prop::collection::vec(prop_oneof![label(), junk()], 0..3),
     ) {
         let has = |f: &str| mask.iter().any(|m| m == f);
         let unknown = mask.is_empty()
             || mask.iter().any(|p| !super::ext_client::UPDATABLE.contains(&p.as_str()));
-        match ExtClientPatch::from_request(&name, &dns, enabled, &mask) {
+        match ExtClientPatch::from_request(&name, &dns, enabled, &tags, &mask) {
             Ok(p) => {
                 prop_assert!(!unknown);
                 prop_assert_eq!(p.name.is_some(), has("name"));
                 prop_assert_eq!(p.dns.is_some(), has("dns"));
                 prop_assert_eq!(p.enabled, has("enabled").then_some(enabled));
+                prop_assert_eq!(p.tags.is_some(), has("tags"));
             }
             Err(e) => {
                 let f = fields(&e);
@@ -506,7 +511,8 @@ proptest! {
                 for f in &f {
                     let named = f == "update_mask"
                         || (f == "ext_client.name" && has("name"))
-                        || (f.starts_with("ext_client.dns[") && has("dns"));
+                        || (f.starts_with("ext_client.dns[") && has("dns"))
+                        || (f.starts_with("ext_client.tags[") && has("tags"));
                     prop_assert!(named, "{}", f);
                 }
             }

@@ -10,6 +10,10 @@ use super::config::{host_prefixes, node_config};
 use super::error::{Error, Result};
 use super::ext_client::ExtClient;
 use super::node::{Node, WgKey};
+use super::policy::{
+    TrafficSet,
+    eval::{Dest, Party, PolicyIndex, Sender},
+};
 use super::wgquick::ext_client_allowed_ips;
 
 /// One step.
@@ -40,6 +44,9 @@ pub struct Explanation {
     pub nat: bool,
     /// Why not, when not routable.
     pub reason: String,
+    /// What the network's access policy lets the sender send to the
+    /// destination, in words (see [`policy_verdict`]).
+    pub policy: String,
 }
 
 impl Explanation {
@@ -78,13 +85,54 @@ fn longest<'a>(
 /// Explains the path from node or client `from_id` to `dest`; NOT_FOUND
 /// when neither exists in the view's network.
 pub fn explain(view: &NetworkView, from_id: &str, dest: IpAddr) -> Result<Explanation> {
-    if let Some(node) = view.nodes.iter().find(|n| n.id == from_id) {
-        return Ok(from_node(view, node, dest, Explanation::default()));
+    let (mut ex, from) = if let Some(node) = view.nodes.iter().find(|n| n.id == from_id) {
+        (
+            from_node(view, node, dest, Explanation::default()),
+            Party::Node(node),
+        )
+    } else if let Some(client) = view.ext_clients.iter().find(|c| c.id == from_id) {
+        (from_client(view, client, dest), Party::Client(client))
+    } else {
+        return Err(Error::not_found("node or external client", from_id));
+    };
+    let index = PolicyIndex::of_view(view);
+    let allowed = index.allowed(Sender::Party(from), Dest::Addr(dest));
+    ex.policy = policy_verdict(&index, from, dest, &allowed);
+    if !ex.routable && allowed.is_empty() {
+        // The policy pruned the path: say so rather than only that no
+        // peer covers the address.
+        ex.reason = format!("{}; {}", ex.policy, ex.reason);
     }
-    if let Some(client) = view.ext_clients.iter().find(|c| c.id == from_id) {
-        return Ok(from_client(view, client, dest));
-    }
-    Err(Error::not_found("node or external client", from_id))
+    Ok(ex)
+}
+
+/// What the policy lets `from` send to `dest`, in words: "the policy
+/// allows all traffic from node:a to 10.1.0.3", "… allows only tcp/443,
+/// icmp …", or "… denies all traffic …" (then the path is left out of the
+/// configs: no peer or route carries it).
+pub fn policy_verdict(
+    index: &PolicyIndex<'_>,
+    from: Party<'_>,
+    dest: IpAddr,
+    allowed: &TrafficSet,
+) -> String {
+    let to = match index.owner(dest) {
+        Some(p) => format!("{} ({dest})", p.label()),
+        None => dest.to_string(),
+    };
+    let what = if index.is_unrestricted() {
+        return format!(
+            "the network's policy restricts nothing: all traffic from {} to {to} is allowed",
+            from.label()
+        );
+    } else if allowed.is_all() {
+        "allows all traffic".to_owned()
+    } else if allowed.is_empty() {
+        "denies all traffic".to_owned()
+    } else {
+        format!("allows only {}", allowed.describe().join(", "))
+    };
+    format!("the network's policy {what} from {} to {to}", from.label())
 }
 
 fn from_client(view: &NetworkView, c: &ExtClient, dest: IpAddr) -> Explanation {
@@ -303,6 +351,7 @@ mod tests {
             ext_clients: vec![phone.clone()],
             dns_entries: vec![],
             revision: 1,
+            policy: Default::default(),
         };
         (v, server, office, phone)
     }

@@ -156,6 +156,7 @@ pub fn new_node(
         host: None,
         apply_error: None,
         failed_revision: 0,
+        tags: Vec::new(),
     }
 }
 

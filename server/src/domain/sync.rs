@@ -16,13 +16,14 @@ use std::{
 
 use super::config::{
     DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, ext_client_peer,
-    interface_for, node_interface, node_peer, routes_for,
+    interface_for, node_config, node_interface, node_peer, routes_for,
 };
 use super::event::{Action, Event, Resource};
 use super::ext_client::ExtClient;
 use super::firewall::{Firewall, firewall_for};
 use super::network::Network;
 use super::node::{Node, WgKey};
+use super::policy::Policy;
 
 /// Changes kept per network for computing deltas.
 pub const LOG_CAPACITY: usize = 4096;
@@ -106,6 +107,9 @@ struct Change {
     interface_all: bool,
     interface_of: Vec<String>,
     firewall_of: Vec<String>,
+    /// Made under a restricting policy: configs are computed whole (see
+    /// [`NetworkState::snapshot`]), so no delta crosses this change.
+    full: bool,
 }
 
 impl Change {
@@ -193,6 +197,12 @@ pub struct NetworkState {
     gateways: BTreeSet<String>,
     dns: BTreeMap<String, Arc<DnsRecord>>,
     custom_dns: BTreeMap<String, DnsRecord>,
+    /// The access policy. The incremental machinery below (shared peer
+    /// entries, per-section deltas) is exact for unrestricted policies
+    /// only; under a restricting one, every node and client change affects
+    /// every node and is served as a snapshot computed by
+    /// [`node_config`] (correct, not yet incremental: see issue #14).
+    policy: Policy,
     revision: u64,
     /// Per node, what its config revision is made of (see [`NodeRev`]).
     node_rev: HashMap<String, NodeRev>,
@@ -246,6 +256,7 @@ impl NetworkState {
             gateways: BTreeSet::new(),
             dns: BTreeMap::new(),
             custom_dns: BTreeMap::new(),
+            policy: view.policy,
             revision: view.revision,
             node_rev: HashMap::new(),
             all_rev: 0,
@@ -427,6 +438,16 @@ impl NetworkState {
             }
             (Resource::ExtClient(c), Action::Deleted) => self.upsert_client(None, &c.id, &mut ch),
             (Resource::EnrollmentKey(_), _) => {}
+            (Resource::Policy(p), _) => {
+                // Who may reach whom: anyone's peers and firewall. Served
+                // as snapshots (see [`Change::full`]), also when the new
+                // policy is unrestricted (the old one's pruning undone).
+                if p.policy != self.policy {
+                    self.policy = p.policy.clone();
+                    ch.full = true;
+                    ch.affected = Affected::All;
+                }
+            }
             (Resource::DnsEntry(e), action) => {
                 let r = e.record();
                 let old = self.custom_dns.remove(&r.name);
@@ -438,6 +459,17 @@ impl NetworkState {
             }
         }
         self.revision = ev.revision;
+        if !self.policy.is_unrestricted()
+            && matches!(
+                ev.resource,
+                Resource::Network(_) | Resource::Node(_) | Resource::ExtClient(_)
+            )
+        {
+            // Tags, addresses, gateways: any of them can change what the
+            // policy lets through, hence anyone's peers and firewall.
+            ch.full = true;
+            ch.affected = Affected::All;
+        }
         if ch.is_empty() {
             return Affected::Nobody;
         }
@@ -619,6 +651,11 @@ impl NetworkState {
     /// A node's whole config now.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let node = self.nodes.get(node_id)?;
+        if !self.policy.is_unrestricted() {
+            let mut c = node_config(&self.view(), node_id)?;
+            c.revision = self.node_revision(node_id).unwrap_or(self.revision);
+            return Some(c);
+        }
         let mut peers: BTreeMap<WgKey, Arc<Peer>> = self
             .peers
             .iter()
@@ -668,6 +705,15 @@ impl NetworkState {
             return true;
         }
         if from < self.floor || self.node_since.get(node_id).is_none_or(|s| from < *s) {
+            return false;
+        }
+        let after = self.log.partition_point(|c| c.revision <= from);
+        if self
+            .log
+            .iter()
+            .skip(after)
+            .any(|c| c.full && c.affected.contains(node_id))
+        {
             return false;
         }
         if from == self.floor {
@@ -775,6 +821,7 @@ impl NetworkState {
                 })
                 .collect(),
             revision: self.revision,
+            policy: self.policy.clone(),
         }
     }
 }

@@ -51,6 +51,7 @@ impl Service {
             downloaded_revision: 0,
             create_time: now,
             update_time: now,
+            tags: new.tags,
         };
         let network = client.network.as_str();
         self.write(async {
@@ -89,9 +90,10 @@ impl Service {
         name: &str,
         dns: &[String],
         enabled: bool,
+        tags: &[String],
         mask: &[String],
     ) -> Result<ExtClient> {
-        let patch = ExtClientPatch::from_request(name, dns, enabled, mask)?;
+        let patch = ExtClientPatch::from_request(name, dns, enabled, tags, mask)?;
         self.write(async {
             txn!(self.committer, |tx| {
                 let not_found = || Error::not_found("external client", id);

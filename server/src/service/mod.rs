@@ -21,10 +21,12 @@ mod ext_client;
 mod gateway;
 mod network;
 mod node;
+mod policy;
 
 pub use admin_token::{create_admin_token, revoke_admin_token};
 pub use enrollment_key::CreatedKey;
 pub use node::{Registered, Reported};
+pub use policy::{MAX_CHANGES, PolicyUpdate};
 
 /// How often a write transaction is tried when the database reports a
 /// conflict a retry resolves (see [`Error::Aborted`]).

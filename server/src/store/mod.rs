@@ -17,6 +17,7 @@ use crate::domain::{
     network::Network,
     node::{Node, WgKey},
     page::PageRequest,
+    policy::NetworkPolicy,
     token::NewToken,
 };
 
@@ -130,6 +131,9 @@ pub trait Store: Send + Sync + 'static {
         ingress_node_id: Option<&str>,
         page: &PageRequest,
     ) -> Result<Vec<ExtClient>>;
+    /// A network's stored policy; None when it has none (or no such
+    /// network).
+    async fn get_policy(&self, network: &str) -> Result<Option<NetworkPolicy>>;
     /// One enrollment key with its hash.
     async fn get_enrollment_key(&self, id: &str) -> Result<Option<StoredKey>>;
     /// Keys ordered by id after `page.after`, optionally only those valid
@@ -319,7 +323,7 @@ pub trait Tx: Send {
     /// Inserts a node with its token's record id and hash.
     async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()>;
     /// Writes a node's fields that operators and configs own: name,
-    /// public_key, endpoint, listen_port, keepalive, egress, ingress,
+    /// public_key, endpoint, listen_port, keepalive, egress, ingress, tags,
     /// update_time. (What its agent reports is [`Tx::save_report`]'s.)
     async fn update_node(&mut self, node: &Node) -> Result<()>;
     /// Writes a node's fields that its agent reports: applied_revision,
@@ -371,13 +375,20 @@ pub trait Tx: Send {
     async fn ext_clients_of(&mut self, ingress_node_id: &str) -> Result<Vec<ExtClient>>;
     /// Inserts a client (every field as given).
     async fn insert_ext_client(&mut self, client: &ExtClient) -> Result<()>;
-    /// Writes a client's mutable fields: name, dns, enabled,
+    /// Writes a client's mutable fields: name, dns, enabled, tags,
     /// config_revision, update_time.
     async fn update_ext_client(&mut self, client: &ExtClient) -> Result<()>;
     /// Deletes a client row (its addresses are freed separately).
     async fn delete_ext_client(&mut self, id: &str) -> Result<()>;
     /// Sets the stored config revision of some clients.
     async fn set_client_revisions(&mut self, which: Clients<'_>, revision: u64) -> Result<()>;
+
+    // Access policies.
+
+    /// A network's stored policy; None when it has none.
+    async fn policy(&mut self, network: &str) -> Result<Option<NetworkPolicy>>;
+    /// Stores a network's policy (inserted, or replacing the one stored).
+    async fn save_policy(&mut self, policy: &NetworkPolicy) -> Result<()>;
 
     // Custom DNS entries.
 

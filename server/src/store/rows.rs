@@ -17,6 +17,7 @@ use crate::domain::{
     names::DnsLabel,
     network::Network,
     node::{Egress, Endpoint, Ingress, Node, WgKey},
+    policy::{NetworkPolicy, Policy, Tag},
 };
 
 use super::StoredKey;
@@ -52,6 +53,8 @@ pub trait Cols {
     fn ranges(&self, col: &str) -> Result<Option<Vec<IpNet>>>;
     /// A nullable JSON document, as text.
     fn json(&self, col: &str) -> Result<Option<String>>;
+    /// A list of strings (tags; empty when none).
+    fn texts(&self, col: &str) -> Result<Vec<String>>;
 }
 
 /// An error for a stored value that does not parse.
@@ -178,13 +181,50 @@ pub fn node(r: &dyn Cols) -> Result<Node> {
         host,
         apply_error: r.opt_text("apply_error")?.filter(|e| !e.is_empty()),
         failed_revision: u64_of(r, w, &id, "failed_revision")?,
+        tags: tags(r, w, &id)?,
         id,
     })
 }
 
+/// The `tags` column of a node or client, each a valid [`Tag`].
+fn tags(r: &dyn Cols, what: &str, id: &str) -> Result<Vec<Tag>> {
+    r.texts("tags")?
+        .iter()
+        .map(|t| Tag::parse("tags", t).map_err(|_| corrupt(what, id, "tags")))
+        .collect()
+}
+
+/// Columns [`policy`] reads: network, policy (JSON), revision,
+/// update_time.
+pub fn policy(r: &dyn Cols) -> Result<NetworkPolicy> {
+    let network = r.text("network")?;
+    let w = "policy of network";
+    let json = r.json("policy")?.unwrap_or_default();
+    Ok(NetworkPolicy {
+        policy: policy_json(&network, &json)?,
+        revision: u64_of(r, w, &network, "revision")?,
+        update_time: Some(r.time("update_time")?),
+        network: label(r, w, &network, "network", DnsLabel::NETWORK_MAX)?,
+    })
+}
+
+/// A stored policy's JSON. One that does not decode is an error, never
+/// the default: a policy that restricts must not silently open up.
+pub fn policy_json(network: &str, json: &str) -> Result<Policy> {
+    serde_json::from_str(json).map_err(|e| {
+        tracing::error!(network, error = %e, "stored policy unreadable");
+        corrupt("policy of network", network, "policy")
+    })
+}
+
+/// A policy as stored.
+pub fn policy_to_json(p: &Policy) -> Result<String> {
+    serde_json::to_string(p).map_err(|e| Error::Internal(format!("encoding a policy: {e}")))
+}
+
 /// Columns [`ext_client`] reads: id, network, ingress_node_id, name,
 /// public_key, sealed_private_key, address, address6, dns, enabled,
-/// config_revision, downloaded_revision, create_time, update_time.
+/// config_revision, downloaded_revision, create_time, update_time, tags.
 pub fn ext_client(r: &dyn Cols) -> Result<ExtClient> {
     let id = r.text("id")?;
     let w = "external client";
@@ -203,6 +243,7 @@ pub fn ext_client(r: &dyn Cols) -> Result<ExtClient> {
         downloaded_revision: u64_of(r, w, &id, "downloaded_revision")?,
         create_time: r.time("create_time")?,
         update_time: r.time("update_time")?,
+        tags: tags(r, w, &id)?,
         id,
     })
 }

@@ -1485,6 +1485,7 @@ async fn soak_call(sh: &Shared, ch: Channel, op: u32) {
                             name: format!("c{k}"),
                             public_key: key(),
                             dns: vec![],
+                            tags: vec![],
                         },
                     ))
                     .await;

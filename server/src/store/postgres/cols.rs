@@ -90,6 +90,11 @@ impl Cols for PgRow {
         get(self, col)
     }
 
+    /// A `text[]`; NULL reads as empty.
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        Ok(get::<Option<Vec<String>>>(self, col)?.unwrap_or_default())
+    }
+
     /// Queries select JSON columns as text (`col::text AS col`), which is
     /// read as is; a `jsonb` or `json` column selected without the cast is
     /// decoded and written out again.

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::domain::{
     Error, Result, config::NetworkView, enrollment::EnrollmentKey, event::Event,
-    ext_client::ExtClient, network::Network, node::Node, page::PageRequest,
+    ext_client::ExtClient, network::Network, node::Node, page::PageRequest, policy::NetworkPolicy,
 };
 
 /// The columns [`rows::network`] reads.
@@ -42,7 +42,7 @@ macro_rules! node_cols {
         "id, network, name, public_key, endpoint, listen_port, address, address6, os, \
          keepalive, egress_ranges, egress_interface, egress_nat, ingress, ingress_dns, \
          last_seen, applied_revision, create_time, update_time, wireguard_interface, \
-         host_report::text AS host_report, apply_error, failed_revision, \
+         host_report::text AS host_report, apply_error, failed_revision, tags, \
          (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision"
     };
 }
@@ -54,7 +54,7 @@ macro_rules! view_node_cols {
         "id, network, name, public_key, endpoint, listen_port, address, address6, os, \
          keepalive, egress_ranges, egress_interface, egress_nat, ingress, ingress_dns, \
          last_seen, applied_revision, create_time, update_time, wireguard_interface, \
-         NULL::text AS host_report, apply_error, failed_revision, \
+         NULL::text AS host_report, apply_error, failed_revision, tags, \
          (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision"
     };
 }
@@ -64,7 +64,14 @@ macro_rules! ext_client_cols {
     () => {
         "id, network, ingress_node_id, name, public_key, sealed_private_key, address, \
          address6, dns, enabled, config_revision, downloaded_revision, create_time, \
-         update_time"
+         update_time, tags"
+    };
+}
+
+/// The columns [`rows::policy`] reads.
+macro_rules! policy_cols {
+    () => {
+        "network, policy::text AS policy, revision, update_time"
     };
 }
 
@@ -233,6 +240,20 @@ async fn fetch_node<'c>(ex: impl PgExecutor<'c>, id: &str) -> Result<Option<Node
     one(row, rows::node)
 }
 
+/// A network's stored policy, inside or outside a transaction.
+async fn fetch_policy<'c>(ex: impl PgExecutor<'c>, network: &str) -> Result<Option<NetworkPolicy>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        policy_cols!(),
+        " FROM network_policies WHERE network = $1"
+    ))
+    .bind(network)
+    .fetch_optional(ex)
+    .await
+    .map_err(db_err)?;
+    one(row, rows::policy)
+}
+
 /// One external client, inside or outside a transaction.
 async fn fetch_ext_client<'c>(ex: impl PgExecutor<'c>, id: &str) -> Result<Option<ExtClient>> {
     let row = sqlx::query(concat!(
@@ -341,6 +362,10 @@ impl Store for PgStore {
         all(&rows, rows::ext_client)
     }
 
+    async fn get_policy(&self, network: &str) -> Result<Option<NetworkPolicy>> {
+        fetch_policy(&self.pool, network).await
+    }
+
     async fn get_enrollment_key(&self, id: &str) -> Result<Option<StoredKey>> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -423,7 +448,8 @@ impl Store for PgStore {
         let nets = sqlx::query(concat!(
             "SELECT ",
             network_cols!(),
-            ", revision FROM networks ORDER BY name"
+            ", revision, (SELECT p.policy::text FROM network_policies p \
+             WHERE p.network = networks.name) AS policy FROM networks ORDER BY name"
         ))
         .fetch_all(&mut *tx)
         .await
@@ -459,12 +485,17 @@ impl Store for PgStore {
         for r in &nets {
             let network = rows::network(r)?;
             index.insert(network.name.to_string(), views.len());
+            let policy = match r.json("policy")? {
+                Some(json) => rows::policy_json(network.name.as_str(), &json)?,
+                None => Default::default(),
+            };
             views.push(NetworkView {
                 network,
                 nodes: Vec::new(),
                 ext_clients: Vec::new(),
                 dns_entries: Vec::new(),
                 revision: unsigned(r.int("revision")?, "network revision")?,
+                policy,
             });
         }
         for r in &nodes {

@@ -141,6 +141,7 @@ fn node(id: &str, network: &str, name: &str, k: u8) -> Node {
         host: None,
         apply_error: None,
         failed_revision: 0,
+        tags: vec![],
     }
 }
 
@@ -160,6 +161,7 @@ fn client(id: &str, network: &str, ingress: &str, name: &str, k: u8) -> ExtClien
         downloaded_revision: 0,
         create_time: time(3),
         update_time: time(3),
+        tags: vec![],
     }
 }
 

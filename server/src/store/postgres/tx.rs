@@ -15,6 +15,7 @@ use crate::domain::{
     ipam::Family,
     network::Network,
     node::{Node, WgKey},
+    policy::NetworkPolicy,
     token::NewToken,
 };
 use crate::store::{AdminToken, Clients, Owner, StoredKey, Tx, db_err, rows};
@@ -423,9 +424,9 @@ impl Tx for PgTx {
             "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
              address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
              ingress_dns, token_id, token_hash, last_seen, applied_revision, create_time, \
-             update_time, wireguard_interface, host_report, apply_error, failed_revision) \
+             update_time, wireguard_interface, host_report, apply_error, failed_revision, tags) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::cidr[], $12, $13, $14, $15, \
-             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
         )
         .bind(&node.id)
         .bind(node.network.as_str())
@@ -456,6 +457,7 @@ impl Tx for PgTx {
         .bind(node.host.as_ref().map(Json))
         .bind(node.apply_error.as_deref())
         .bind(signed(node.failed_revision, "failed revision")?)
+        .bind(tag_strings(&node.tags))
         .execute(self.conn())
         .await
         .map_err(db_err)?;
@@ -468,8 +470,8 @@ impl Tx for PgTx {
         sqlx::query(
             "UPDATE nodes SET name = $2, public_key = $3, endpoint = $4, listen_port = $5, \
              keepalive = $6, egress_ranges = $7::cidr[], egress_interface = $8, \
-             egress_nat = $9, ingress = $10, ingress_dns = $11, update_time = $12 \
-             WHERE id = $1",
+             egress_nat = $9, ingress = $10, ingress_dns = $11, update_time = $12, \
+             tags = $13 WHERE id = $1",
         )
         .bind(&node.id)
         .bind(node.name.as_str())
@@ -487,6 +489,7 @@ impl Tx for PgTx {
                 .unwrap_or_default(),
         )
         .bind(node.update_time)
+        .bind(tag_strings(&node.tags))
         .execute(self.conn())
         .await
         .map_err(db_err)?;
@@ -672,7 +675,7 @@ impl Tx for PgTx {
         sqlx::query(concat!(
             "INSERT INTO ext_clients (",
             ext_client_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&client.id)
         .bind(client.network.as_str())
@@ -688,6 +691,7 @@ impl Tx for PgTx {
         .bind(signed(client.downloaded_revision, "downloaded revision")?)
         .bind(client.create_time)
         .bind(client.update_time)
+        .bind(tag_strings(&client.tags))
         .execute(self.conn())
         .await
         .map_err(db_err)?;
@@ -697,7 +701,7 @@ impl Tx for PgTx {
     async fn update_ext_client(&mut self, client: &ExtClient) -> Result<()> {
         sqlx::query(
             "UPDATE ext_clients SET name = $2, dns = $3, enabled = $4, config_revision = $5, \
-             update_time = $6 WHERE id = $1",
+             update_time = $6, tags = $7 WHERE id = $1",
         )
         .bind(&client.id)
         .bind(client.name.as_str())
@@ -705,6 +709,7 @@ impl Tx for PgTx {
         .bind(client.enabled)
         .bind(signed(client.config_revision, "config revision")?)
         .bind(client.update_time)
+        .bind(tag_strings(&client.tags))
         .execute(self.conn())
         .await
         .map_err(db_err)?;
@@ -741,6 +746,29 @@ impl Tx for PgTx {
             .execute(self.conn())
             .await
             .map_err(db_err)?;
+        Ok(())
+    }
+
+    // Access policies.
+
+    async fn policy(&mut self, network: &str) -> Result<Option<NetworkPolicy>> {
+        super::fetch_policy(self.conn(), network).await
+    }
+
+    async fn save_policy(&mut self, p: &NetworkPolicy) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO network_policies (network, policy, revision, update_time) \
+             VALUES ($1, $2::jsonb, $3, $4) ON CONFLICT (network) DO UPDATE SET \
+             policy = EXCLUDED.policy, revision = EXCLUDED.revision, \
+             update_time = EXCLUDED.update_time",
+        )
+        .bind(p.network.as_str())
+        .bind(rows::policy_to_json(&p.policy)?)
+        .bind(signed(p.revision, "policy revision")?)
+        .bind(p.update_time.unwrap_or_else(crate::domain::now))
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 
@@ -810,4 +838,9 @@ async fn release_and_mark(conn: &mut sqlx::PgConnection) -> Result<()> {
         .await
         .map_err(db_err)?;
     Ok(())
+}
+
+/// Tags as a `text[]`.
+fn tag_strings(tags: &[crate::domain::policy::Tag]) -> Vec<String> {
+    tags.iter().map(ToString::to_string).collect()
 }

@@ -100,4 +100,9 @@ impl Cols for SqliteRow {
     fn json(&self, col: &str) -> Result<Option<String>> {
         self.opt_text(col)
     }
+
+    /// Comma-joined text; NULL or empty text is an empty list.
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        Ok(list(self, col)?.unwrap_or_default())
+    }
 }

@@ -11,6 +11,7 @@ use crate::domain::{
     ext_client::ExtClient,
     network::Network,
     node::{Endpoint, Node},
+    policy::{NetworkPolicy, Tag},
 };
 use crate::store::{
     LogBounds, StoredKey, db_err,
@@ -40,6 +41,11 @@ pub(super) fn bounds6(range: Option<ipnet::Ipv6Net>) -> Option<(Vec<u8>, Vec<u8>
     })
 }
 
+/// Tags as stored: comma-joined ('' when none).
+pub(super) fn tags_text(tags: &[Tag]) -> String {
+    tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(",")
+}
+
 /// Columns [`rows::network`] reads.
 macro_rules! network_cols {
     () => {
@@ -55,7 +61,7 @@ macro_rules! node_cols_but_host {
         "id, network, name, public_key, endpoint, listen_port, address, address6, os, \
          keepalive, egress_ranges, egress_interface, egress_nat, ingress, ingress_dns, \
          last_seen, applied_revision, create_time, update_time, wireguard_interface, \
-         apply_error, failed_revision, \
+         apply_error, failed_revision, tags, \
          (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision"
     };
 }
@@ -81,7 +87,7 @@ macro_rules! client_cols {
     () => {
         "id, network, ingress_node_id, name, public_key, sealed_private_key, address, \
          address6, dns, enabled, config_revision, downloaded_revision, create_time, \
-         update_time"
+         update_time, tags"
     };
 }
 
@@ -99,6 +105,13 @@ macro_rules! key_cols_but_hash {
 macro_rules! dns_cols {
     () => {
         "network, name, address, address6, create_time"
+    };
+}
+
+/// Columns [`rows::policy`] reads.
+macro_rules! policy_cols {
+    () => {
+        "network, policy, revision, update_time"
     };
 }
 
@@ -177,6 +190,23 @@ pub(super) async fn ext_client(conn: &mut SqliteConnection, id: &str) -> Result<
     .await
     .map_err(db_err)?;
     decode_one(row, rows::ext_client)
+}
+
+/// A network's stored policy.
+pub(super) async fn policy(
+    conn: &mut SqliteConnection,
+    network: &str,
+) -> Result<Option<NetworkPolicy>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        policy_cols!(),
+        " FROM network_policies WHERE network = ?"
+    ))
+    .bind(network)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    decode_one(row, rows::policy)
 }
 
 /// One enrollment key with its hash.

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::domain::{
     Result, config::NetworkView, enrollment::EnrollmentKey, event::Event, ext_client::ExtClient,
-    network::Network, node::Node, page::PageRequest,
+    network::Network, node::Node, page::PageRequest, policy::NetworkPolicy,
 };
 use crate::store::{
     AdminToken, LogBounds, Notifications, PoolStats, Store, StoredKey, Tx, db_err,
@@ -113,6 +113,10 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         decode(&rows, rows::ext_client)
+    }
+
+    async fn get_policy(&self, network: &str) -> Result<Option<NetworkPolicy>> {
+        queries::policy(&mut *self.conn().await?, network).await
     }
 
     async fn get_enrollment_key(&self, id: &str) -> Result<Option<StoredKey>> {
@@ -339,7 +343,8 @@ async fn load_views(conn: &mut SqliteConnection) -> Result<(u64, Vec<NetworkView
     let net_rows = sqlx::query(concat!(
         "SELECT ",
         network_cols!(),
-        ", revision FROM networks ORDER BY name"
+        ", revision, (SELECT p.policy FROM network_policies p WHERE p.network = networks.name) \
+         AS policy FROM networks ORDER BY name"
     ))
     .fetch_all(&mut *conn)
     .await
@@ -396,6 +401,10 @@ async fn load_views(conn: &mut SqliteConnection) -> Result<(u64, Vec<NetworkView
             dns_entries: dns.remove(&name).unwrap_or_default(),
             network,
             revision,
+            policy: match r.json("policy")? {
+                Some(json) => rows::policy_json(&name, &json)?,
+                None => Default::default(),
+            },
         });
     }
     Ok((cursor, views))

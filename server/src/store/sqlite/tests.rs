@@ -76,6 +76,7 @@ fn node(network: &str, name: &str, n: u8) -> Node {
         host: None,
         apply_error: None,
         failed_revision: 0,
+        tags: vec![],
     }
 }
 
@@ -96,6 +97,7 @@ fn client(ingress: &Node, name: &str, n: u8) -> ExtClient {
         downloaded_revision: 0,
         create_time: t,
         update_time: t,
+        tags: vec![],
     }
 }
 

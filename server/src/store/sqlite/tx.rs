@@ -7,7 +7,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::queries::{
     self, client_cols, decode, decode_one, dns_cols, endpoint_text, gateway_cols, host_json, int,
-    network_cols, node_cols, node_cols_but_host,
+    network_cols, node_cols, node_cols_but_host, tags_text,
 };
 use crate::domain::{
     Error, Result,
@@ -18,6 +18,7 @@ use crate::domain::{
     ipam::Family,
     network::Network,
     node::{Node, WgKey},
+    policy::NetworkPolicy,
     token::NewToken,
 };
 use crate::store::{AdminToken, Clients, Owner, StoredKey, Tx, db_err, join_ips, rows, to_micros};
@@ -351,8 +352,8 @@ impl Tx for SqliteTx {
             "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
              address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
              ingress_dns, token_id, token_hash, last_seen, applied_revision, create_time, \
-             update_time, wireguard_interface, host_report, apply_error, failed_revision) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             update_time, wireguard_interface, host_report, apply_error, failed_revision, tags) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&node.id)
         .bind(node.network.as_str())
@@ -379,6 +380,7 @@ impl Tx for SqliteTx {
         .bind(host_json(node)?)
         .bind(node.apply_error.as_deref().unwrap_or_default())
         .bind(int(node.failed_revision, "failed revision")?)
+        .bind(tags_text(&node.tags))
         .execute(&mut *self.tx)
         .await
         .map_err(db_err)?;
@@ -391,7 +393,7 @@ impl Tx for SqliteTx {
         sqlx::query(
             "UPDATE nodes SET name = ?, public_key = ?, endpoint = ?, listen_port = ?, \
              keepalive = ?, egress_ranges = ?, egress_interface = ?, egress_nat = ?, \
-             ingress = ?, ingress_dns = ?, update_time = ? WHERE id = ?",
+             ingress = ?, ingress_dns = ?, update_time = ?, tags = ? WHERE id = ?",
         )
         .bind(node.name.as_str())
         .bind(node.public_key.to_string())
@@ -404,6 +406,7 @@ impl Tx for SqliteTx {
         .bind(ingress)
         .bind(ingress_dns)
         .bind(to_micros(node.update_time))
+        .bind(tags_text(&node.tags))
         .bind(&node.id)
         .execute(&mut *self.tx)
         .await
@@ -538,7 +541,7 @@ impl Tx for SqliteTx {
         sqlx::query(concat!(
             "INSERT INTO ext_clients (",
             client_cols!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&c.id)
         .bind(c.network.as_str())
@@ -554,6 +557,7 @@ impl Tx for SqliteTx {
         .bind(int(c.downloaded_revision, "downloaded revision")?)
         .bind(to_micros(c.create_time))
         .bind(to_micros(c.update_time))
+        .bind(tags_text(&c.tags))
         .execute(&mut *self.tx)
         .await
         .map_err(db_err)?;
@@ -563,13 +567,14 @@ impl Tx for SqliteTx {
     async fn update_ext_client(&mut self, c: &ExtClient) -> Result<()> {
         sqlx::query(
             "UPDATE ext_clients SET name = ?, dns = ?, enabled = ?, config_revision = ?, \
-             update_time = ? WHERE id = ?",
+             update_time = ?, tags = ? WHERE id = ?",
         )
         .bind(c.name.as_str())
         .bind(join_ips(&c.dns))
         .bind(c.enabled)
         .bind(int(c.config_revision, "config revision")?)
         .bind(to_micros(c.update_time))
+        .bind(tags_text(&c.tags))
         .bind(&c.id)
         .execute(&mut *self.tx)
         .await
@@ -607,6 +612,28 @@ impl Tx for SqliteTx {
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
+        Ok(())
+    }
+
+    // Access policies.
+
+    async fn policy(&mut self, network: &str) -> Result<Option<NetworkPolicy>> {
+        queries::policy(&mut self.tx, network).await
+    }
+
+    async fn save_policy(&mut self, p: &NetworkPolicy) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO network_policies (network, policy, revision, update_time) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (network) DO UPDATE SET \
+             policy = ?2, revision = ?3, update_time = ?4",
+        )
+        .bind(p.network.as_str())
+        .bind(rows::policy_to_json(&p.policy)?)
+        .bind(int(p.revision, "policy revision")?)
+        .bind(to_micros(p.update_time.unwrap_or_else(crate::domain::now)))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 

@@ -1,0 +1,229 @@
+//! End-to-end: `meshctl policy get|set|diff|test` (the built binary)
+//! against a real `meshplane serve` process, with policy files in YAML and
+//! JSON.
+
+mod cli_support;
+
+use std::{path::Path, time::Duration};
+
+use assert_cmd::Command;
+use cli_support::{Server, free_port};
+use meshplane_tests::built_binary;
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+    server: Server,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("meshplane-data"), free_port());
+        Env { dir, server }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(built_binary("meshctl"));
+        c.current_dir(self.path())
+            .env("MESHCTL_SERVER", self.server.url())
+            .env_remove("MESHCTL_TOKEN")
+            .env_remove("MESHCTL_TOKEN_FILE")
+            .env("COLUMNS", "200")
+            .timeout(Duration::from_secs(60))
+            .args(args);
+        c
+    }
+
+    fn text(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.text(&[args, &["-o", "json"]].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.cmd(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "meshctl {args:?}: {err}");
+        err
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        std::fs::write(self.path().join(name), text).unwrap();
+        name.to_owned()
+    }
+}
+
+const SSH_ONLY: &str = "\
+network: corp
+default_action: deny
+rules:
+  - name: a-ssh-b
+    sources: [node:a]
+    destinations: [node:b]
+    protocols: [tcp]
+    ports: [22]
+    action: allow
+";
+
+#[test]
+fn policy_get_set_diff_and_test() {
+    let e = Env::new();
+    e.json(&[
+        "network",
+        "create",
+        "corp",
+        "--range",
+        "10.103.0.0/24",
+        "--range6",
+        "fd00:103::/64",
+    ]);
+    let key = e.json(&["key", "create", "--network", "corp", "--unlimited"]);
+    let key = key["token"].as_str().unwrap().to_owned();
+    for (name, port) in [("a", "51821"), ("b", "51822")] {
+        e.json(&[
+            "node",
+            "register",
+            "--network",
+            "corp",
+            "--name",
+            name,
+            "--key",
+            &key,
+            "--endpoint",
+            &format!("203.0.113.9:{port}"),
+            "--state-dir",
+            &format!("{name}-state"),
+        ]);
+    }
+
+    // The default.
+    let p = e.json(&["policy", "get", "corp"]);
+    assert_eq!(p["defaultAction"], "POLICY_ACTION_ALLOW");
+    assert_eq!(p["rules"], serde_json::json!([]));
+    assert_eq!(p["revision"], 0);
+    let table = e.text(&["policy", "get", "corp"]);
+    assert!(
+        table.contains("default ALLOW") && table.contains("no rules"),
+        "{table}"
+    );
+
+    // The preview: exactly what would be cut, nothing written.
+    let file = e.write("ssh.yaml", SSH_ONLY);
+    let diff = e.text(&["policy", "diff", &file]);
+    assert_eq!(
+        diff,
+        "- node:a -> node:b: tcp/0-21,23-65535 udp icmp other\n\
+         - node:b -> node:a: all\n\
+         2 flows change\n"
+    );
+    let d = e.json(&["policy", "diff", &file]);
+    assert_eq!(d["totalChanges"], 2);
+    assert_eq!(d["changes"][1]["denied"], serde_json::json!(["all"]));
+    assert_eq!(e.json(&["policy", "get", "corp"])["revision"], 0);
+
+    // Set, then read back; the YAML `get` prints sets the same policy.
+    let set = e.json(&["policy", "set", &file]);
+    let revision = set["policy"]["revision"].as_u64().unwrap();
+    assert!(revision > 0);
+    assert_eq!(set["totalChanges"], 2);
+    let p = e.json(&["policy", "get", "corp"]);
+    assert_eq!(p["defaultAction"], "POLICY_ACTION_DENY");
+    assert_eq!(p["rules"][0]["ports"], serde_json::json!(["22"]));
+    let table = e.text(&["policy", "get", "corp"]);
+    assert!(
+        table.contains("a-ssh-b") && table.contains("node:b"),
+        "{table}"
+    );
+    let yaml = e.text(&["policy", "get", "corp", "-o", "yaml"]);
+    let again = e.write("again.yaml", &yaml);
+    let out = e.text(&["policy", "set", &again]);
+    assert!(out.contains("no flow changes"), "{out}");
+    // JSON files, and --network over the file's.
+    let json = e.write(
+        "allow.json",
+        r#"{"network": "elsewhere", "defaultAction": "ALLOW"}"#,
+    );
+    let d = e.json(&["policy", "diff", &json, "--network", "corp"]);
+    assert_eq!(d["totalChanges"], 2);
+
+    // TestAccess.
+    let t = e.json(&[
+        "policy",
+        "test",
+        "--network",
+        "corp",
+        "--from",
+        "a",
+        "--to",
+        "b",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+    ]);
+    assert_eq!(t["action"], "POLICY_ACTION_ALLOW");
+    assert_eq!(t["ruleIndex"], 0);
+    assert_eq!(t["ruleName"], "a-ssh-b");
+    let out = e.text(&[
+        "policy",
+        "test",
+        "--network",
+        "corp",
+        "--from",
+        "b",
+        "--to",
+        "a",
+        "--protocol",
+        "icmp",
+    ]);
+    assert!(out.starts_with("DENY to 10.103.0."), "{out}");
+    assert!(out.contains("default action denies"), "{out}");
+
+    // Refusals: a stale revision, a bad rule, a file without a network.
+    let err = e.fails(
+        &[
+            "policy",
+            "set",
+            &json,
+            "--network",
+            "corp",
+            "--expected-revision",
+            &(revision + 1).to_string(),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("ABORTED") && err.contains("expected_revision"),
+        "{err}"
+    );
+    let bad = e.write(
+        "bad.yaml",
+        "network: corp\nrules:\n- sources: ['*']\n  destinations: [office]\n  action: deny\n",
+    );
+    let err = e.fails(&["policy", "set", &bad], 1);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("field policy.rules[0].destinations[0]"),
+        "{err}"
+    );
+    let nameless = e.write("nameless.yaml", "default_action: deny\n");
+    let err = e.fails(&["policy", "diff", &nameless], 2);
+    assert!(err.contains("--network"), "{err}");
+    assert_eq!(
+        e.json(&["policy", "get", "corp"])["revision"].as_u64(),
+        Some(revision)
+    );
+}

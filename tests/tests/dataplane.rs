@@ -1294,3 +1294,184 @@ async fn dataplane_full_tunnel_keeps_a_server_behind_the_default_route_reachable
     let left = leftovers(&names, &pids, &wg_names);
     assert!(left.is_empty(), "teardown left: {left:?}");
 }
+
+/// Issue #14's dataplane check: with default DENY and one rule "tag `ops`
+/// → the LAN, tcp/ECHO_PORT", client (tagged `ops`) reaches the LAN echo on
+/// that port only, relay (untagged) reaches nothing behind the gateway, and
+/// TestAccess gives the verdicts the packets did.
+#[tokio::test(flavor = "current_thread")]
+async fn dataplane_policies_filter_what_the_api_says() {
+    if skip_privileged("dataplane_policies_filter_what_the_api_says") {
+        return;
+    }
+    let t = Topology::build();
+    require_agent(&t);
+    let server = ServerProc::start(&t);
+    let _in_hub = enter(&t.hub);
+    let api = Api {
+        url: server.url(),
+        token: server.admin_token(),
+    };
+    let key = api.setup().await;
+    let _gw_agent = start_agent(&t, &t.gw, "gw", &t.wg_gw, GW_IP, &key);
+    let _client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
+    let _relay_agent = start_agent(&t, &t.relay, "relay", &t.wg_relay, RELAY_IP, &key);
+    let nodes = api.ready_all(&["gw", "client", "relay"]).await;
+    let [gw, client, relay] = <[pb::Node; 3]>::try_from(nodes).expect("three nodes");
+
+    // A second echo on the LAN host, on a port no rule allows.
+    let other_port = netns::ECHO_PORT + 1;
+    let echo = t.binary("echo");
+    let port = other_port.to_string();
+    let mut other_echo = t.lan.spawn(
+        "echo-lan-other",
+        &[echo.to_str().unwrap(), "serve", &port, LAN4],
+        &[],
+        &t.path("echo-lan-other.log"),
+    );
+    other_echo.wait_output("echo: serving", Duration::from_secs(10));
+    let other = format!("{LAN4}:{other_port}");
+
+    api.egress(&gw.id, &[LAN_RANGE4], LAN_IF, Some(true))
+        .await
+        .expect("CreateEgressGateway");
+    api.ready_all(&["gw", "client", "relay"]).await;
+    // Default ALLOW: both nodes reach both ports.
+    for ns in [&t.client, &t.relay] {
+        expect_echo(ns, "tcp", &echo_at(LAN4), GW_LAN4, WAIT);
+        expect_echo(ns, "tcp", &other, GW_LAN4, WAIT);
+    }
+
+    // client is in ops.
+    api.nodes()
+        .await
+        .update_node(pb::UpdateNodeRequest {
+            node: Some(pb::Node {
+                id: client.id.clone(),
+                tags: vec!["ops".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["tags".into()],
+            }),
+        })
+        .await
+        .expect("UpdateNode tags");
+
+    let policy = pb::Policy {
+        network: NET.into(),
+        default_action: pb::PolicyAction::Deny as i32,
+        rules: vec![pb::PolicyRule {
+            name: "ops-to-lan".into(),
+            sources: vec!["tag:ops".into()],
+            destinations: vec![LAN_RANGE4.into()],
+            protocols: vec![pb::Protocol::Tcp as i32],
+            ports: vec![netns::ECHO_PORT.to_string()],
+            action: pb::PolicyAction::Allow as i32,
+        }],
+        ..Default::default()
+    };
+    let mut policies = pb::policy_service_client::PolicyServiceClient::new(api.authed().await);
+    // The preview names relay's flows to the LAN among those cut, and
+    // changes nothing.
+    let preview = policies
+        .update_policy(pb::UpdatePolicyRequest {
+            policy: Some(policy.clone()),
+            validate_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("UpdatePolicy validate_only")
+        .into_inner();
+    let to_lan = |who: &str| {
+        preview
+            .changes
+            .iter()
+            .find(|c| c.source == format!("node:{who}") && c.destination == LAN_RANGE4)
+            .unwrap_or_else(|| panic!("the preview names {who} -> the LAN: {preview:#?}"))
+    };
+    assert_eq!(to_lan("relay").denied, ["all"], "{preview:#?}");
+    // client keeps tcp/ECHO_PORT to the LAN and loses the rest.
+    assert!(to_lan("client").allowed.is_empty(), "{preview:#?}");
+    assert!(!to_lan("client").denied.is_empty(), "{preview:#?}");
+    expect_echo(&t.relay, "tcp", &echo_at(LAN4), GW_LAN4, WAIT);
+
+    policies
+        .update_policy(pb::UpdatePolicyRequest {
+            policy: Some(policy),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdatePolicy");
+    api.ready_all(&["gw", "client", "relay"]).await;
+
+    // What the packets say.
+    expect_echo(&t.client, "tcp", &echo_at(LAN4), GW_LAN4, WAIT);
+    let quiet = Duration::from_secs(5);
+    expect_silence(&t.client, "tcp", &other, quiet);
+    expect_silence(&t.client, "udp", &echo_at(LAN4), quiet);
+    expect_silence(&t.relay, "tcp", &echo_at(LAN4), quiet);
+    expect_silence(&t.relay, "tcp", &other, quiet);
+    // The rules are where the packets were dropped: gw's forwarding chain.
+    let rules = saved_rules(&t.gw);
+    assert!(rules.contains("MESHPLANE-FWD"), "{rules}");
+
+    // What TestAccess says, for the same flows.
+    for (from, to, protocol, port, want) in [
+        (
+            "client",
+            LAN4,
+            pb::Protocol::Tcp,
+            netns::ECHO_PORT,
+            pb::PolicyAction::Allow,
+        ),
+        (
+            "client",
+            LAN4,
+            pb::Protocol::Tcp,
+            other_port,
+            pb::PolicyAction::Deny,
+        ),
+        (
+            "client",
+            LAN4,
+            pb::Protocol::Udp,
+            netns::ECHO_PORT,
+            pb::PolicyAction::Deny,
+        ),
+        (
+            "relay",
+            LAN4,
+            pb::Protocol::Tcp,
+            netns::ECHO_PORT,
+            pb::PolicyAction::Deny,
+        ),
+        (
+            "relay",
+            LAN4,
+            pb::Protocol::Tcp,
+            other_port,
+            pb::PolicyAction::Deny,
+        ),
+    ] {
+        let v = policies
+            .test_access(pb::TestAccessRequest {
+                network: NET.into(),
+                from: from.into(),
+                to: to.into(),
+                protocol: protocol as i32,
+                port: u32::from(port),
+            })
+            .await
+            .expect("TestAccess")
+            .into_inner();
+        assert_eq!(
+            v.action, want as i32,
+            "{from} -> {to} {protocol:?}/{port}: {v:#?}"
+        );
+        if want == pb::PolicyAction::Allow {
+            assert_eq!(v.rule_name, "ops-to-lan", "{v:#?}");
+        }
+    }
+    let _ = relay;
+}

@@ -137,8 +137,9 @@ impl Committer {
     }
 
     /// The highest revision appended by a batch committed so far: after a
-    /// write was acknowledged, the log holds at least this far (and at least
-    /// that write's own event).
+    /// write was acknowledged, it is at least that write's own revision. It
+    /// may name an append a rollback to a savepoint undid (a revision not
+    /// yet in the log), so use it only to skip a read, never to wait for one.
     pub fn committed(&self) -> u64 {
         self.inner.committed.load(Ordering::Acquire)
     }

@@ -289,9 +289,14 @@ pub trait Tx: Send {
     /// decide; when they refuse, undoing the write gives the use back.
     /// PostgreSQL does it in one round trip.
     async fn take_enrollment_key(&mut self, id: &str) -> Result<Option<StoredKey>> {
-        let key = self.enrollment_key(id).await?;
-        if key.is_some() {
-            self.take_key_use(id).await?;
+        let mut key = self.enrollment_key(id).await?;
+        if let Some(k) = &mut key
+            && !self.take_key_use(id).await?
+            && !k.key.unlimited
+        {
+            // No use was left to take (whatever the load said): the key the
+            // caller checks says so.
+            k.key.uses_remaining = 0;
         }
         Ok(key)
     }

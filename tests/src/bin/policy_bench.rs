@@ -1,0 +1,223 @@
+//! Policy benchmark (issue #14): the time to compute every node's config in
+//! a network of `--nodes` nodes under a `--rules`-rule policy, and what a
+//! one-rule change costs: how many nodes' configs it changes and the time to
+//! compute them again. Pure computation, in this process: the domain's own
+//! functions (`PolicyIndex`, `all_pieces`, `node_config_with`), no server.
+//!
+//!   cargo run --release -p meshplane-tests --bin policy_bench -- --nodes 10000 --rules 200
+//!
+//! The network: `--nodes` nodes in 10.64.0.0/16, each with one of `--tags`
+//! tags (round robin), `--gateways` of them egress gateways for a /24 of
+//! 172.16.0.0/16 each. The policy: default DENY and `--rules` ALLOW rules,
+//! rule r from `tag:t(r mod T)` to `tag:t((7r + 3) mod T)` (every fourth
+//! rule to one gateway's range instead) on tcp/(1000 + r).
+
+use std::time::Instant;
+
+use clap::Parser;
+use meshplane_server::domain::{
+    config::{NetworkView, NodeConfig, node_config_with},
+    network::NetworkInput,
+    node::{Egress, RegistrationInput},
+    policy::{Action, PolicyInput, RuleInput, eval::PolicyIndex, parse_tags, prune::all_pieces},
+    rules,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// Nodes in the network.
+    #[arg(long, default_value_t = 10_000)]
+    nodes: usize,
+    /// Rules of the policy.
+    #[arg(long, default_value_t = 200)]
+    rules: usize,
+    /// Distinct tags.
+    #[arg(long, default_value_t = 20)]
+    tags: usize,
+    /// Egress gateways among the nodes.
+    #[arg(long, default_value_t = 10)]
+    gateways: usize,
+    /// Skip the allow-all baseline (a full mesh of 10,000 nodes holds
+    /// 100,000,000 peer entries).
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+fn view(args: &Args) -> NetworkView {
+    let network = NetworkInput {
+        name: "bench".into(),
+        address_range: "10.64.0.0/16".into(),
+        ..Default::default()
+    }
+    .validate(meshplane_server::domain::now())
+    .expect("network");
+    let now = meshplane_server::domain::now();
+    let nodes = (0..args.nodes)
+        .map(|i| {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            let reg = RegistrationInput {
+                network: "bench".into(),
+                name: format!("n{i}"),
+                public_key: base64_key(&key),
+                ..Default::default()
+            }
+            .validate()
+            .expect("registration");
+            let addr = std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(10, 64, 0, 0)) + 1 + i as u32,
+            );
+            let mut n =
+                rules::new_node(format!("id-{i:06}"), &reg, &network, Some(addr), None, now);
+            n.tags = parse_tags("tags", &[format!("t{}", i % args.tags)]).expect("tag");
+            if i < args.gateways {
+                n.egress = Some(Egress {
+                    ranges: vec![format!("172.16.{i}.0/24").parse().unwrap()],
+                    interface: "eth1".into(),
+                    nat: true,
+                });
+            }
+            n
+        })
+        .collect();
+    NetworkView {
+        network,
+        nodes,
+        ext_clients: vec![],
+        dns_entries: vec![],
+        revision: 1,
+        policy: Default::default(),
+    }
+}
+
+fn base64_key(k: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+fn policy(args: &Args, changed: bool) -> meshplane_server::domain::policy::Policy {
+    let t = args.tags;
+    let rules = (0..args.rules)
+        .map(|r| {
+            let destination = if r % 4 == 3 && args.gateways > 0 {
+                format!("172.16.{}.0/24", r % args.gateways)
+            } else {
+                // The one-rule change: rule 0 points at another tag.
+                let d = if changed && r == 0 {
+                    1
+                } else {
+                    (7 * r + 3) % t
+                };
+                format!("tag:t{d}")
+            };
+            RuleInput {
+                name: format!("r{r}"),
+                sources: vec![format!("tag:t{}", r % t)],
+                destinations: vec![destination],
+                protocols: vec![Some(
+                    meshplane_server::domain::policy::traffic::Protocol::Tcp,
+                )],
+                ports: vec![(1000 + r).to_string()],
+                action: Some(Action::Allow),
+            }
+        })
+        .collect();
+    PolicyInput {
+        default_action: Some(Action::Deny),
+        rules,
+    }
+    .validate()
+    .expect("policy")
+}
+
+/// Every node's config under the view's policy, and how long it took
+/// (resolving the policy included).
+fn all_configs(view: &NetworkView) -> (Vec<NodeConfig>, f64, f64) {
+    let start = Instant::now();
+    let index = PolicyIndex::of_view(view);
+    let pieces = all_pieces(&index, &view.network, &view.nodes);
+    let resolved = start.elapsed().as_secs_f64();
+    let configs: Vec<NodeConfig> = view
+        .nodes
+        .iter()
+        .map(|n| node_config_with(view, &index, &pieces, &n.id).expect("config"))
+        .collect();
+    (configs, resolved, start.elapsed().as_secs_f64())
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut v = view(&args);
+    println!(
+        "# policy_bench: {} nodes, {} tags, {} gateways, {} rules (default DENY)",
+        args.nodes, args.tags, args.gateways, args.rules
+    );
+
+    if !args.no_baseline {
+        // Today's behaviour for comparison: allow-all, full mesh.
+        let (open, _, open_s) = all_configs(&v);
+        let open_peers: usize = open.iter().map(|c| c.peers.len()).sum();
+        println!(
+            "allow-all: every config in {:.2} s ({:.1} µs per node), {:.0} peers per config",
+            open_s,
+            open_s * 1e6 / args.nodes as f64,
+            open_peers as f64 / args.nodes as f64
+        );
+        drop(open);
+    }
+
+    // The policy, and the same policy with one rule changed: each node's
+    // config under both, compared and dropped at once (all 10,000 configs
+    // of a large network held together would only measure this program).
+    let mut changed_view = v.clone();
+    v.policy = policy(&args, false);
+    changed_view.policy = policy(&args, true);
+    let start = Instant::now();
+    let index = PolicyIndex::of_view(&v);
+    let pieces = all_pieces(&index, &v.network, &v.nodes);
+    let resolved = start.elapsed().as_secs_f64();
+    let index2 = PolicyIndex::of_view(&changed_view);
+    let pieces2 = all_pieces(&index2, &changed_view.network, &changed_view.nodes);
+    let (mut took, mut again) = (resolved, 0.0);
+    let (mut peers, mut fw, mut changed) = (0usize, 0usize, 0usize);
+    for n in &v.nodes {
+        let t = Instant::now();
+        let a = node_config_with(&v, &index, &pieces, &n.id).expect("config");
+        took += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let b = node_config_with(&changed_view, &index2, &pieces2, &n.id).expect("config");
+        again += t.elapsed().as_secs_f64();
+        peers += a.peers.len();
+        fw += a.firewall.rules.len();
+        if a.peers != b.peers || a.firewall != b.firewall || a.routes != b.routes {
+            changed += 1;
+        }
+    }
+    println!(
+        "{}-rule policy: every config in {:.2} s ({:.1} µs per node; resolving the policy {:.3} s), \
+         {:.1} peers and {:.1} firewall rules per config",
+        args.rules,
+        took,
+        took * 1e6 / args.nodes as f64,
+        resolved,
+        peers as f64 / args.nodes as f64,
+        fw as f64 / args.nodes as f64
+    );
+    println!(
+        "one rule changed: {changed} of {} configs differ ({:.1} %); computing every config again \
+         took {:.2} s",
+        args.nodes,
+        changed as f64 * 100.0 / args.nodes as f64,
+        again
+    );
+    println!("peak RSS {:.0} MiB", rss_mib());
+}

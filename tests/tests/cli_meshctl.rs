@@ -5,80 +5,10 @@
 
 mod cli_support;
 
-use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path};
 
-use assert_cmd::Command;
-use cli_support::{Server, free_port};
-use meshplane_tests::built_binary;
+use cli_support::{Env, free_port};
 use serde_json::Value;
-
-/// A server whose data directory is `<dir>/meshplane-data`, so meshctl run
-/// in `<dir>` finds the admin token by default.
-struct Env {
-    dir: tempfile::TempDir,
-    server: Server,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("meshplane-data"), free_port());
-        Env { dir, server }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `meshctl ARGS` in the directory, talking to the server.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(built_binary("meshctl"));
-        c.current_dir(self.path())
-            .env("MESHCTL_SERVER", self.server.url())
-            .env_remove("MESHCTL_TOKEN")
-            .env_remove("MESHCTL_TOKEN_FILE")
-            .env_remove("MESHCTL_ENROLLMENT_KEY")
-            .env("COLUMNS", "200")
-            .timeout(Duration::from_secs(60))
-            .args(args);
-        c
-    }
-
-    /// Runs `meshctl ARGS -o json`, expects success, parses stdout.
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.cmd(args).args(["-o", "json"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "meshctl {args:?}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    /// Runs `meshctl ARGS`, expects success, returns stdout.
-    fn text(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs `meshctl ARGS`, expects exit `code`, returns stderr.
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.cmd(args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(code), "meshctl {args:?}: {err}");
-        err
-    }
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777

@@ -4,68 +4,7 @@
 
 mod cli_support;
 
-use std::{path::Path, time::Duration};
-
-use assert_cmd::Command;
-use cli_support::{Server, free_port};
-use meshplane_tests::built_binary;
-use serde_json::Value;
-
-struct Env {
-    dir: tempfile::TempDir,
-    server: Server,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("meshplane-data"), free_port());
-        Env { dir, server }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(built_binary("meshctl"));
-        c.current_dir(self.path())
-            .env("MESHCTL_SERVER", self.server.url())
-            .env_remove("MESHCTL_TOKEN")
-            .env_remove("MESHCTL_TOKEN_FILE")
-            .env("COLUMNS", "200")
-            .timeout(Duration::from_secs(60))
-            .args(args);
-        c
-    }
-
-    fn text(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.text(&[args, &["-o", "json"]].concat());
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-    }
-
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.cmd(args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(code), "meshctl {args:?}: {err}");
-        err
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        std::fs::write(self.path().join(name), text).unwrap();
-        name.to_owned()
-    }
-}
+use cli_support::Env;
 
 const SSH_ONLY: &str = "\
 network: corp

@@ -127,3 +127,77 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// A server whose data directory is `<dir>/meshplane-data`, so meshctl run
+/// in `<dir>` finds the admin token by default.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("meshplane-data"), free_port());
+        Env { dir, server }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `meshctl ARGS` in the directory, talking to the server.
+    pub fn cmd(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::new(built_binary("meshctl"));
+        c.current_dir(self.path())
+            .env("MESHCTL_SERVER", self.server.url())
+            .env_remove("MESHCTL_TOKEN")
+            .env_remove("MESHCTL_TOKEN_FILE")
+            .env_remove("MESHCTL_ENROLLMENT_KEY")
+            .env("COLUMNS", "200")
+            .timeout(Duration::from_secs(60))
+            .args(args);
+        c
+    }
+
+    /// Runs `meshctl ARGS -o json`, expects success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd(args).args(["-o", "json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "meshctl {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs `meshctl ARGS`, expects success, returns stdout.
+    pub fn text(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `meshctl ARGS`, expects exit `code`, returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.cmd(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "meshctl {args:?}: {err}");
+        err
+    }
+
+    /// Writes `text` to `name` in the directory; returns `name`.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        std::fs::write(self.path().join(name), text).unwrap();
+        name.to_owned()
+    }
+}

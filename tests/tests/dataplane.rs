@@ -1317,7 +1317,7 @@ async fn dataplane_policies_filter_what_the_api_says() {
     let _client_agent = start_agent(&t, &t.client, "client", &t.wg_client, CLIENT_IP, &key);
     let _relay_agent = start_agent(&t, &t.relay, "relay", &t.wg_relay, RELAY_IP, &key);
     let nodes = api.ready_all(&["gw", "client", "relay"]).await;
-    let [gw, client, relay] = <[pb::Node; 3]>::try_from(nodes).expect("three nodes");
+    let [gw, client, _relay] = <[pb::Node; 3]>::try_from(nodes).expect("three nodes");
 
     // A second echo on the LAN host, on a port no rule allows.
     let other_port = netns::ECHO_PORT + 1;
@@ -1405,73 +1405,66 @@ async fn dataplane_policies_filter_what_the_api_says() {
         .expect("UpdatePolicy");
     api.ready_all(&["gw", "client", "relay"]).await;
 
-    // What the packets say.
-    expect_echo(&t.client, "tcp", &echo_at(LAN4), GW_LAN4, WAIT);
+    // Each flow: what the packets say, then what TestAccess says.
     let quiet = Duration::from_secs(5);
-    expect_silence(&t.client, "tcp", &other, quiet);
-    expect_silence(&t.client, "udp", &echo_at(LAN4), quiet);
-    expect_silence(&t.relay, "tcp", &echo_at(LAN4), quiet);
-    expect_silence(&t.relay, "tcp", &other, quiet);
-    // The rules are where the packets were dropped: gw's forwarding chain.
-    let rules = saved_rules(&t.gw);
-    assert!(rules.contains("MESHPLANE-FWD"), "{rules}");
-
-    // What TestAccess says, for the same flows.
-    for (from, to, protocol, port, want) in [
+    for (ns, from, protocol, port, allowed) in [
         (
+            &t.client,
             "client",
-            LAN4,
             pb::Protocol::Tcp,
             netns::ECHO_PORT,
-            pb::PolicyAction::Allow,
+            true,
         ),
+        (&t.client, "client", pb::Protocol::Tcp, other_port, false),
         (
+            &t.client,
             "client",
-            LAN4,
-            pb::Protocol::Tcp,
-            other_port,
-            pb::PolicyAction::Deny,
-        ),
-        (
-            "client",
-            LAN4,
             pb::Protocol::Udp,
             netns::ECHO_PORT,
-            pb::PolicyAction::Deny,
+            false,
         ),
         (
+            &t.relay,
             "relay",
-            LAN4,
             pb::Protocol::Tcp,
             netns::ECHO_PORT,
-            pb::PolicyAction::Deny,
+            false,
         ),
-        (
-            "relay",
-            LAN4,
-            pb::Protocol::Tcp,
-            other_port,
-            pb::PolicyAction::Deny,
-        ),
+        (&t.relay, "relay", pb::Protocol::Tcp, other_port, false),
     ] {
+        let proto = if protocol == pb::Protocol::Tcp {
+            "tcp"
+        } else {
+            "udp"
+        };
+        let target = format!("{LAN4}:{port}");
+        if allowed {
+            expect_echo(ns, proto, &target, GW_LAN4, WAIT);
+        } else {
+            expect_silence(ns, proto, &target, quiet);
+        }
         let v = policies
             .test_access(pb::TestAccessRequest {
                 network: NET.into(),
                 from: from.into(),
-                to: to.into(),
+                to: LAN4.into(),
                 protocol: protocol as i32,
                 port: u32::from(port),
             })
             .await
             .expect("TestAccess")
             .into_inner();
-        assert_eq!(
-            v.action, want as i32,
-            "{from} -> {to} {protocol:?}/{port}: {v:#?}"
-        );
-        if want == pb::PolicyAction::Allow {
+        let want = if allowed {
+            pb::PolicyAction::Allow
+        } else {
+            pb::PolicyAction::Deny
+        };
+        assert_eq!(v.action, want as i32, "{from} -> {target} {proto}: {v:#?}");
+        if allowed {
             assert_eq!(v.rule_name, "ops-to-lan", "{v:#?}");
         }
     }
-    let _ = relay;
+    // The rules are where the packets were dropped: gw's forwarding chain.
+    let rules = saved_rules(&t.gw);
+    assert!(rules.contains("MESHPLANE-FWD"), "{rules}");
 }

@@ -46,6 +46,35 @@ impl Interceptor for Bearer {
 /// A channel with credentials.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
+/// What the benchmarks start from: network `bench` with `range4` and an
+/// unlimited enrollment key for it, made with the admin `token` over `ch`;
+/// returns the key's token.
+pub async fn bench_network(ch: Channel, token: &str, range4: &str) -> String {
+    let admin = InterceptedService::new(ch, Bearer::new(Some(token)));
+    pb::network_service_client::NetworkServiceClient::new(admin.clone())
+        .create_network(pb::CreateNetworkRequest {
+            network: Some(pb::Network {
+                name: "bench".into(),
+                address_range: range4.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create network bench");
+    pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin)
+        .create_enrollment_key(pb::CreateEnrollmentKeyRequest {
+            enrollment_key: Some(pb::EnrollmentKey {
+                networks: vec!["bench".into()],
+                unlimited: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create enrollment key")
+        .into_inner()
+        .token
+}
+
 /// A meshplane server running inside the test process.
 pub struct TestServer {
     /// Where it listens.

@@ -381,36 +381,7 @@ async fn main() {
     );
 
     // Network, key, gateway, N nodes.
-    let mut nets = pb::network_service_client::NetworkServiceClient::new(admin.clone());
-    nets.create_network(authed(
-        &token,
-        pb::CreateNetworkRequest {
-            network: Some(pb::Network {
-                name: "bench".into(),
-                address_range: "10.64.0.0/14".into(),
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .unwrap();
-    let mut keys =
-        pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(admin.clone());
-    let key = keys
-        .create_enrollment_key(authed(
-            &token,
-            pb::CreateEnrollmentKeyRequest {
-                enrollment_key: Some(pb::EnrollmentKey {
-                    networks: vec!["bench".into()],
-                    unlimited: true,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let key = meshplane_tests::bench_network(admin.clone(), &token, "10.64.0.0/14").await;
     // On PostgreSQL, ANALYZE every 2 s while registering: on a fresh
     // database the planner has no statistics until autovacuum's first
     // ANALYZE (up to a minute later), and without them the lowest-free-

@@ -556,36 +556,8 @@ async fn setup(server: &Server, data_dir: &Path) -> Ctx {
         .expect("admin.token")
         .trim()
         .to_owned();
-    let ch = channel(&server.addr).await;
-    let mut nets = pb::network_service_client::NetworkServiceClient::new(ch.clone());
-    nets.create_network(authed(
-        &token,
-        pb::CreateNetworkRequest {
-            network: Some(pb::Network {
-                name: "bench".into(),
-                address_range: "10.0.0.0/8".into(),
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .expect("create network bench");
-    let mut keys = pb::enrollment_key_service_client::EnrollmentKeyServiceClient::new(ch);
-    let key = keys
-        .create_enrollment_key(authed(
-            &token,
-            pb::CreateEnrollmentKeyRequest {
-                enrollment_key: Some(pb::EnrollmentKey {
-                    networks: vec!["bench".into()],
-                    unlimited: true,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("create enrollment key")
-        .into_inner()
-        .token;
+    let key =
+        meshplane_tests::bench_network(channel(&server.addr).await, &token, "10.0.0.0/8").await;
     Ctx {
         addr: server.addr.clone(),
         token,

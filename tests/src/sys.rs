@@ -242,7 +242,7 @@ pub type Statements = HashMap<i64, (String, i64, i64, f64, i64)>;
 /// of pg_stat_statements itself), by query id.
 pub async fn statements(conn: &mut sqlx::PgConnection) -> Statements {
     let rows: Vec<(i64, String, i64, i64, f64, i64)> = sqlx::query_as(
-        "SELECT queryid, query, calls, rows, total_exec_time, wal_bytes::bigint \
+        "SELECT queryid, query, calls, rows, total_exec_time + total_plan_time, wal_bytes::bigint \
          FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database \
          WHERE datname = current_database()) AND query NOT LIKE '%pg_stat_statements%'",
     )

@@ -550,6 +550,9 @@ async fn names_and_keys_have_one_owner_per_network(s: Arc<dyn Store>) {
     with_network(&*s, &network("lab", "10.2.0.0/24", "")).await;
     with_node(&*s, &node("n1", "corp", "gw", 1, None, None)).await;
     let mut tx = s.begin().await.unwrap();
+    // As group commit does (on PostgreSQL, Register's loads are then one
+    // statement).
+    tx.lock_log().await.unwrap();
     tx.insert_ext_client(&client("c1", "corp", "n1", "phone", 2))
         .await
         .unwrap();
@@ -603,6 +606,56 @@ async fn names_and_keys_have_one_owner_per_network(s: Arc<dyn Store>) {
             "{net} {name}"
         );
     }
+    // Register's loads at once agree with each alone: the network, the key
+    // with a use taken, the owners; nothing at all without the network.
+    tx.insert_enrollment_key(&enrollment_key("kr", &["corp"], 2, false), &[7; 32])
+        .await
+        .unwrap();
+    let owner = |i: usize| Owner::Node(format!("new{i}"));
+    assert!(
+        tx.lock_for_registration("nonet", "kr", "gw", &key(1), &owner(0))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let corp = tx.lock_network("corp").await.unwrap().unwrap();
+    for (i, (name, k, uses_before)) in [
+        ("gw", key(2), 2),
+        ("phone", key(1), 1),
+        ("nobody", key(9), 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let load = tx
+            .lock_for_registration("corp", "kr", name, &k, &owner(i))
+            .await
+            .unwrap()
+            .expect("the network exists");
+        assert_eq!(load.network, corp);
+        // Each takes the lowest free address of the network's one range.
+        assert_eq!((load.offset4, load.offset6), (Some(i as u128 + 1), None));
+        let stored = load.key.expect("the key exists");
+        assert_eq!(
+            (stored.key.uses_remaining, stored.hash),
+            (uses_before, vec![7; 32]),
+            "{name}"
+        );
+        assert_eq!(
+            (load.name_owner, load.key_owner),
+            tx.owners("corp", name, &k).await.unwrap(),
+            "{name}"
+        );
+    }
+    let load = tx
+        .lock_for_registration("corp", "missing", "gw", &key(1), &owner(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(load.key.is_none());
+    assert_eq!(load.offset4, Some(4));
+    assert_eq!(tx.lowest_free_offset("corp", Family::V4).await.unwrap(), 5);
+    assert_eq!(load.name_owner, Some(Owner::Node("n1".into())));
     let e = tx.dns_entry("corp", "db.prod").await.unwrap().unwrap();
     assert_eq!(e.address6, Some("fd00::5".parse().unwrap()));
     assert_eq!(e.create_time, t(30));
@@ -646,6 +699,42 @@ async fn addresses_lowest_free_unique_and_freed(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(tx.lowest_free_offset("corp", Family::V6).await.unwrap(), 2);
     tx.commit().await.unwrap();
+    // Register's loads take the lowest free offset of each range at once;
+    // undoing the write gives them back.
+    let mut tx = s.begin().await.unwrap();
+    tx.lock_log().await.unwrap();
+    tx.savepoint().await.unwrap();
+    let take = |owner: &'static str| Owner::Node(owner.into());
+    let load = tx
+        .lock_for_registration("corp", "nokey", "new", &key(5), &take("e"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((load.offset4, load.offset6), (Some(2), Some(2)));
+    tx.rollback_to_savepoint().await.unwrap();
+    let load = tx
+        .lock_for_registration("corp", "nokey", "new", &key(5), &take("f"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((load.offset4, load.offset6), (Some(2), Some(2)));
+    assert_eq!(tx.lowest_free_offset("corp", Family::V4).await.unwrap(), 4);
+    assert_eq!(tx.lowest_free_offset("corp", Family::V6).await.unwrap(), 3);
+    let load = tx
+        .lock_for_registration("lab", "nokey", "new", &key(5), &take("g"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((load.offset4, load.offset6), (Some(1), None));
+    tx.keep_and_mark().await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin().await.unwrap();
+    // Taken for good: the owners hold them.
+    aborted(
+        tx.insert_allocation("corp", Family::V6, 2, &take("x"))
+            .await,
+    );
+    drop(tx);
 }
 
 /// Random takes and frees, each followed by the lowest free offset, checked

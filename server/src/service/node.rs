@@ -56,20 +56,36 @@ pub(super) async fn allocate(
     owner: &Owner,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
     let name = net.name.as_str();
-    let (mut v4, mut v6) = (None, None);
-    for range in net.ranges() {
-        let family = match range {
-            IpNet::V4(_) => Family::V4,
-            IpNet::V6(_) => Family::V6,
-        };
-        let offset = tx.take_lowest_free(name, family, owner).await?;
-        // Beyond the range (the network is full): the write fails and its
-        // allocation is undone with it.
-        let address = rules::address_at(name, range, offset)?;
-        match address {
-            std::net::IpAddr::V4(a) => v4 = Some(a),
-            std::net::IpAddr::V6(a) => v6 = Some(a),
-        }
+    let mut offsets = (None, None);
+    if net.range4.is_some() {
+        offsets.0 = Some(tx.take_lowest_free(name, Family::V4, owner).await?);
+    }
+    if net.range6.is_some() {
+        offsets.1 = Some(tx.take_lowest_free(name, Family::V6, owner).await?);
+    }
+    addresses_at(net, offsets.0, offsets.1)
+}
+
+/// The addresses at the offsets taken in `net`'s ranges. An offset beyond
+/// its range (the network is full) fails the write, which undoes the
+/// allocation with it.
+pub(super) fn addresses_at(
+    net: &Network,
+    offset4: Option<u128>,
+    offset6: Option<u128>,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let name = net.name.as_str();
+    let mut v4 = None;
+    if let (Some(range), Some(offset)) = (net.range4, offset4)
+        && let std::net::IpAddr::V4(a) = rules::address_at(name, IpNet::V4(range), offset)?
+    {
+        v4 = Some(a);
+    }
+    let mut v6 = None;
+    if let (Some(range), Some(offset)) = (net.range6, offset6)
+        && let std::net::IpAddr::V6(a) = rules::address_at(name, IpNet::V6(range), offset)?
+    {
+        v6 = Some(a);
     }
     Ok((v4, v6))
 }
@@ -126,23 +142,26 @@ impl Service {
         let node = self
             .write(async {
                 txn!(self.committer, |tx| {
-                    let net = tx
-                        .lock_network(network)
+                    let load = tx
+                        .lock_for_registration(
+                            network,
+                            &key_id,
+                            reg.name.as_str(),
+                            &reg.public_key,
+                            &Owner::Node(node_id.clone()),
+                        )
                         .await?
                         .ok_or_else(|| Error::not_found("network", network))?;
+                    let net = load.network;
                     // Again under the key's lock: it may have been used up,
                     // revoked or expired since.
                     // Its use is taken now; a refusal below undoes that.
-                    let key = opened(tx.take_enrollment_key(&key_id).await?, enrollment_key)?;
+                    let key = opened(load.key, enrollment_key)?;
                     key.check_usable(now)?;
                     key.admit(&reg.network, now)?;
-                    let (name_owner, key_owner) = tx
-                        .owners(network, reg.name.as_str(), &reg.public_key)
-                        .await?;
-                    rules::name_free("name", network, &reg.name, name_owner, None)?;
-                    rules::key_free("public_key", network, &reg.public_key, key_owner, None)?;
-                    let (address, address6) =
-                        allocate(&mut *tx, &net, &Owner::Node(node_id.clone())).await?;
+                    rules::name_free("name", network, &reg.name, load.name_owner, None)?;
+                    rules::key_free("public_key", network, &reg.public_key, load.key_owner, None)?;
+                    let (address, address6) = addresses_at(&net, load.offset4, load.offset6)?;
                     let mut node =
                         rules::new_node(node_id.clone(), &reg, &net, address, address6, now);
                     tx.insert_node(&node, &token).await?;

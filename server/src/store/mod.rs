@@ -56,6 +56,56 @@ impl std::fmt::Debug for StoredKey {
 
 pub use crate::domain::rules::Owner;
 
+/// What [`Tx::lock_for_registration`] loads.
+#[derive(Debug, Clone)]
+pub struct RegistrationLoad {
+    /// The network, locked until commit.
+    pub network: Network,
+    /// The enrollment key as it was, with a use taken when it had one left.
+    pub key: Option<StoredKey>,
+    /// What holds the new node's name in the network's zone.
+    pub name_owner: Option<Owner>,
+    /// The node or client with the new node's public key.
+    pub key_owner: Option<Owner>,
+    /// The lowest free IPv4 offset, taken for the new node (when the
+    /// network has an IPv4 range).
+    pub offset4: Option<u128>,
+    /// The same for IPv6.
+    pub offset6: Option<u128>,
+}
+
+/// [`Tx::lock_for_registration`] one step at a time.
+pub async fn lock_for_registration_stepwise(
+    tx: &mut (impl Tx + ?Sized),
+    network: &str,
+    key_id: &str,
+    name: &str,
+    key: &WgKey,
+    owner: &Owner,
+) -> Result<Option<RegistrationLoad>> {
+    let Some(net) = tx.lock_network(network).await? else {
+        return Ok(None);
+    };
+    let stored = tx.take_enrollment_key(key_id).await?;
+    let (name_owner, key_owner) = tx.owners(network, name, key).await?;
+    let mut offset4 = None;
+    if net.range4.is_some() {
+        offset4 = Some(tx.take_lowest_free(network, Family::V4, owner).await?);
+    }
+    let mut offset6 = None;
+    if net.range6.is_some() {
+        offset6 = Some(tx.take_lowest_free(network, Family::V6, owner).await?);
+    }
+    Ok(Some(RegistrationLoad {
+        network: net,
+        key: stored,
+        name_owner,
+        key_owner,
+        offset4,
+        offset6,
+    }))
+}
+
 /// Which external clients' stored config revision a write moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clients<'a> {
@@ -325,6 +375,26 @@ pub trait Tx: Send {
             self.key_owner(network, key).await?,
         ))
     }
+    /// Register's loads and takes, in the order every write locks: the
+    /// network (locked, as [`Tx::lock_network`]; None when there is none,
+    /// and then nothing else is loaded or taken), then the enrollment key
+    /// `key_id` with a use taken (as [`Tx::take_enrollment_key`]), the
+    /// owners of `name` and `key` in the network (as [`Tx::owners`]) and
+    /// the lowest free offset of each of the network's ranges, taken for
+    /// `owner` (as [`Tx::take_lowest_free`]). The caller decides from what
+    /// it loaded; a refusal undoes the takes with the rest of the write.
+    /// PostgreSQL does it in one round trip when the transaction holds the
+    /// log lock.
+    async fn lock_for_registration(
+        &mut self,
+        network: &str,
+        key_id: &str,
+        name: &str,
+        key: &WgKey,
+        owner: &Owner,
+    ) -> Result<Option<RegistrationLoad>> {
+        lock_for_registration_stepwise(self, network, key_id, name, key, owner).await
+    }
     /// Inserts a node with its token's record id and hash.
     async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()>;
     /// Writes a node's fields that operators and configs own: name,
@@ -412,6 +482,9 @@ pub trait Tx: Send {
     /// lock on the log head), so revisions commit in order, and PostgreSQL
     /// announces the revision on commit (NOTIFY). Call it after the other
     /// writes of the transaction, so the serialised part stays short.
+    /// PostgreSQL, after [`Tx::lock_log`]: numbered at once, written with
+    /// the transaction's other events at commit (reads in the transaction
+    /// see a node's new config revision all the same).
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64>;
     /// The highest revision [`Tx::append`] returned in this transaction (0
     /// when none); it may name an append a rollback to a savepoint undid.

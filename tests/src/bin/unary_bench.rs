@@ -681,7 +681,10 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let pg = (backend == "postgres").then(|| {
             if args.pg_stat_statements {
-                PgCluster::start_durable_with(&["shared_preload_libraries=pg_stat_statements"])
+                PgCluster::start_durable_with(&[
+                    "shared_preload_libraries=pg_stat_statements",
+                    "pg_stat_statements.track_planning=on",
+                ])
             } else {
                 PgCluster::start_durable()
             }

@@ -107,3 +107,63 @@ impl Cols for PgRow {
         }
     }
 }
+
+/// The columns of a row whose names start with `prefix`, read by their
+/// names without it: a statement that returns two records side by side
+/// names one of them so (`k.id AS k_id`, ...), and the record's decoder
+/// reads it unchanged.
+pub(super) struct Prefixed<'r> {
+    pub row: &'r PgRow,
+    pub prefix: &'static str,
+}
+
+impl Prefixed<'_> {
+    fn col(&self, col: &str) -> String {
+        format!("{}{col}", self.prefix)
+    }
+}
+
+impl Cols for Prefixed<'_> {
+    fn text(&self, col: &str) -> Result<String> {
+        self.row.text(&self.col(col))
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        self.row.opt_text(&self.col(col))
+    }
+    fn int(&self, col: &str) -> Result<i64> {
+        self.row.int(&self.col(col))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        self.row.opt_int(&self.col(col))
+    }
+    fn flag(&self, col: &str) -> Result<bool> {
+        self.row.flag(&self.col(col))
+    }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
+        self.row.opt_bytes(&self.col(col))
+    }
+    fn time(&self, col: &str) -> Result<DateTime<Utc>> {
+        self.row.time(&self.col(col))
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        self.row.opt_time(&self.col(col))
+    }
+    fn addr(&self, col: &str) -> Result<Option<IpAddr>> {
+        self.row.addr(&self.col(col))
+    }
+    fn addrs(&self, col: &str) -> Result<Vec<IpAddr>> {
+        self.row.addrs(&self.col(col))
+    }
+    fn range(&self, col: &str) -> Result<Option<IpNet>> {
+        self.row.range(&self.col(col))
+    }
+    fn ranges(&self, col: &str) -> Result<Option<Vec<IpNet>>> {
+        self.row.ranges(&self.col(col))
+    }
+    fn json(&self, col: &str) -> Result<Option<String>> {
+        self.row.json(&self.col(col))
+    }
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        self.row.texts(&self.col(col))
+    }
+}

@@ -746,20 +746,36 @@ async fn concurrent_appends_stay_dense() {
         let store = store.clone();
         let net = net.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tx = store.begin().await.unwrap();
-            if i % 4 == 0 {
-                tx.lock_network("net1").await.unwrap();
-            }
-            let rev = tx
-                .append(Action::Updated, &Resource::Network(net), i % 2 == 0)
-                .await
-                .unwrap();
-            if i % 3 == 0 {
-                drop(tx);
-                None
-            } else {
-                commit(tx).await;
-                Some(rev)
+            // Mixing both ways of appending can deadlock (a batch holds the
+            // head and then moves the network's revision; an immediate
+            // append may hold the network and wait for the head): the
+            // database aborts one, which runs again, as the service would.
+            loop {
+                let attempt = async {
+                    let mut tx = store.begin().await?;
+                    if i % 5 == 1 {
+                        // Group commit's way: appends numbered under the
+                        // head's lock and written at commit.
+                        tx.lock_log().await?;
+                    }
+                    if i % 4 == 0 {
+                        tx.lock_network("net1").await?;
+                    }
+                    let rev = tx
+                        .append(Action::Updated, &Resource::Network(net.clone()), i % 2 == 0)
+                        .await?;
+                    if i % 3 == 0 {
+                        drop(tx);
+                        Ok(None)
+                    } else {
+                        tx.commit().await?;
+                        Ok(Some(rev))
+                    }
+                };
+                match attempt.await {
+                    Err(Error::Aborted(_)) => continue,
+                    other => break other.unwrap(),
+                }
             }
         }));
     }
@@ -776,6 +792,110 @@ async fn concurrent_appends_stay_dense() {
         store: std::sync::Arc::into_inner(store).expect("tasks done"),
         ..db
     };
+    db.finish().await;
+}
+
+/// Under the log head's lock (group commit's batches), appends are
+/// numbered at once and written together at commit: a rollback to the
+/// savepoint drops those after the mark and gives their numbers back; in
+/// the transaction, nodes read show their network's new config revision;
+/// after the commit the log, the config revision and the notification are
+/// what immediate appends would have left.
+#[tokio::test]
+async fn batched_appends_are_written_at_commit() {
+    let Some(db) = Db::new().await else { return };
+    let s = &db.store;
+    let mut notes = s
+        .notifications()
+        .await
+        .unwrap()
+        .expect("a notification stream");
+    let net = network("net1", "10.1.0.0/24");
+    let other = network("net2", "10.2.0.0/24");
+    let n = node("n1", "net1", "gw", 1);
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_network(&net).await.unwrap();
+    tx.insert_network(&other).await.unwrap();
+    tx.insert_node(&n, &NewToken::generate(TokenKind::Node))
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.append(Action::Created, &Resource::Network(net.clone()), true)
+            .await
+            .unwrap(),
+        1
+    );
+    commit(tx).await;
+    assert_eq!(notes.next().await.unwrap().unwrap(), 1);
+
+    let mut tx = s.begin().await.unwrap();
+    tx.lock_log().await.unwrap();
+    tx.savepoint().await.unwrap();
+    let node_event = Resource::Node(Box::new(n.clone()));
+    assert_eq!(
+        tx.append(Action::Updated, &node_event, true).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        tx.append(Action::Created, &Resource::Network(other.clone()), true)
+            .await
+            .unwrap(),
+        3
+    );
+    // Not written yet: another connection sees the log as it was.
+    assert_eq!(s.log_bounds().await.unwrap().latest, 1);
+    assert_eq!(tx.node("n1").await.unwrap().unwrap().config_revision, 2);
+    tx.keep_and_mark().await.unwrap();
+    assert_eq!(
+        tx.append(Action::Updated, &node_event, true).await.unwrap(),
+        4
+    );
+    tx.rollback_to_savepoint().await.unwrap();
+    assert_eq!(tx.node("n1").await.unwrap().unwrap().config_revision, 2);
+    assert_eq!(
+        tx.append(Action::Deleted, &node_event, false)
+            .await
+            .unwrap(),
+        4,
+        "a rolled-back number is taken again"
+    );
+    commit(tx).await;
+
+    let events = s.events_after(0, 10).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.revision, e.action, e.resource.id()))
+            .collect::<Vec<_>>(),
+        [
+            (1, Action::Created, "net1".to_owned()),
+            (2, Action::Updated, "n1".to_owned()),
+            (3, Action::Created, "net2".to_owned()),
+            (4, Action::Deleted, "n1".to_owned()),
+        ]
+    );
+    assert_eq!(events[1].resource, node_event);
+    assert_eq!(s.log_bounds().await.unwrap().latest, 4);
+    // Config events moved their networks; the last event was not one.
+    assert_eq!(s.get_node("n1").await.unwrap().unwrap().config_revision, 2);
+    let (_, views) = s.load_all().await.unwrap();
+    let revs: Vec<_> = views
+        .iter()
+        .map(|v| (v.network.name.to_string(), v.revision))
+        .collect();
+    assert_eq!(revs, [("net1".to_owned(), 2), ("net2".to_owned(), 3)]);
+    let hint = tokio::time::timeout(Duration::from_secs(10), notes.next())
+        .await
+        .expect("a notification within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(hint, 4, "one notification, of the newest revision");
+
+    // A batch that appended nothing writes nothing.
+    let mut tx = s.begin().await.unwrap();
+    tx.lock_log().await.unwrap();
+    commit(tx).await;
+    assert_eq!(s.log_bounds().await.unwrap().latest, 4);
     db.finish().await;
 }
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use sqlx::{PgConnection, Postgres, Row, Transaction, postgres::PgPool, types::Json};
 
-use super::{all, fetch_ext_client, fetch_node, key_of, log, one, signed};
+use super::{all, cols, fetch_ext_client, fetch_node, key_of, log, one, signed};
 use crate::domain::{
     Error, Result,
     dns::DnsEntry,
@@ -18,7 +18,7 @@ use crate::domain::{
     policy::NetworkPolicy,
     token::NewToken,
 };
-use crate::store::{AdminToken, Clients, Owner, StoredKey, Tx, db_err, rows};
+use crate::store::{AdminToken, Clients, Owner, RegistrationLoad, StoredKey, Tx, db_err, rows};
 
 /// Begins every write transaction. READ COMMITTED (named, whatever the
 /// server's default): each statement sees what committed before it
@@ -38,6 +38,61 @@ fn free_from(family: Family) -> &'static str {
     }
 }
 
+/// The owners [`Tx::owners`] reads, as `name_kind`, `name_id`,
+/// `key_kind` and `key_id`, from [`owners_joins`].
+macro_rules! owners_cols {
+    () => {
+        "o_name.kind AS name_kind, o_name.id AS name_id, o_key.kind AS key_kind, \
+         o_key.id AS key_id"
+    };
+}
+
+/// Joins what holds the name `$2` (`o_name`) and the public key `$3`
+/// (`o_key`) in network `$1`, onto a query of one row.
+macro_rules! owners_joins {
+    () => {
+        "LEFT JOIN LATERAL (SELECT kind, id FROM (\
+             SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
+             WHERE network = $1 AND name = $2 \
+             UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
+             WHERE network = $1 AND name = $2 \
+             UNION ALL SELECT 3, 'dns_entry', name FROM dns_entries \
+             WHERE network = $1 AND name = $2) o ORDER BY rank LIMIT 1) o_name ON true \
+         LEFT JOIN LATERAL (SELECT kind, id FROM (\
+             SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
+             WHERE network = $1 AND public_key = $3 \
+             UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
+             WHERE network = $1 AND public_key = $3) o ORDER BY rank LIMIT 1) o_key ON true"
+    };
+}
+
+/// The lowest free offset of family `$fam` in network `$1`, given `$hint`
+/// (every offset below it is taken): the hint itself when free, else one
+/// past the first taken offset from the hint on whose successor is free.
+macro_rules! lowest_free {
+    ($fam:literal, $hint:literal) => {
+        concat!(
+            "CASE WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
+                 WHERE network = $1 AND family = ",
+            $fam,
+            " AND host_offset = ",
+            $hint,
+            ") THEN ",
+            $hint,
+            " ELSE (SELECT a.host_offset + 1 FROM ip_allocations a \
+                 WHERE a.network = $1 AND a.family = ",
+            $fam,
+            " AND a.host_offset >= ",
+            $hint,
+            " AND NOT EXISTS (SELECT 1 FROM ip_allocations b WHERE b.network = $1 \
+                 AND b.family = ",
+            $fam,
+            " AND b.host_offset = a.host_offset + 1) \
+                 ORDER BY a.host_offset LIMIT 1) END"
+        )
+    };
+}
+
 /// One write transaction; dropping it uncommitted rolls it back.
 pub(super) struct PgTx {
     tx: Transaction<'static, Postgres>,
@@ -48,6 +103,15 @@ pub(super) struct PgTx {
     /// lock it again; forgotten on a rollback to the savepoint, which may
     /// have released the lock.
     locked: std::collections::HashSet<String>,
+    /// The log head as read under its lock ([`Tx::lock_log`]); from then
+    /// on appends are numbered here and held in `pending`, and written
+    /// together by [`Tx::commit`]: one statement per batch instead of one
+    /// round trip per write.
+    head: Option<u64>,
+    /// Appends not written yet, revisions `head + 1` onwards.
+    pending: Vec<log::Pending>,
+    /// `pending.len()` at the savepoint: a rollback to it drops the rest.
+    marked: usize,
 }
 
 impl PgTx {
@@ -57,7 +121,28 @@ impl PgTx {
             tx: pool.begin_with(BEGIN).await.map_err(db_err)?,
             appended: 0,
             locked: std::collections::HashSet::new(),
+            head: None,
+            pending: Vec::new(),
+            marked: 0,
         })
+    }
+
+    /// The config revision of `network` an unwritten append gave it.
+    fn pending_config(&self, network: &str) -> Option<u64> {
+        self.pending
+            .iter()
+            .rev()
+            .find(|e| e.config && e.network.as_deref() == Some(network))
+            .map(|e| e.revision)
+    }
+
+    /// `node` as it will be after the commit: its config revision is its
+    /// network's, which an unwritten append may have moved.
+    fn current(&self, mut node: Node) -> Node {
+        if let Some(r) = self.pending_config(node.network.as_str()) {
+            node.config_revision = node.config_revision.max(r);
+        }
+        node
     }
 
     fn conn(&mut self) -> &mut PgConnection {
@@ -90,15 +175,29 @@ fn owner_in(r: &sqlx::postgres::PgRow, kind: &str, id: &str) -> Result<Option<Ow
 
 #[async_trait]
 impl Tx for PgTx {
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if let Some(head) = self.head {
+            let pending = std::mem::take(&mut self.pending);
+            // COMMIT is not sent when this fails: nothing is durable, and
+            // the batch's writes may run again.
+            log::flush(self.conn(), head, &pending)
+                .await
+                .map_err(|e| match e {
+                    Error::Unavailable(m) => Error::Aborted(m),
+                    e => e,
+                })?;
+        }
         self.tx.commit().await.map_err(db_err)
     }
 
     async fn lock_log(&mut self) -> Result<()> {
-        sqlx::query("SELECT 1 FROM log_head FOR UPDATE")
-            .execute(&mut *self.tx)
+        let head: i64 = sqlx::query_scalar("SELECT revision FROM log_head FOR UPDATE")
+            .fetch_one(&mut *self.tx)
             .await
             .map_err(db_err)?;
+        if self.head.is_none() && self.pending.is_empty() {
+            self.head = Some(super::unsigned(head, "revision")?);
+        }
         Ok(())
     }
 
@@ -107,15 +206,19 @@ impl Tx for PgTx {
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
+        self.marked = self.pending.len();
         Ok(())
     }
 
     async fn keep_and_mark(&mut self) -> Result<()> {
-        release_and_mark(&mut self.tx).await
+        release_and_mark(&mut self.tx).await?;
+        self.marked = self.pending.len();
+        Ok(())
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<()> {
         self.locked.clear();
+        self.pending.truncate(self.marked);
         sqlx::query("ROLLBACK TO SAVEPOINT mp_write")
             .execute(&mut *self.tx)
             .await
@@ -333,7 +436,8 @@ impl Tx for PgTx {
     // Nodes.
 
     async fn node(&mut self, id: &str) -> Result<Option<Node>> {
-        fetch_node(self.conn(), id).await
+        let node = fetch_node(self.conn(), id).await?;
+        Ok(node.map(|n| self.current(n)))
     }
 
     async fn network_nodes(&mut self, network: &str) -> Result<Vec<Node>> {
@@ -346,7 +450,8 @@ impl Tx for PgTx {
         .fetch_all(self.conn())
         .await
         .map_err(db_err)?;
-        all(&rows, rows::node)
+        let nodes = all(&rows, rows::node)?;
+        Ok(nodes.into_iter().map(|n| self.current(n)).collect())
     }
 
     async fn name_owner(&mut self, network: &str, name: &str) -> Result<Option<Owner>> {
@@ -389,22 +494,12 @@ impl Tx for PgTx {
         name: &str,
         key: &WgKey,
     ) -> Result<(Option<Owner>, Option<Owner>)> {
-        let row = sqlx::query(
-            "SELECT n.kind AS name_kind, n.id AS name_id, k.kind AS key_kind, k.id AS key_id \
-             FROM (SELECT 1) one \
-             LEFT JOIN LATERAL (SELECT kind, id FROM (\
-                 SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
-                 WHERE network = $1 AND name = $2 \
-                 UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
-                 WHERE network = $1 AND name = $2 \
-                 UNION ALL SELECT 3, 'dns_entry', name FROM dns_entries \
-                 WHERE network = $1 AND name = $2) o ORDER BY rank LIMIT 1) n ON true \
-             LEFT JOIN LATERAL (SELECT kind, id FROM (\
-                 SELECT 1 AS rank, 'node' AS kind, id FROM nodes \
-                 WHERE network = $1 AND public_key = $3 \
-                 UNION ALL SELECT 2, 'ext_client', id FROM ext_clients \
-                 WHERE network = $1 AND public_key = $3) o ORDER BY rank LIMIT 1) k ON true",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            owners_cols!(),
+            " FROM (SELECT 1) one ",
+            owners_joins!()
+        ))
         .bind(network)
         .bind(name)
         .bind(key.to_string())
@@ -415,6 +510,112 @@ impl Tx for PgTx {
             owner_in(&row, "name_kind", "name_id")?,
             owner_in(&row, "key_kind", "key_id")?,
         ))
+    }
+
+    /// One statement when the transaction holds the log lock (every
+    /// group-commit batch does): the network locked first (the key's lookup
+    /// waits for it), then the key's use, the owners and the addresses.
+    /// One statement reads with one snapshot, taken before its locks are
+    /// granted; under the log lock that is safe, since every other write
+    /// transaction that locks networks has committed before the log lock
+    /// was granted. Without it, one step at a time.
+    async fn lock_for_registration(
+        &mut self,
+        network: &str,
+        key_id: &str,
+        name: &str,
+        key: &WgKey,
+        owner: &Owner,
+    ) -> Result<Option<RegistrationLoad>> {
+        if self.head.is_none() {
+            return crate::store::lock_for_registration_stepwise(
+                self, network, key_id, name, key, owner,
+            )
+            .await;
+        }
+        let row = sqlx::query(concat!(
+            "WITH net AS (SELECT ",
+            network_cols!(),
+            ", free_from4, free_from6 FROM networks WHERE name = $1 FOR UPDATE), \
+             k AS (SELECT ",
+            key_cols!(),
+            " FROM enrollment_keys k WHERE k.id = $4 AND EXISTS (SELECT 1 FROM net) \
+                 FOR UPDATE OF k), \
+             took AS (UPDATE enrollment_keys e SET uses_remaining = e.uses_remaining - 1 \
+                 FROM k WHERE e.id = k.id AND NOT k.unlimited AND k.uses_remaining > 0), \
+             pick AS (SELECT 4 AS family, (",
+            lowest_free!("4", "net.free_from4"),
+            ") AS off FROM net WHERE net.range4 IS NOT NULL \
+                 UNION ALL SELECT 6, (",
+            lowest_free!("6", "net.free_from6"),
+            ") FROM net WHERE net.range6 IS NOT NULL), \
+             ins AS (INSERT INTO ip_allocations \
+                 (network, family, host_offset, owner_kind, owner_id) \
+                 SELECT $1, family, off, $5, $6 FROM pick RETURNING family, host_offset), \
+             moved AS (UPDATE networks w SET \
+                 free_from4 = COALESCE((SELECT i.host_offset + 1 FROM ins i \
+                     WHERE i.family = 4 AND i.host_offset < 9223372036854775807), w.free_from4), \
+                 free_from6 = COALESCE((SELECT i.host_offset + 1 FROM ins i \
+                     WHERE i.family = 6 AND i.host_offset < 9223372036854775807), w.free_from6) \
+                 WHERE w.name = $1 AND EXISTS (SELECT 1 FROM ins)) \
+             SELECT net.*, k.id IS NOT NULL AS key_found, k.id AS k_id, k.hash AS k_hash, \
+                 k.description AS k_description, k.uses_remaining AS k_uses_remaining, \
+                 k.unlimited AS k_unlimited, k.expire_time AS k_expire_time, \
+                 k.create_time AS k_create_time, k.networks AS k_networks, \
+                 (SELECT host_offset FROM ins WHERE family = 4) AS offset4, \
+                 (SELECT host_offset FROM ins WHERE family = 6) AS offset6, ",
+            owners_cols!(),
+            " FROM net LEFT JOIN k ON true ",
+            owners_joins!()
+        ))
+        .bind(network)
+        .bind(name)
+        .bind(key.to_string())
+        .bind(key_id)
+        .bind(owner.kind())
+        .bind(owner.id())
+        .fetch_optional(self.conn())
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let net = rows::network(&row)?;
+        self.locked.insert(net.name.to_string());
+        let stored = if cols::get::<bool>(&row, "key_found")? {
+            let prefixed = cols::Prefixed {
+                row: &row,
+                prefix: "k_",
+            };
+            Some(rows::enrollment_key(
+                &prefixed,
+                cols::get(&row, "k_networks")?,
+            )?)
+        } else {
+            None
+        };
+        let offset = |col: &str| -> Result<Option<u128>> {
+            cols::get::<Option<i64>>(&row, col)?
+                .map(|o| {
+                    u128::try_from(o)
+                        .map_err(|_| Error::Internal(format!("stored offset {o} is negative")))
+                })
+                .transpose()
+        };
+        let (offset4, offset6) = (offset("offset4")?, offset("offset6")?);
+        if offset4.is_some() != net.range4.is_some() || offset6.is_some() != net.range6.is_some() {
+            return Err(Error::Internal(format!(
+                "network {network:?}: no free offset found for one of its ranges"
+            )));
+        }
+        Ok(Some(RegistrationLoad {
+            network: net,
+            key: stored,
+            name_owner: owner_in(&row, "name_kind", "name_id")?,
+            key_owner: owner_in(&row, "key_kind", "key_id")?,
+            offset4,
+            offset6,
+        }))
     }
 
     async fn insert_node(&mut self, node: &Node, token: &NewToken) -> Result<()> {
@@ -569,20 +770,19 @@ impl Tx for PgTx {
     ) -> Result<u128> {
         let col = free_from(family);
         let offset: Option<i64> = sqlx::query_scalar(&format!(
-            "WITH h AS (SELECT {col} AS f FROM networks WHERE name = $1), \
-             pick AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip_allocations \
-                     WHERE network = $1 AND family = $2 AND host_offset = h.f) THEN h.f \
-                 ELSE (SELECT a.host_offset + 1 FROM ip_allocations a \
-                     WHERE a.network = $1 AND a.family = $2 AND a.host_offset >= h.f \
-                     AND NOT EXISTS (SELECT 1 FROM ip_allocations b WHERE b.network = $1 \
-                         AND b.family = $2 AND b.host_offset = a.host_offset + 1) \
-                     ORDER BY a.host_offset LIMIT 1) END AS off FROM h), \
-             ins AS (INSERT INTO ip_allocations \
-                 (network, family, host_offset, owner_kind, owner_id) \
-                 SELECT $1, $2, off, $3, $4 FROM pick RETURNING host_offset), \
-             moved AS (UPDATE networks SET {col} = ins.host_offset + 1 FROM ins \
-                 WHERE name = $1 AND ins.host_offset < 9223372036854775807) \
-             SELECT host_offset FROM ins"
+            concat!(
+                "WITH h AS (SELECT {col} AS f FROM networks WHERE name = $1), \
+                 pick AS (SELECT (",
+                lowest_free!("$2", "h.f"),
+                ") AS off FROM h), \
+                 ins AS (INSERT INTO ip_allocations \
+                     (network, family, host_offset, owner_kind, owner_id) \
+                     SELECT $1, $2, off, $3, $4 FROM pick RETURNING host_offset), \
+                 moved AS (UPDATE networks SET {col} = ins.host_offset + 1 FROM ins \
+                     WHERE name = $1 AND ins.host_offset < 9223372036854775807) \
+                 SELECT host_offset FROM ins"
+            ),
+            col = col
         ))
         .bind(network)
         .bind(family.as_i64())
@@ -818,8 +1018,17 @@ impl Tx for PgTx {
     // The event log.
 
     async fn append(&mut self, action: Action, resource: &Resource, config: bool) -> Result<u64> {
-        let locked = resource.network().is_some_and(|n| self.locked.contains(&n));
-        let revision = log::append(self.conn(), action, resource, config, locked).await?;
+        let revision = if let Some(head) = self.head {
+            // Holding the log head: the next revision is known here, and
+            // the event is written at commit with the others.
+            let revision = head + self.pending.len() as u64 + 1;
+            self.pending
+                .push(log::Pending::new(revision, action, resource, config)?);
+            revision
+        } else {
+            let locked = resource.network().is_some_and(|n| self.locked.contains(&n));
+            log::append(self.conn(), action, resource, config, locked).await?
+        };
         self.appended = self.appended.max(revision);
         Ok(revision)
     }

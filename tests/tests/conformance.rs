@@ -700,34 +700,43 @@ async fn addresses_lowest_free_unique_and_freed(s: Arc<dyn Store>) {
     assert_eq!(tx.lowest_free_offset("corp", Family::V6).await.unwrap(), 2);
     tx.commit().await.unwrap();
     // Register's loads take the lowest free offset of each range at once;
-    // undoing the write gives them back.
-    let mut tx = s.begin().await.unwrap();
-    tx.lock_log().await.unwrap();
-    tx.savepoint().await.unwrap();
+    // undoing the write gives them back. Without the log lock (one step at
+    // a time, rolled back) and with it (on PostgreSQL one statement, kept).
     let take = |owner: &'static str| Owner::Node(owner.into());
-    let load = tx
-        .lock_for_registration("corp", "nokey", "new", &key(5), &take("e"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((load.offset4, load.offset6), (Some(2), Some(2)));
-    tx.rollback_to_savepoint().await.unwrap();
-    let load = tx
-        .lock_for_registration("corp", "nokey", "new", &key(5), &take("f"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((load.offset4, load.offset6), (Some(2), Some(2)));
-    assert_eq!(tx.lowest_free_offset("corp", Family::V4).await.unwrap(), 4);
-    assert_eq!(tx.lowest_free_offset("corp", Family::V6).await.unwrap(), 3);
-    let load = tx
-        .lock_for_registration("lab", "nokey", "new", &key(5), &take("g"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((load.offset4, load.offset6), (Some(1), None));
-    tx.keep_and_mark().await.unwrap();
-    tx.commit().await.unwrap();
+    for log_lock in [false, true] {
+        let mut tx = s.begin().await.unwrap();
+        if log_lock {
+            tx.lock_log().await.unwrap();
+        }
+        tx.savepoint().await.unwrap();
+        let load = tx
+            .lock_for_registration("corp", "nokey", "new", &key(5), &take("e"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((load.offset4, load.offset6), (Some(2), Some(2)));
+        tx.rollback_to_savepoint().await.unwrap();
+        let load = tx
+            .lock_for_registration("corp", "nokey", "new", &key(5), &take("f"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((load.offset4, load.offset6), (Some(2), Some(2)));
+        assert_eq!(tx.lowest_free_offset("corp", Family::V4).await.unwrap(), 4);
+        assert_eq!(tx.lowest_free_offset("corp", Family::V6).await.unwrap(), 3);
+        let load = tx
+            .lock_for_registration("lab", "nokey", "new", &key(5), &take("g"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((load.offset4, load.offset6), (Some(1), None));
+        tx.keep_and_mark().await.unwrap();
+        if log_lock {
+            tx.commit().await.unwrap();
+        } else {
+            drop(tx);
+        }
+    }
     let mut tx = s.begin().await.unwrap();
     // Taken for good: the owners hold them.
     aborted(

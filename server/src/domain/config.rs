@@ -17,7 +17,7 @@ use super::node::{Node, WgKey};
 use super::policy::{
     Policy,
     eval::PolicyIndex,
-    prune::{PeerKeep, Pieces, all_pieces, peer_plan},
+    prune::{PeerKeep, Pieces, Reach, all_pieces},
 };
 
 /// Everything in one network that configs are computed from.
@@ -300,36 +300,49 @@ pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
     } else {
         all_pieces(&index, &view.network, &view.nodes)
     };
-    node_config_with(view, &index, &pieces, node_id)
+    node_config_with(view, &Reach::new(&index, &pieces), &dns_for(view), node_id)
 }
 
-/// [`node_config`] with the policy index and range pieces given, so that
-/// computing every node's config resolves the policy once.
+/// [`node_config`] with the policy resolved and grouped once ([`Reach`]
+/// over the view's [`PolicyIndex`] and [`all_pieces`]) and the zone
+/// ([`dns_for`]) computed once, for computing many nodes' configs: under a
+/// restricting policy each costs about its own size.
 pub fn node_config_with(
     view: &NetworkView,
-    index: &PolicyIndex<'_>,
-    pieces: &Pieces,
+    reach: &Reach<'_, '_>,
+    dns: &DnsConfig,
     node_id: &str,
 ) -> Option<NodeConfig> {
-    let node = view.nodes.iter().find(|n| n.id == node_id)?;
+    let index = reach.index();
     let net = &view.network;
-    let plan = (!index.is_unrestricted())
-        .then(|| peer_plan(index, pieces, &view.nodes, &view.ext_clients, node));
-    let mut peers: BTreeMap<WgKey, Arc<Peer>> = view
-        .nodes
-        .iter()
-        .filter(|m| m.id != node.id)
-        .filter_map(|m| {
-            let keep = match &plan {
-                None => None,
-                Some(p) => Some(p.get(&m.id)?),
-            };
-            Some((
-                m.public_key,
-                Arc::new(node_peer_kept(net, m, &view.ext_clients, keep)),
-            ))
-        })
-        .collect();
+    let (node, plan) = if index.is_unrestricted() {
+        (view.nodes.iter().find(|n| n.id == node_id)?, None)
+    } else {
+        (reach.node(node_id)?, Some(reach.plan(node_id)?))
+    };
+    let mut peers: BTreeMap<WgKey, Arc<Peer>> = match &plan {
+        None => view
+            .nodes
+            .iter()
+            .filter(|m| m.id != node.id)
+            .map(|m| {
+                (
+                    m.public_key,
+                    Arc::new(node_peer_kept(net, m, &view.ext_clients, None)),
+                )
+            })
+            .collect(),
+        Some(p) => p
+            .iter()
+            .filter_map(|(id, keep)| {
+                let m = reach.node(id)?;
+                Some((
+                    m.public_key,
+                    Arc::new(node_peer_kept(net, m, &view.ext_clients, Some(keep))),
+                ))
+            })
+            .collect(),
+    };
     if node.ingress.is_some() {
         for c in view
             .ext_clients
@@ -347,19 +360,26 @@ pub fn node_config_with(
         peers,
         routes: match &plan {
             None => routes_for(node, &view.nodes),
-            Some(p) => routes_for(node, &view.nodes)
-                .into_iter()
-                .filter(|r| {
-                    view.nodes.iter().any(|m| {
-                        m.public_key == r.via_peer
-                            && p.get(&m.id)
-                                .is_some_and(|k| k.ranges.contains(&r.destination))
+            Some(p) => {
+                // Only gateways have routes: through those the node keeps,
+                // to the ranges it keeps of them.
+                let kept: Vec<(&Node, &PeerKeep)> = p
+                    .iter()
+                    .filter(|(_, k)| !k.ranges.is_empty())
+                    .filter_map(|(id, k)| Some((reach.node(id)?, k)))
+                    .collect();
+                routes_for(node, kept.iter().map(|(m, _)| *m))
+                    .into_iter()
+                    .filter(|r| {
+                        kept.iter().any(|(m, k)| {
+                            m.public_key == r.via_peer && k.ranges.contains(&r.destination)
+                        })
                     })
-                })
-                .collect(),
+                    .collect()
+            }
         },
         firewall: firewall_with_policy(net, node, index),
-        dns: dns_for(view),
+        dns: dns.clone(),
     })
 }
 

@@ -9,13 +9,15 @@
 //! for its external clients (both in [`FORWARD_CHAIN`]). Without one, the
 //! output is exactly [`firewall_for`]'s.
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 
 use super::config::{host_prefixes, node_interface};
 use super::network::Network;
 use super::node::Node;
 use super::policy::{
-    Action, Policy, Protocol, Rule as PolicyRule, Selector,
+    Action, Policy, Protocol, Rule as PolicyRule,
     eval::{Party, PolicyIndex},
 };
 
@@ -211,32 +213,13 @@ fn finish(mut rules: Vec<Rule>) -> Firewall {
 /// family (None: `*`, any address), aggregated.
 #[derive(Debug, Clone)]
 struct Resolved {
-    src: Option<Vec<IpNet>>,
-    dst: Option<Vec<IpNet>>,
-}
-
-fn resolve(index: &PolicyIndex<'_>, sels: &[Selector], f: Family) -> Option<Vec<IpNet>> {
-    if sels.contains(&Selector::Any) {
-        return None;
-    }
-    let mut nets: Vec<IpNet> = Vec::new();
-    for s in sels {
-        match s {
-            Selector::Cidr(c) => nets.push(*c),
-            s => {
-                for p in index.parties().iter().filter(|p| p.selected_by(s)) {
-                    nets.extend(p.prefixes());
-                }
-            }
-        }
-    }
-    nets.retain(|n| Family::of(n) == f);
-    Some(IpNet::aggregate(&nets))
+    src: Option<Arc<Vec<IpNet>>>,
+    dst: Option<Arc<Vec<IpNet>>>,
 }
 
 /// The match of `-s`/`-d`: nothing for any address, else the prefixes
 /// comma-separated (iptables adds one rule per address).
-fn addr_match(flag: &str, nets: &Option<Vec<IpNet>>) -> String {
+fn addr_match(flag: &str, nets: &Option<Arc<Vec<IpNet>>>) -> String {
     match nets {
         None => String::new(),
         Some(v) => format!(
@@ -282,16 +265,27 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 
 /// Keeps only the prefixes overlapping `relevant`; None when no prefix is
 /// left (the rule can match nothing there); `*` stays `*`.
-fn clip_to(nets: &Option<Vec<IpNet>>, relevant: &[IpNet]) -> Option<Option<Vec<IpNet>>> {
+fn clip_to(nets: &Option<Arc<Vec<IpNet>>>, relevant: &[IpNet]) -> Option<Option<Arc<Vec<IpNet>>>> {
     match nets {
         None => Some(None),
         Some(v) => {
-            let kept: Vec<IpNet> = v
-                .iter()
-                .filter(|n| relevant.iter().any(|r| overlaps(n, r)))
-                .copied()
-                .collect();
-            (!kept.is_empty()).then_some(Some(kept))
+            // `v` is aggregated (sorted, no prefix inside another), so the
+            // prefixes overlapping `r` are one run, found by bisection: a
+            // node's own address against a tag's thousands of prefixes
+            // costs a few comparisons.
+            let mut kept: Vec<IpNet> = Vec::new();
+            for r in relevant {
+                let from = v.partition_point(|n| n.broadcast() < r.network());
+                kept.extend(
+                    v[from..]
+                        .iter()
+                        .take_while(|n| n.network() <= r.broadcast())
+                        .filter(|n| overlaps(n, r)),
+                );
+            }
+            kept.sort();
+            kept.dedup();
+            (!kept.is_empty()).then_some(Some(Arc::new(kept)))
         }
     }
 }
@@ -318,8 +312,8 @@ fn policy_lines(
 ) {
     for (r, res) in policy.rules.iter().zip(resolved) {
         let Some(res) = keep(res) else { continue };
-        if res.src.as_ref().is_some_and(Vec::is_empty)
-            || res.dst.as_ref().is_some_and(Vec::is_empty)
+        if res.src.as_ref().is_some_and(|v| v.is_empty())
+            || res.dst.as_ref().is_some_and(|v| v.is_empty())
         {
             continue;
         }
@@ -374,12 +368,10 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
     let families: Vec<Family> = network.ranges().map(|r| Family::of(&r)).collect();
     let default_deny = policy.default_action == Action::Deny;
     for &f in &families {
-        let resolved: Vec<Resolved> = policy
-            .rules
-            .iter()
-            .map(|r| Resolved {
-                src: resolve(index, &r.sources, f),
-                dst: resolve(index, &r.destinations, f),
+        let resolved: Vec<Resolved> = (0..policy.rules.len())
+            .map(|i| Resolved {
+                src: index.selected_prefixes(i, true, f == Family::V6),
+                dst: index.selected_prefixes(i, false, f == Family::V6),
             })
             .collect();
         let ranges: Vec<IpNet> = node
@@ -415,9 +407,10 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
                     allow: "ACCEPT",
                 },
                 |res| {
+                    let dst = clip_to(&res.dst, &ranges)?;
                     Some(Resolved {
                         src: res.src.clone(),
-                        dst: clip_to(&res.dst, &ranges)?,
+                        dst,
                     })
                 },
             );
@@ -480,7 +473,7 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
                     allow: "ACCEPT",
                 },
                 |res| {
-                    let touches = |n: &Option<Vec<IpNet>>| {
+                    let touches = |n: &Option<Arc<Vec<IpNet>>>| {
                         n.as_ref().is_none_or(|v| {
                             v.iter().any(|a| clients.iter().any(|c| overlaps(a, c)))
                         })
@@ -522,9 +515,10 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
                 allow: "RETURN",
             },
             |res| {
+                let dst = clip_to(&res.dst, &local)?;
                 Some(Resolved {
                     src: res.src.clone(),
-                    dst: clip_to(&res.dst, &local)?,
+                    dst,
                 })
             },
         );

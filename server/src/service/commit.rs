@@ -43,8 +43,10 @@ use crate::store::{Store, Tx};
 pub const MAX_TURNS: usize = 128;
 
 /// How long a batch stays open for writes queued behind it, at most. A
-/// write alone never waits for it (a batch commits as soon as nobody is
-/// queued); under load, a longer batch spreads its fixed cost (begin, the
+/// write alone on its replica never waits for it (a batch commits as soon
+/// as nobody is queued), though on PostgreSQL a write of another replica
+/// may wait for a batch that is open (the log lock is cluster-wide); under
+/// load, a longer batch spreads its fixed cost (begin, the
 /// log lock's wait for the previous commit, writing the events, the
 /// commit) over more writes: PostgreSQL Register at 64 callers ran
 /// 1,310–1,330/s with 20 ms against 1,020–1,140/s with 10 ms (BENCHMARKS).

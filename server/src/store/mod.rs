@@ -278,7 +278,11 @@ pub trait Tx: Send {
     /// (PostgreSQL: the log head's row; SQLite: nothing more, the
     /// transaction holds the database's write lock already). Group commit
     /// calls it first in every batch, so write transactions lock in one
-    /// order: log, network, rows.
+    /// order: log, network, rows. Every transaction that writes networks,
+    /// nodes, external clients, DNS entries, addresses or enrollment keys
+    /// must take it first: PostgreSQL's one-statement loads
+    /// ([`Tx::lock_for_registration`]) rely on it (the small writes of
+    /// [`Store`], reports, presence and tokens, touch none of them).
     async fn lock_log(&mut self) -> Result<()>;
     /// Marks a point the transaction can go back to (`SAVEPOINT`). Group
     /// commit marks one when a batch begins; each write of the batch then

@@ -16,10 +16,15 @@ use std::time::Instant;
 
 use clap::Parser;
 use meshplane_server::domain::{
-    config::{NetworkView, NodeConfig, node_config_with},
+    config::{NetworkView, NodeConfig, dns_for, node_config_with},
     network::NetworkInput,
     node::{Egress, RegistrationInput},
-    policy::{Action, PolicyInput, RuleInput, eval::PolicyIndex, parse_tags, prune::all_pieces},
+    policy::{
+        Action, PolicyInput, RuleInput,
+        eval::PolicyIndex,
+        parse_tags,
+        prune::{Reach, all_pieces},
+    },
     rules,
 };
 
@@ -136,11 +141,13 @@ fn all_configs(view: &NetworkView) -> (Vec<NodeConfig>, f64, f64) {
     let start = Instant::now();
     let index = PolicyIndex::of_view(view);
     let pieces = all_pieces(&index, &view.network, &view.nodes);
+    let reach = Reach::new(&index, &pieces);
+    let dns = dns_for(view);
     let resolved = start.elapsed().as_secs_f64();
     let configs: Vec<NodeConfig> = view
         .nodes
         .iter()
-        .map(|n| node_config_with(view, &index, &pieces, &n.id).expect("config"))
+        .map(|n| node_config_with(view, &reach, &dns, &n.id).expect("config"))
         .collect();
     (configs, resolved, start.elapsed().as_secs_f64())
 }
@@ -184,17 +191,21 @@ fn main() {
     let start = Instant::now();
     let index = PolicyIndex::of_view(&v);
     let pieces = all_pieces(&index, &v.network, &v.nodes);
+    let reach = Reach::new(&index, &pieces);
     let resolved = start.elapsed().as_secs_f64();
     let index2 = PolicyIndex::of_view(&changed_view);
     let pieces2 = all_pieces(&index2, &changed_view.network, &changed_view.nodes);
+    let reach2 = Reach::new(&index2, &pieces2);
+    let dns = dns_for(&v);
+    let dns2 = dns_for(&changed_view);
     let (mut took, mut again) = (resolved, 0.0);
     let (mut peers, mut fw, mut changed) = (0usize, 0usize, 0usize);
     for n in &v.nodes {
         let t = Instant::now();
-        let a = node_config_with(&v, &index, &pieces, &n.id).expect("config");
+        let a = node_config_with(&v, &reach, &dns, &n.id).expect("config");
         took += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let b = node_config_with(&changed_view, &index2, &pieces2, &n.id).expect("config");
+        let b = node_config_with(&changed_view, &reach2, &dns2, &n.id).expect("config");
         again += t.elapsed().as_secs_f64();
         peers += a.peers.len();
         fw += a.firewall.rules.len();

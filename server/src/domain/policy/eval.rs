@@ -125,7 +125,7 @@ impl Bits {
     pub(crate) fn get(&self, i: usize) -> bool {
         self.0[i / 64] & (1 << (i % 64)) != 0
     }
-    fn and(&self, o: &Bits) -> Bits {
+    pub(crate) fn and(&self, o: &Bits) -> Bits {
         Bits(self.0.iter().zip(&o.0).map(|(a, b)| a & b).collect())
     }
     fn or(&self, o: &Bits) -> Bits {
@@ -161,6 +161,9 @@ pub struct Verdict {
     pub address: IpAddr,
 }
 
+/// Aggregated prefixes, shared by the configs that use them.
+pub type Prefixes = std::sync::Arc<Vec<IpNet>>;
+
 /// A policy resolved against a network's parties: who carries which tag,
 /// which address belongs to whom, which rules each party's packets and
 /// each address can match. Build one per computation over a view and ask
@@ -184,6 +187,8 @@ pub struct PolicyIndex<'a> {
     traffic: Vec<TrafficSet>,
     unrestricted: bool,
     memo: RefCell<HashMap<Bits, TrafficSet>>,
+    /// See [`PolicyIndex::selected_prefixes`].
+    selected: RefCell<HashMap<(usize, bool, bool), Option<Prefixes>>>,
 }
 
 impl<'a> PolicyIndex<'a> {
@@ -243,6 +248,7 @@ impl<'a> PolicyIndex<'a> {
             traffic: policy.rules.iter().map(Rule::traffic).collect(),
             unrestricted: policy.is_unrestricted(),
             memo: RefCell::new(HashMap::new()),
+            selected: RefCell::new(HashMap::new()),
         }
     }
 
@@ -267,6 +273,38 @@ impl<'a> PolicyIndex<'a> {
         &self.parties
     }
 
+    /// The prefixes rule `rule`'s sources (or, without `sources`, its
+    /// destinations) select, of IPv6 or IPv4 (`v6`): CIDR selectors as
+    /// written, parties by their overlay addresses, aggregated; None when
+    /// `*` is among them (any address). Computed once per index.
+    pub fn selected_prefixes(&self, rule: usize, sources: bool, v6: bool) -> Option<Prefixes> {
+        let key = (rule, sources, v6);
+        if let Some(v) = self.selected.borrow().get(&key) {
+            return v.clone();
+        }
+        let r = &self.policy.rules[rule];
+        let sels = if sources { &r.sources } else { &r.destinations };
+        let v = if sels.contains(&Selector::Any) {
+            None
+        } else {
+            let mut nets: Vec<IpNet> = Vec::new();
+            for s in sels {
+                match s {
+                    Selector::Cidr(c) => nets.push(*c),
+                    s => {
+                        for p in self.parties.iter().filter(|p| p.selected_by(s)) {
+                            nets.extend(p.prefixes());
+                        }
+                    }
+                }
+            }
+            nets.retain(|n| matches!(n, IpNet::V6(_)) == v6);
+            Some(std::sync::Arc::new(IpNet::aggregate(&nets)))
+        };
+        self.selected.borrow_mut().insert(key, v.clone());
+        v
+    }
+
     /// The node or client with this id or name.
     pub fn party(&self, id_or_name: &str) -> Option<Party<'a>> {
         self.by_key.get(id_or_name).map(|i| self.parties[*i])
@@ -277,7 +315,8 @@ impl<'a> PolicyIndex<'a> {
         self.by_addr.get(&addr).map(|i| self.parties[*i])
     }
 
-    fn src_bits(&self, s: Sender<'_>) -> Bits {
+    /// The rules whose sources match `s`.
+    pub(crate) fn src_bits(&self, s: Sender<'_>) -> Bits {
         match s {
             Sender::Party(p) => match self.by_key.get(p.id()) {
                 Some(i) => self.src[*i].clone(),
@@ -332,7 +371,15 @@ impl<'a> PolicyIndex<'a> {
         if self.unrestricted {
             return TrafficSet::all();
         }
-        let key = self.matching(from, to);
+        self.allowed_by(self.matching(from, to))
+    }
+
+    /// [`PolicyIndex::allowed`] for a packet that exactly the rules in
+    /// `key` can match (see [`PolicyIndex::matching`]).
+    pub(crate) fn allowed_by(&self, key: Bits) -> TrafficSet {
+        if self.unrestricted {
+            return TrafficSet::all();
+        }
         if let Some(t) = self.memo.borrow().get(&key) {
             return t.clone();
         }

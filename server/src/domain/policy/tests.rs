@@ -17,6 +17,7 @@ use super::super::firewall::{FORWARD_CHAIN, Family, INPUT_CHAIN, firewall_for};
 use super::super::node::{Egress, Ingress, Node};
 use super::diff::flow_changes;
 use super::eval::{DecidedBy, Dest, Party, PolicyIndex, Sender, test_access};
+use super::prune::{Reach, all_pieces, peer_plan};
 use super::*;
 
 // ---- building blocks
@@ -1238,6 +1239,20 @@ proptest! {
     fn prop_rendered_chains_agree_with_evaluation(view in any_view()) {
         let bad = disagreements(&view);
         prop_assert!(bad.is_empty(), "{:#?}\n{:#?}", &bad[..bad.len().min(8)], view.policy);
+    }
+
+    /// Grouped pruning ([`Reach`]) keeps exactly what asking about every
+    /// pair of parties keeps ([`peer_plan`]), for every node.
+    #[test]
+    fn prop_grouped_pruning_equals_pairwise(view in any_view()) {
+        let index = PolicyIndex::of_view(&view);
+        let pieces = all_pieces(&index, &view.network, &view.nodes);
+        let reach = Reach::new(&index, &pieces);
+        for n in &view.nodes {
+            let pairwise = peer_plan(&index, &pieces, &view.nodes, &view.ext_clients, n);
+            prop_assert_eq!(reach.plan(&n.id), Some(pairwise), "{}\n{:#?}", n.id, view.policy);
+        }
+        prop_assert_eq!(reach.plan("no-such-node"), None);
     }
 
     /// Pruning never removes a peer, an allowed IP or a route an allowed

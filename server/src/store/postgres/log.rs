@@ -77,10 +77,12 @@ pub(super) async fn append(
     let network = resource.network();
     let config = config && network.is_some();
     if config && !network_locked {
-        // The network's row, in case the caller has not locked it: the
-        // service's writes lock the log head first (group commit's
-        // `lock_log`), then networks, then rows, and an append keeps to that
-        // order.
+        // The network's row, in case the caller has not locked it (the
+        // service's writes never come here: group commit's batches hold the
+        // log head and write their events at commit; see `flush`). This
+        // locks the network before the head, the reverse of the service's
+        // order, so mixing the two ways can deadlock: the database then
+        // aborts one, which is retried.
         sqlx::query("SELECT 1 FROM networks WHERE name = $1 FOR NO KEY UPDATE")
             .bind(&network)
             .execute(&mut *conn)

@@ -3,10 +3,12 @@
 //! Writes run in READ COMMITTED transactions serialised where it matters
 //! by locks: a network's row ([`Tx::lock_network`]), an enrollment key's,
 //! a transaction-level advisory lock for network creation, and the
-//! one-row head of the event log, which every append increments and keeps
-//! locked until commit, so revisions are dense and commit in order. Each
-//! committed append is announced with NOTIFY, which the other replicas'
-//! followers receive through [`Store::notifications`].
+//! one-row head of the event log, which a transaction locks before its
+//! first append (group commit's batches: before anything) and keeps locked
+//! until commit, so revisions are dense and commit in order (a batch's
+//! events are written together at its commit; see `log`). Each committed
+//! append is announced with NOTIFY, which the other replicas' followers
+//! receive through [`Store::notifications`].
 //!
 //! Columns use PostgreSQL's own types (`inet`, `cidr`, arrays,
 //! `timestamptz`, `bytea`, `jsonb`), decoded for the shared row decoders

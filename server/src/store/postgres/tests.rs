@@ -826,7 +826,10 @@ async fn batched_appends_are_written_at_commit() {
         1
     );
     commit(tx).await;
-    assert_eq!(notes.next().await.unwrap().unwrap(), 1);
+    let first = tokio::time::timeout(Duration::from_secs(10), notes.next())
+        .await
+        .expect("a notification within 10 s");
+    assert_eq!(first.unwrap().unwrap(), 1);
 
     let mut tx = s.begin().await.unwrap();
     tx.lock_log().await.unwrap();

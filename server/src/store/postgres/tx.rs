@@ -112,6 +112,9 @@ pub(super) struct PgTx {
     pending: Vec<log::Pending>,
     /// `pending.len()` at the savepoint: a rollback to it drops the rest.
     marked: usize,
+    /// A savepoint is marked: a rollback to it could release a lock taken
+    /// after it, so [`Tx::lock_log`] then leaves appends immediate.
+    in_savepoint: bool,
 }
 
 impl PgTx {
@@ -124,6 +127,7 @@ impl PgTx {
             head: None,
             pending: Vec::new(),
             marked: 0,
+            in_savepoint: false,
         })
     }
 
@@ -195,7 +199,9 @@ impl Tx for PgTx {
             .fetch_one(&mut *self.tx)
             .await
             .map_err(db_err)?;
-        if self.head.is_none() && self.pending.is_empty() {
+        // Numbered here only when the lock is for the whole transaction
+        // (no savepoint marked that a rollback could take it back with).
+        if self.head.is_none() && self.pending.is_empty() && !self.in_savepoint {
             self.head = Some(super::unsigned(head, "revision")?);
         }
         Ok(())
@@ -207,6 +213,7 @@ impl Tx for PgTx {
             .await
             .map_err(db_err)?;
         self.marked = self.pending.len();
+        self.in_savepoint = true;
         Ok(())
     }
 
@@ -516,9 +523,11 @@ impl Tx for PgTx {
     /// group-commit batch does): the network locked first (the key's lookup
     /// waits for it), then the key's use, the owners and the addresses.
     /// One statement reads with one snapshot, taken before its locks are
-    /// granted; under the log lock that is safe, since every other write
-    /// transaction that locks networks has committed before the log lock
-    /// was granted. Without it, one step at a time.
+    /// granted; under the log lock that is safe because every transaction
+    /// that writes networks, nodes, clients, DNS entries, addresses or
+    /// enrollment keys holds the log lock too (see [`Tx::lock_log`]), so
+    /// each one that could change what this reads committed before the
+    /// lock was granted. Without it, one step at a time.
     async fn lock_for_registration(
         &mut self,
         network: &str,

@@ -217,6 +217,18 @@ struct Resolved {
     dst: Option<Arc<Vec<IpNet>>>,
 }
 
+impl Resolved {
+    /// The rule with its destinations clipped to `relevant` (see
+    /// [`clip_to`]); None when none is left.
+    fn clipped(&self, relevant: &[IpNet]) -> Option<Resolved> {
+        let dst = clip_to(&self.dst, relevant)?;
+        Some(Resolved {
+            src: self.src.clone(),
+            dst,
+        })
+    }
+}
+
 /// The match of `-s`/`-d`: nothing for any address, else the prefixes
 /// comma-separated (iptables adds one rule per address).
 fn addr_match(flag: &str, nets: &Option<Arc<Vec<IpNet>>>) -> String {
@@ -406,13 +418,7 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
                     head: format!("-i {ovl} -o {iface}"),
                     allow: "ACCEPT",
                 },
-                |res| {
-                    let dst = clip_to(&res.dst, &ranges)?;
-                    Some(Resolved {
-                        src: res.src.clone(),
-                        dst,
-                    })
-                },
+                |res| res.clipped(&ranges),
             );
             if default_deny {
                 rules.push(rule(
@@ -514,13 +520,7 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
                 head: format!("-i {ovl}"),
                 allow: "RETURN",
             },
-            |res| {
-                let dst = clip_to(&res.dst, &local)?;
-                Some(Resolved {
-                    src: res.src.clone(),
-                    dst,
-                })
-            },
+            |res| res.clipped(&local),
         );
         if default_deny {
             input.push(rule("filter", INPUT_CHAIN, f, format!("-i {ovl} -j DROP")));

@@ -626,6 +626,15 @@ async fn every_write_and_read_round_trips() {
     db.finish().await;
 }
 
+/// The next revision announced, within 10 s.
+async fn next_hint(notes: &mut crate::store::Notifications) -> u64 {
+    tokio::time::timeout(Duration::from_secs(10), notes.next())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the stream goes on")
+        .expect("a revision")
+}
+
 #[tokio::test]
 async fn the_log_is_dense_ordered_and_announced() {
     let Some(db) = Db::new().await else { return };
@@ -686,12 +695,7 @@ async fn the_log_is_dense_ordered_and_announced() {
     // Announced on commit only, in order.
     let mut got = Vec::new();
     while got.len() < 3 {
-        let hint = tokio::time::timeout(Duration::from_secs(10), notes.next())
-            .await
-            .expect("a notification within 10 s")
-            .expect("the stream goes on")
-            .unwrap();
-        got.push(hint);
+        got.push(next_hint(&mut notes).await);
     }
     assert_eq!(got, [1, 2, 3]);
 
@@ -826,10 +830,7 @@ async fn batched_appends_are_written_at_commit() {
         1
     );
     commit(tx).await;
-    let first = tokio::time::timeout(Duration::from_secs(10), notes.next())
-        .await
-        .expect("a notification within 10 s");
-    assert_eq!(first.unwrap().unwrap(), 1);
+    assert_eq!(next_hint(&mut notes).await, 1);
 
     let mut tx = s.begin().await.unwrap();
     tx.lock_log().await.unwrap();
@@ -887,12 +888,11 @@ async fn batched_appends_are_written_at_commit() {
         .map(|v| (v.network.name.to_string(), v.revision))
         .collect();
     assert_eq!(revs, [("net1".to_owned(), 2), ("net2".to_owned(), 3)]);
-    let hint = tokio::time::timeout(Duration::from_secs(10), notes.next())
-        .await
-        .expect("a notification within 10 s")
-        .unwrap()
-        .unwrap();
-    assert_eq!(hint, 4, "one notification, of the newest revision");
+    assert_eq!(
+        next_hint(&mut notes).await,
+        4,
+        "one notification, of the newest revision"
+    );
 
     // A batch that appended nothing writes nothing.
     let mut tx = s.begin().await.unwrap();

@@ -16,8 +16,7 @@ use super::network::Network;
 use super::node::{Node, WgKey};
 use super::policy::{
     Policy,
-    eval::PolicyIndex,
-    prune::{PeerKeep, Pieces, Reach, all_pieces},
+    prune::{PeerKeep, Reach},
 };
 
 /// Everything in one network that configs are computed from.
@@ -294,22 +293,16 @@ pub fn dns_for(view: &NetworkView) -> DnsConfig {
 /// [`firewall_with_policy`]); under an unrestricted one (the default) the
 /// config is the same as without a policy.
 pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
-    let index = PolicyIndex::of_view(view);
-    let pieces = if index.is_unrestricted() {
-        Pieces::new()
-    } else {
-        all_pieces(&index, &view.network, &view.nodes)
-    };
-    node_config_with(view, &Reach::new(&index, &pieces), &dns_for(view), node_id)
+    node_config_with(view, &Reach::of_view(view), &dns_for(view), node_id)
 }
 
 /// [`node_config`] with the policy resolved and grouped once ([`Reach`]
-/// over the view's [`PolicyIndex`] and [`all_pieces`]) and the zone
+/// over the view's `PolicyIndex` and the pieces of its egress ranges) and the zone
 /// ([`dns_for`]) computed once, for computing many nodes' configs: under a
 /// restricting policy each costs about its own size.
 pub fn node_config_with(
     view: &NetworkView,
-    reach: &Reach<'_, '_>,
+    reach: &Reach<'_>,
     dns: &DnsConfig,
     node_id: &str,
 ) -> Option<NodeConfig> {

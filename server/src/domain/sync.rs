@@ -15,15 +15,15 @@ use std::{
 };
 
 use super::config::{
-    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, ext_client_peer,
-    interface_for, node_config, node_interface, node_peer, routes_for,
+    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, dns_for,
+    ext_client_peer, interface_for, node_config_with, node_interface, node_peer, routes_for,
 };
 use super::event::{Action, Event, Resource};
 use super::ext_client::ExtClient;
 use super::firewall::{Firewall, firewall_for};
 use super::network::Network;
 use super::node::{Node, WgKey};
-use super::policy::Policy;
+use super::policy::{Policy, prune::Reach};
 
 /// Changes kept per network for computing deltas.
 pub const LOG_CAPACITY: usize = 4096;
@@ -201,7 +201,8 @@ pub struct NetworkState {
     /// entries, per-section deltas) is exact for unrestricted policies
     /// only; under a restricting one, every node and client change affects
     /// every node and is served as a snapshot computed by
-    /// [`node_config`] (correct, not yet incremental: see issue #14).
+    /// [`super::config::node_config_with`] (correct, not yet incremental:
+    /// see issue #14).
     policy: Policy,
     revision: u64,
     /// Per node, what its config revision is made of (see [`NodeRev`]).
@@ -217,6 +218,49 @@ pub struct NetworkState {
     log: VecDeque<Change>,
     floor: u64,
     capacity: usize,
+    /// Under a restricting policy: the policy resolved and grouped, and the
+    /// zone, for the current revision (made by the first snapshot after a
+    /// change, shared by the rest).
+    computed: Computed,
+}
+
+/// What configs under a restricting policy are computed from, made once
+/// per revision: a copy of the network, its policy resolved against it and
+/// grouped ([`Reach`]), and the zone.
+struct Computing {
+    view: NetworkView,
+    dns: DnsConfig,
+}
+
+self_cell::self_cell!(
+    /// [`Computing`] and the [`Reach`] that borrows its view.
+    struct Resolved {
+        owner: Computing,
+        #[not_covariant]
+        dependent: Reach,
+    }
+);
+
+/// The per-revision cache of [`NetworkState`]; a copy of the state starts
+/// empty. Snapshots of one network are computed one at a time (the cache
+/// memoises as it answers).
+#[derive(Default)]
+struct Computed(std::sync::OnceLock<std::sync::Mutex<Resolved>>);
+
+impl Clone for Computed {
+    fn clone(&self) -> Self {
+        Computed::default()
+    }
+}
+
+impl std::fmt::Debug for Computed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Computed(ready)"
+        } else {
+            "Computed(empty)"
+        })
+    }
 }
 
 /// A node's part of its config revision: its effective revision is `own`,
@@ -264,6 +308,7 @@ impl NetworkState {
             log: VecDeque::new(),
             floor: view.revision,
             capacity: LOG_CAPACITY,
+            computed: Computed::default(),
         };
         for c in view.ext_clients {
             s.clients.insert(c.id.clone(), c);
@@ -408,6 +453,7 @@ impl NetworkState {
         if ev.revision <= self.revision {
             return Affected::Nobody;
         }
+        self.computed = Computed::default();
         let mut ch = Change {
             revision: ev.revision,
             ..Default::default()
@@ -652,7 +698,16 @@ impl NetworkState {
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let node = self.nodes.get(node_id)?;
         if !self.policy.is_unrestricted() {
-            let mut c = node_config(&self.view(), node_id)?;
+            let resolved = self.computed.0.get_or_init(|| {
+                let view = self.view();
+                let dns = dns_for(&view);
+                std::sync::Mutex::new(Resolved::new(Computing { view, dns }, |c| {
+                    Reach::of_view(&c.view)
+                }))
+            });
+            let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = resolved
+                .with_dependent(|c, reach| node_config_with(&c.view, reach, &c.dns, node_id))?;
             c.revision = self.node_revision(node_id).unwrap_or(self.revision);
             return Some(c);
         }

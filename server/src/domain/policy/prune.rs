@@ -22,6 +22,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::super::config::NetworkView;
 #[cfg(test)]
 use super::super::ext_client::ExtClient;
 use super::super::network::Network;
@@ -236,9 +237,10 @@ pub fn peer_plan(
 /// then decided exactly as [`peer_plan`] decides every node. A network of
 /// 100,000 spokes that may reach 4 hubs asks a few questions per class
 /// pair and 4 per spoke, not 100,000.
-pub struct Reach<'i, 'a> {
-    index: &'i PolicyIndex<'a>,
-    pieces: &'i Pieces,
+#[derive(Debug)]
+pub struct Reach<'a> {
+    index: PolicyIndex<'a>,
+    pieces: Pieces,
     /// Per party, its sender class.
     send: Vec<u32>,
     /// Per party, the receiver class of each of its addresses.
@@ -273,10 +275,21 @@ fn class_of(classes: &mut HashMap<Bits, u32>, all: &mut Vec<Bits>, bits: Bits) -
     c
 }
 
-impl<'i, 'a> Reach<'i, 'a> {
+impl<'a> Reach<'a> {
+    /// The view's policy resolved against its parties and grouped.
+    pub fn of_view(view: &'a NetworkView) -> Self {
+        let index = PolicyIndex::of_view(view);
+        let pieces = if index.is_unrestricted() {
+            Pieces::new()
+        } else {
+            all_pieces(&index, &view.network, &view.nodes)
+        };
+        Reach::new(index, pieces)
+    }
+
     /// Groups the index's parties; `pieces` is [`all_pieces`] of the
     /// network.
-    pub fn new(index: &'i PolicyIndex<'a>, pieces: &'i Pieces) -> Self {
+    pub fn new(index: PolicyIndex<'a>, pieces: Pieces) -> Self {
         let parties = index.parties();
         let (mut send_classes, mut recv_classes) = (HashMap::new(), HashMap::new());
         let (mut send_bits, mut recv_bits) = (Vec::new(), Vec::new());
@@ -362,8 +375,13 @@ impl<'i, 'a> Reach<'i, 'a> {
     }
 
     /// The index it groups.
-    pub fn index(&self) -> &'i PolicyIndex<'a> {
-        self.index
+    pub fn index(&self) -> &PolicyIndex<'a> {
+        &self.index
+    }
+
+    /// The pieces of the network's egress ranges.
+    pub fn pieces(&self) -> &Pieces {
+        &self.pieces
     }
 
     /// The node with this id.
@@ -471,7 +489,7 @@ impl<'i, 'a> Reach<'i, 'a> {
     }
 }
 
-impl<'a> Decide<'a> for Reach<'_, 'a> {
+impl<'a> Decide<'a> for Reach<'a> {
     fn party(&self, i: usize) -> Party<'a> {
         self.index.parties()[i]
     }

@@ -1245,11 +1245,13 @@ proptest! {
     /// pair of parties keeps ([`peer_plan`]), for every node.
     #[test]
     fn prop_grouped_pruning_equals_pairwise(view in any_view()) {
-        let index = PolicyIndex::of_view(&view);
-        let pieces = all_pieces(&index, &view.network, &view.nodes);
-        let reach = Reach::new(&index, &pieces);
+        let reach = Reach::new(
+            PolicyIndex::of_view(&view),
+            all_pieces(&PolicyIndex::of_view(&view), &view.network, &view.nodes),
+        );
         for n in &view.nodes {
-            let pairwise = peer_plan(&index, &pieces, &view.nodes, &view.ext_clients, n);
+            let pairwise =
+                peer_plan(reach.index(), reach.pieces(), &view.nodes, &view.ext_clients, n);
             prop_assert_eq!(reach.plan(&n.id), Some(pairwise), "{}\n{:#?}", n.id, view.policy);
         }
         prop_assert_eq!(reach.plan("no-such-node"), None);

@@ -166,3 +166,97 @@ fn policy_get_set_diff_and_test() {
         Some(revision)
     );
 }
+
+/// Tags, which policies select parties by, from the command line: set on a
+/// node and on an external client, shown, cleared; a bad tag is refused
+/// with the field named.
+#[test]
+fn tags_from_the_command_line() {
+    let e = Env::new();
+    e.json(&["network", "create", "lab", "--range", "10.104.0.0/24"]);
+    let key = e.json(&["key", "create", "--network", "lab", "--unlimited"]);
+    let key = key["token"].as_str().unwrap().to_owned();
+    e.json(&[
+        "node",
+        "register",
+        "--network",
+        "lab",
+        "--name",
+        "gw",
+        "--key",
+        &key,
+        "--endpoint",
+        "203.0.113.9:51821",
+        "--state-dir",
+        "gw-state",
+    ]);
+    let n = e.json(&[
+        "node",
+        "update",
+        "gw",
+        "--network",
+        "lab",
+        "--tags",
+        "ops,db",
+    ]);
+    let mut tags: Vec<&str> = n["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tags.sort_unstable();
+    assert_eq!(tags, ["db", "ops"]);
+    let shown = e.text(&["node", "get", "gw", "--network", "lab"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("tags") && l.contains("db") && l.contains("ops")),
+        "{shown}"
+    );
+    e.json(&["ingress", "create", "gw", "--network", "lab"]);
+    let c = e.json(&[
+        "extclient",
+        "create",
+        "--network",
+        "lab",
+        "--ingress",
+        "gw",
+        "--name",
+        "phone",
+        "--tags",
+        "ops",
+    ]);
+    assert_eq!(c["tags"], serde_json::json!(["ops"]));
+    let c = e.json(&[
+        "extclient",
+        "update",
+        "phone",
+        "--network",
+        "lab",
+        "--tags",
+        "",
+    ]);
+    assert_eq!(
+        c.get("tags").cloned().unwrap_or_default(),
+        serde_json::json!([])
+    );
+    let n = e.json(&["node", "update", "gw", "--network", "lab", "--tags", ""]);
+    assert!(
+        n.get("tags").is_none_or(|t| t == &serde_json::json!([])),
+        "{n}"
+    );
+    let bad = e.fails(
+        &[
+            "node",
+            "update",
+            "gw",
+            "--network",
+            "lab",
+            "--tags",
+            "Not A Tag",
+        ],
+        1,
+    );
+    assert!(bad.contains("tags"), "{bad}");
+}

@@ -50,6 +50,9 @@ pub enum ExtClientCmd {
         /// DNS servers for it (comma-separated).
         #[arg(long, value_name = "IP,...")]
         dns: Vec<String>,
+        /// Its tags, which policies select it by (comma-separated).
+        #[arg(long, value_name = "TAG,...")]
+        tags: Vec<String>,
     },
     /// Shows an external client.
     Get(ClientArg),
@@ -78,6 +81,9 @@ pub enum ExtClientCmd {
         /// Cut it off (keeps it and its address).
         #[arg(long)]
         disable: bool,
+        /// Its tags (comma-separated; "" clears).
+        #[arg(long, value_name = "TAG,...")]
+        tags: Option<Vec<String>>,
     },
     /// Deletes an external client.
     Delete(ClientArg),
@@ -105,6 +111,7 @@ fn client_table(items: &[pb::ExtClient]) -> Table {
         "?DNS",
         "?STALE",
         "?INGRESS",
+        "?TAGS",
     ]);
     for c in items {
         t.row(vec![
@@ -117,6 +124,7 @@ fn client_table(items: &[pb::ExtClient]) -> Table {
             list(&c.dns),
             if c.config_stale { "yes" } else { "no" }.into(),
             c.ingress_node_id.clone(),
+            list(&c.tags),
         ]);
     }
     t
@@ -146,6 +154,7 @@ impl ExtClientCmd {
                 name,
                 public_key,
                 dns,
+                tags,
             } => {
                 let c = clients
                     .create(pb::CreateExtClientRequest {
@@ -154,7 +163,7 @@ impl ExtClientCmd {
                         name: name.unwrap_or_default(),
                         public_key: public_key.unwrap_or_default(),
                         dns: csv(&dns),
-                        tags: Vec::new(),
+                        tags: csv(&tags),
                     })
                     .await?;
                 show_one(ctx, &c, client_table);
@@ -176,6 +185,7 @@ impl ExtClientCmd {
                 dns,
                 enable,
                 disable,
+                tags,
             } => {
                 let mut c = pb::ExtClient {
                     id: client.get(ctx).await?.id,
@@ -194,9 +204,14 @@ impl ExtClientCmd {
                     c.enabled = enable;
                     fields.push("enabled");
                 }
+                if let Some(v) = tags {
+                    c.tags = csv(&v);
+                    fields.push("tags");
+                }
                 if fields.is_empty() {
                     return Err(Failure::Usage(
-                        "nothing to change: pass --name, --dns, --enable or --disable".into(),
+                        "nothing to change: pass --name, --dns, --enable, --disable or --tags"
+                            .into(),
                     ));
                 }
                 show_one(ctx, &clients.update(c, &fields).await?, client_table);

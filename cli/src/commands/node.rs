@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use meshplane_sdk::proto as pb;
 
-use super::{done, show_list, show_one};
+use super::{csv, done, show_list, show_one};
 use crate::{
     Ctx, Failure, Outcome,
     output::{self, Fields, Format, Table, list, or_dash, time},
@@ -66,6 +66,10 @@ pub enum NodeCmd {
         /// New WireGuard public key.
         #[arg(long)]
         public_key: Option<String>,
+        /// Its tags, which policies select it by (comma-separated; ""
+        /// clears).
+        #[arg(long, value_name = "TAG,...")]
+        tags: Option<Vec<String>>,
     },
     /// Deletes a node (frees its addresses, revokes its token).
     Delete(NodeArg),
@@ -173,6 +177,7 @@ fn node_fields(n: &pb::Node) -> Fields {
         .add("listen port", n.listen_port.to_string())
         .add("public key", &n.public_key)
         .add("roles", roles(n))
+        .add("tags", or_dash(&n.tags.join(",")))
         .add(
             "connected",
             match (n.connected, &n.last_seen) {
@@ -383,6 +388,7 @@ impl NodeCmd {
                 listen_port,
                 keepalive,
                 public_key,
+                tags,
             } => {
                 let mut n = pb::Node {
                     id: node.id(ctx).await?,
@@ -409,10 +415,14 @@ impl NodeCmd {
                     n.public_key = v;
                     fields.push("public_key");
                 }
+                if let Some(v) = tags {
+                    n.tags = csv(&v);
+                    fields.push("tags");
+                }
                 if fields.is_empty() {
                     return Err(Failure::Usage(
                         "nothing to change: pass --name, --endpoint, --listen-port, \
-                         --keepalive or --public-key"
+                         --keepalive, --public-key or --tags"
                             .into(),
                     ));
                 }

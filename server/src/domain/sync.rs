@@ -242,10 +242,10 @@ self_cell::self_cell!(
 );
 
 /// The per-revision cache of [`NetworkState`]; a copy of the state starts
-/// empty. Snapshots of one network are computed one at a time (the cache
-/// memoises as it answers).
+/// empty. Shared by snapshots computed at once on several threads (what it
+/// memoises as it answers is behind locks of its own, held per lookup).
 #[derive(Default)]
-struct Computed(std::sync::OnceLock<std::sync::Mutex<Resolved>>);
+struct Computed(std::sync::OnceLock<Resolved>);
 
 impl Clone for Computed {
     fn clone(&self) -> Self {
@@ -701,11 +701,8 @@ impl NetworkState {
             let resolved = self.computed.0.get_or_init(|| {
                 let view = self.view();
                 let dns = dns_for(&view);
-                std::sync::Mutex::new(Resolved::new(Computing { view, dns }, |c| {
-                    Reach::of_view(&c.view)
-                }))
+                Resolved::new(Computing { view, dns }, |c| Reach::of_view(&c.view))
             });
-            let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner());
             let mut c = resolved
                 .with_dependent(|c, reach| node_config_with(&c.view, reach, &c.dns, node_id))?;
             c.revision = self.node_revision(node_id).unwrap_or(self.revision);

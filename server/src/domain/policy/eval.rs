@@ -8,7 +8,6 @@
 //! and by identity when it is a node's or client's overlay address.
 
 use std::{
-    cell::RefCell,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -161,6 +160,38 @@ pub struct Verdict {
     pub address: IpAddr,
 }
 
+/// Answers remembered, shareable between threads (configs of one network
+/// are computed from one resolution of its policy by several streams at
+/// once): each lookup or insert holds the lock for that alone.
+#[derive(Debug)]
+pub(crate) struct Memo<K, V>(std::sync::Mutex<HashMap<K, V>>);
+
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo(std::sync::Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
+    /// The answer remembered for `k`.
+    pub(crate) fn get(&self, k: &K) -> Option<V> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(k)
+            .cloned()
+    }
+
+    /// Remembers `v` for `k` (entries are whole answers, so a lock a
+    /// panic poisoned still holds only correct ones).
+    pub(crate) fn insert(&self, k: K, v: V) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k, v);
+    }
+}
+
 /// Aggregated prefixes, shared by the configs that use them.
 pub type Prefixes = std::sync::Arc<Vec<IpNet>>;
 
@@ -175,6 +206,8 @@ pub struct PolicyIndex<'a> {
     parties: Vec<Party<'a>>,
     by_addr: HashMap<IpAddr, usize>,
     by_key: HashMap<&'a str, usize>,
+    /// Parties by id alone (a name may equal another party's id).
+    by_id: HashMap<&'a str, usize>,
     /// Per party, the rules whose sources select it.
     src: Vec<Bits>,
     /// Per party, the rules whose destinations select it by identity.
@@ -186,9 +219,9 @@ pub struct PolicyIndex<'a> {
     /// Rules' traffic, computed once.
     traffic: Vec<TrafficSet>,
     unrestricted: bool,
-    memo: RefCell<HashMap<Bits, TrafficSet>>,
+    memo: Memo<Bits, TrafficSet>,
     /// See [`PolicyIndex::selected_prefixes`].
-    selected: RefCell<HashMap<(usize, bool, bool), Option<Prefixes>>>,
+    selected: Memo<(usize, bool, bool), Option<Prefixes>>,
 }
 
 impl<'a> PolicyIndex<'a> {
@@ -206,6 +239,7 @@ impl<'a> PolicyIndex<'a> {
         let n = policy.rules.len();
         let mut by_addr = HashMap::new();
         let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
         let mut src = Vec::with_capacity(parties.len());
         let mut dst = Vec::with_capacity(parties.len());
         for (i, p) in parties.iter().enumerate() {
@@ -215,6 +249,7 @@ impl<'a> PolicyIndex<'a> {
             }
             by_key.insert(p.id(), i);
             by_key.insert(p.name(), i);
+            by_id.insert(p.id(), i);
             let (mut s, mut d) = (Bits::new(n), Bits::new(n));
             for (r, rule) in policy.rules.iter().enumerate() {
                 if rule.sources.iter().any(|x| p.selected_by(x)) {
@@ -241,14 +276,15 @@ impl<'a> PolicyIndex<'a> {
             parties,
             by_addr,
             by_key,
+            by_id,
             src,
             dst,
             src_any,
             dst_any,
             traffic: policy.rules.iter().map(Rule::traffic).collect(),
             unrestricted: policy.is_unrestricted(),
-            memo: RefCell::new(HashMap::new()),
-            selected: RefCell::new(HashMap::new()),
+            memo: Memo::default(),
+            selected: Memo::default(),
         }
     }
 
@@ -279,8 +315,8 @@ impl<'a> PolicyIndex<'a> {
     /// `*` is among them (any address). Computed once per index.
     pub fn selected_prefixes(&self, rule: usize, sources: bool, v6: bool) -> Option<Prefixes> {
         let key = (rule, sources, v6);
-        if let Some(v) = self.selected.borrow().get(&key) {
-            return v.clone();
+        if let Some(v) = self.selected.get(&key) {
+            return v;
         }
         let r = &self.policy.rules[rule];
         let sels = if sources { &r.sources } else { &r.destinations };
@@ -301,13 +337,16 @@ impl<'a> PolicyIndex<'a> {
             nets.retain(|n| matches!(n, IpNet::V6(_)) == v6);
             Some(std::sync::Arc::new(IpNet::aggregate(&nets)))
         };
-        self.selected.borrow_mut().insert(key, v.clone());
+        self.selected.insert(key, v.clone());
         v
     }
 
     /// The node or client with this id or name.
     pub fn party(&self, id_or_name: &str) -> Option<Party<'a>> {
-        self.by_key.get(id_or_name).map(|i| self.parties[*i])
+        self.by_id
+            .get(id_or_name)
+            .or_else(|| self.by_key.get(id_or_name))
+            .map(|i| self.parties[*i])
     }
 
     /// The node or client an overlay address belongs to.
@@ -318,7 +357,7 @@ impl<'a> PolicyIndex<'a> {
     /// The rules whose sources match `s`.
     pub(crate) fn src_bits(&self, s: Sender<'_>) -> Bits {
         match s {
-            Sender::Party(p) => match self.by_key.get(p.id()) {
+            Sender::Party(p) => match self.by_id.get(p.id()) {
                 Some(i) => self.src[*i].clone(),
                 None => self.rule_bits(|r| r.sources.iter().any(|x| p.selected_by(x))),
             },
@@ -380,8 +419,8 @@ impl<'a> PolicyIndex<'a> {
         if self.unrestricted {
             return TrafficSet::all();
         }
-        if let Some(t) = self.memo.borrow().get(&key) {
-            return t.clone();
+        if let Some(t) = self.memo.get(&key) {
+            return t;
         }
         let mut remaining = TrafficSet::all();
         let mut allowed = TrafficSet::none();
@@ -400,7 +439,7 @@ impl<'a> PolicyIndex<'a> {
         if self.policy.default_action == Action::Allow {
             allowed = allowed.union(&remaining);
         }
-        self.memo.borrow_mut().insert(key, allowed.clone());
+        self.memo.insert(key, allowed.clone());
         allowed
     }
 

@@ -16,7 +16,6 @@
 //! With an unrestricted policy everything is kept, so configs are those of
 //! a network without a policy.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -27,7 +26,7 @@ use super::super::config::NetworkView;
 use super::super::ext_client::ExtClient;
 use super::super::network::Network;
 use super::super::node::Node;
-use super::eval::{Bits, Dest, Party, PolicyIndex, Sender};
+use super::eval::{Bits, Dest, Memo, Party, PolicyIndex, Sender};
 use super::range_pieces;
 
 /// What a node keeps of one peer node.
@@ -249,8 +248,8 @@ pub struct Reach<'a> {
     foreign: u32,
     send_bits: Vec<Bits>,
     recv_bits: Vec<Bits>,
-    may: RefCell<HashMap<(u32, u32), bool>>,
-    into_range: RefCell<HashMap<(u32, IpNet), bool>>,
+    may: Memo<(u32, u32), bool>,
+    into_range: Memo<(u32, IpNet), bool>,
     /// Node id → the node's party index.
     node_at: HashMap<&'a str, usize>,
     /// Per node party index, its side (the node first).
@@ -364,8 +363,8 @@ impl<'a> Reach<'a> {
             foreign,
             send_bits,
             recv_bits,
-            may: RefCell::new(HashMap::new()),
-            into_range: RefCell::new(HashMap::new()),
+            may: Memo::default(),
+            into_range: Memo::default(),
             node_at,
             sides,
             senders,
@@ -395,20 +394,20 @@ impl<'a> Reach<'a> {
     /// Whether a sender of class `s` may send anything to an address of
     /// class `r`.
     fn may(&self, s: u32, r: u32) -> bool {
-        if let Some(v) = self.may.borrow().get(&(s, r)) {
-            return *v;
+        if let Some(v) = self.may.get(&(s, r)) {
+            return v;
         }
         let key = self.send_bits[s as usize].and(&self.recv_bits[r as usize]);
         let v = !self.index.allowed_by(key).is_empty();
-        self.may.borrow_mut().insert((s, r), v);
+        self.may.insert((s, r), v);
         v
     }
 
     /// Whether a sender of class `s` may send something into some piece of
     /// `range`.
     fn class_reaches_range(&self, s: u32, range: IpNet) -> bool {
-        if let Some(v) = self.into_range.borrow().get(&(s, range)) {
-            return *v;
+        if let Some(v) = self.into_range.get(&(s, range)) {
+            return v;
         }
         let v = self.pieces.get(&range).is_some_and(|ps| {
             ps.iter().any(|p| {
@@ -416,7 +415,7 @@ impl<'a> Reach<'a> {
                 !self.index.allowed_by(key).is_empty()
             })
         });
-        self.into_range.borrow_mut().insert((s, range), v);
+        self.into_range.insert((s, range), v);
         v
     }
 

@@ -1315,6 +1315,36 @@ proptest! {
     }
 }
 
+/// A client whose name is another party's id takes nothing of that
+/// party: not its rule bits as a sender, not its lookup by id.
+#[test]
+fn a_name_equal_to_another_partys_id_takes_nothing_of_it() {
+    let p = policy(
+        Action::Deny,
+        vec![r(&["tag:web"], &["node:db"], &[], &[], Action::Allow)],
+    );
+    let plain = corp(p.clone());
+    let mut twisted = corp(p);
+    let web_id = twisted.nodes[0].id.clone();
+    twisted.ext_clients[1].name = DnsLabel::parse("name", &web_id, DnsLabel::LABEL_MAX).unwrap();
+    let index = PolicyIndex::of_view(&twisted);
+    assert_eq!(index.party(&web_id).map(|p| p.id()), Some(web_id.as_str()));
+    let web = Sender::Party(Party::Node(&twisted.nodes[0]));
+    let db = ip("10.101.0.2");
+    assert_eq!(
+        index.evaluate(web, db, Traffic::Tcp(80)).action,
+        Action::Allow
+    );
+    for n in &plain.nodes {
+        assert_eq!(
+            node_config(&twisted, &n.id).unwrap().peers.len(),
+            node_config(&plain, &n.id).unwrap().peers.len(),
+            "{}",
+            n.name
+        );
+    }
+}
+
 #[test]
 fn foreign_senders_match_only_any() {
     let view = corp(policy(

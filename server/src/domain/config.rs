@@ -331,18 +331,24 @@ pub fn node_config_with(
                 let m = reach.node(id)?;
                 Some((
                     m.public_key,
-                    Arc::new(node_peer_kept(net, m, &view.ext_clients, Some(keep))),
+                    Arc::new(node_peer_kept(net, m, reach.clients_of(id), Some(keep))),
                 ))
             })
             .collect(),
     };
     if node.ingress.is_some() {
-        for c in view
-            .ext_clients
-            .iter()
-            .filter(|c| c.enabled && c.ingress_node_id == node.id)
-        {
-            peers.insert(c.public_key, Arc::new(ext_client_peer(c)));
+        if plan.is_some() {
+            for c in reach.clients_of(&node.id) {
+                peers.insert(c.public_key, Arc::new(ext_client_peer(c)));
+            }
+        } else {
+            for c in view
+                .ext_clients
+                .iter()
+                .filter(|c| c.enabled && c.ingress_node_id == node.id)
+            {
+                peers.insert(c.public_key, Arc::new(ext_client_peer(c)));
+            }
         }
     }
     Some(NodeConfig {

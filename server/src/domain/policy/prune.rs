@@ -22,7 +22,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::super::config::NetworkView;
-#[cfg(test)]
 use super::super::ext_client::ExtClient;
 use super::super::network::Network;
 use super::super::node::Node;
@@ -381,6 +380,21 @@ impl<'a> Reach<'a> {
     /// The pieces of the network's egress ranges.
     pub fn pieces(&self) -> &Pieces {
         &self.pieces
+    }
+
+    /// The enabled external clients of the ingress gateway `id` (none
+    /// when it is no ingress gateway): its side after itself.
+    pub fn clients_of(&self, id: &str) -> impl Iterator<Item = &'a ExtClient> + '_ {
+        let parties = self.index.parties();
+        self.node_at
+            .get(id)
+            .and_then(|i| self.sides.get(i))
+            .into_iter()
+            .flat_map(|side| side[1..].iter())
+            .filter_map(move |&c| match parties[c] {
+                Party::Client(c) => Some(c),
+                Party::Node(_) => None,
+            })
     }
 
     /// The node with this id.

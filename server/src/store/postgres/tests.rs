@@ -626,6 +626,14 @@ async fn every_write_and_read_round_trips() {
     db.finish().await;
 }
 
+/// The store's notification stream.
+async fn listen(s: &PgStore) -> crate::store::Notifications {
+    s.notifications()
+        .await
+        .unwrap()
+        .expect("a notification stream")
+}
+
 /// The next revision announced, within 10 s.
 async fn next_hint(notes: &mut crate::store::Notifications) -> u64 {
     tokio::time::timeout(Duration::from_secs(10), notes.next())
@@ -639,11 +647,7 @@ async fn next_hint(notes: &mut crate::store::Notifications) -> u64 {
 async fn the_log_is_dense_ordered_and_announced() {
     let Some(db) = Db::new().await else { return };
     let s = &db.store;
-    let mut notes = s
-        .notifications()
-        .await
-        .unwrap()
-        .expect("a notification stream");
+    let mut notes = listen(s).await;
     assert_eq!(s.log_bounds().await.unwrap().latest, 0);
     assert_eq!(s.log_bounds().await.unwrap().oldest, 1);
 
@@ -809,11 +813,7 @@ async fn concurrent_appends_stay_dense() {
 async fn batched_appends_are_written_at_commit() {
     let Some(db) = Db::new().await else { return };
     let s = &db.store;
-    let mut notes = s
-        .notifications()
-        .await
-        .unwrap()
-        .expect("a notification stream");
+    let mut notes = listen(s).await;
     let net = network("net1", "10.1.0.0/24");
     let other = network("net2", "10.2.0.0/24");
     let n = node("n1", "net1", "gw", 1);
@@ -961,11 +961,7 @@ async fn a_second_open_finds_the_schema() {
 async fn notifications_survive_a_lost_connection() {
     let Some(db) = Db::new().await else { return };
     let s = &db.store;
-    let mut notes = s
-        .notifications()
-        .await
-        .unwrap()
-        .expect("a notification stream");
+    let mut notes = listen(s).await;
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(20), notes.next())
             .await

@@ -233,7 +233,10 @@ fn main() {
 /// extrapolated to every node.
 fn hub_write(v: &NetworkView) {
     let mut state = NetworkState::from_view(v.clone());
-    let mut moved = v.nodes[1].clone();
+    let Some(first) = v.nodes.first() else {
+        return;
+    };
+    let mut moved = first.clone();
     moved.endpoint = Some(
         meshplane_server::domain::node::Endpoint::parse("endpoint", "198.51.100.9:51820")
             .expect("endpoint"),
@@ -247,10 +250,10 @@ fn hub_write(v: &NetworkView) {
     });
     let applied = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut bytes = 0usize;
+    let mut entries = 0usize;
     for n in &v.nodes {
         let c = state.snapshot(&n.id).expect("snapshot");
-        bytes += c.peers.len() + c.dns.records.len();
+        entries += c.peers.len() + c.dns.records.len();
     }
     let shared = t.elapsed().as_secs_f64();
     let sample: Vec<&str> = v
@@ -272,7 +275,7 @@ fn hub_write(v: &NetworkView) {
         applied,
         shared,
         shared * 1e6 / v.nodes.len() as f64,
-        bytes,
+        entries,
         alone * 1e3,
         alone * v.nodes.len() as f64,
         sample.len()

@@ -454,6 +454,7 @@ impl NetworkState {
             return Affected::Nobody;
         }
         self.computed = Computed::default();
+        let narrow = self.reaches_alike(ev);
         let mut ch = Change {
             revision: ev.revision,
             ..Default::default()
@@ -511,10 +512,29 @@ impl NetworkState {
                 Resource::Network(_) | Resource::Node(_) | Resource::ExtClient(_)
             )
         {
-            // Tags, addresses, gateways: any of them can change what the
-            // policy lets through, hence anyone's peers and firewall.
-            ch.full = true;
-            ch.affected = Affected::All;
+            if let Some(x) = narrow {
+                // Who may exchange what with `x` is as before: only `x` and
+                // the nodes that keep it as a peer (keeping is mutual, see
+                // `policy::prune`) can see this change, as a delta.
+                let view = self.view();
+                let reach = Reach::of_view(&view);
+                let mut seen: BTreeSet<String> = reach
+                    .plan(&x)
+                    .map(|p| p.into_keys().collect())
+                    .unwrap_or_default();
+                seen.insert(x);
+                seen.retain(|v| ch.affected.contains(v));
+                ch.affected = if seen.is_empty() {
+                    Affected::Nobody
+                } else {
+                    Affected::Some(seen)
+                };
+            } else {
+                // Tags, addresses, gateways: any of them can change what the
+                // policy lets through, hence anyone's peers and firewall.
+                ch.full = true;
+                ch.affected = Affected::All;
+            }
         }
         if ch.is_empty() {
             return Affected::Nobody;
@@ -694,6 +714,23 @@ impl NetworkState {
         );
     }
 
+    /// The node `ev` updates, when nothing a policy decides by changes:
+    /// its name, tags, addresses and gateway roles stay as held (an
+    /// endpoint, a port, a keepalive or a key changes).
+    fn reaches_alike(&self, ev: &Event) -> Option<String> {
+        let (Resource::Node(n), Action::Updated) = (&ev.resource, ev.action) else {
+            return None;
+        };
+        let o = self.nodes.get(&n.id)?;
+        (o.name == n.name
+            && o.tags == n.tags
+            && o.address == n.address
+            && o.address6 == n.address6
+            && o.egress == n.egress
+            && o.ingress == n.ingress)
+            .then(|| n.id.clone())
+    }
+
     /// A node's whole config now.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let node = self.nodes.get(node_id)?;
@@ -809,10 +846,29 @@ impl NetworkState {
             interface |= ch.interface_all || ch.interface_of.iter().any(|n| n == node_id);
             firewall |= ch.firewall_of.iter().any(|n| n == node_id);
         }
-        let mut upsert: Vec<Arc<Peer>> = peers
-            .iter()
-            .filter_map(|id| self.peers.get(id.as_str()).cloned())
-            .collect();
+        // Under a restricting policy, a peer's entry is the viewer's own
+        // (pruned allowed IPs), and so are its routes and firewall: taken
+        // from its config now.
+        let pruned = (!self.policy.is_unrestricted())
+            .then(|| self.snapshot(node_id))
+            .flatten();
+        let mut upsert: Vec<Arc<Peer>> = match &pruned {
+            None => peers
+                .iter()
+                .filter_map(|id| self.peers.get(id.as_str()).cloned())
+                .collect(),
+            Some(cfg) => peers
+                .iter()
+                .filter_map(|id| self.nodes.get(id.as_str()))
+                .filter_map(|m| match cfg.peers.get(&m.public_key) {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        removed.insert(m.public_key);
+                        None
+                    }
+                })
+                .collect(),
+        };
         upsert.extend(
             clients
                 .iter()
@@ -830,8 +886,14 @@ impl NetworkState {
             upsert_peers: upsert,
             remove_peers: removed.into_iter().collect(),
             interface: interface.then(|| interface_for(&self.network, node)),
-            routes: routes.then(|| self.routes(node)),
-            firewall: firewall.then(|| firewall_for(&self.network, node)),
+            routes: routes.then(|| match &pruned {
+                Some(cfg) => cfg.routes.clone(),
+                None => self.routes(node),
+            }),
+            firewall: firewall.then(|| match &pruned {
+                Some(cfg) => cfg.firewall.clone(),
+                None => firewall_for(&self.network, node),
+            }),
             upsert_dns: upsert_dns
                 .into_iter()
                 .map(|n| self.dns[n.as_str()].clone())

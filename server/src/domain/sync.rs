@@ -455,6 +455,7 @@ impl NetworkState {
         }
         self.computed = Computed::default();
         let narrow = self.reaches_alike(ev);
+        let client_alike = self.client_alike(ev);
         let mut ch = Change {
             revision: ev.revision,
             ..Default::default()
@@ -512,7 +513,11 @@ impl NetworkState {
                 Resource::Network(_) | Resource::Node(_) | Resource::ExtClient(_)
             )
         {
-            if let Some(x) = narrow {
+            if client_alike {
+                // Nothing any node's pruning or firewall looks at moved: the
+                // change stands as computed (the client's own file, its
+                // ingress gateway's entry for it).
+            } else if let Some(x) = narrow {
                 // Who may exchange what with `x` is as before: only `x` and
                 // the nodes that keep it as a peer (keeping is mutual, see
                 // `policy::prune`) can see this change, as a delta.
@@ -729,6 +734,24 @@ impl NetworkState {
             && o.egress == n.egress
             && o.ingress == n.ingress)
             .then(|| n.id.clone())
+    }
+
+    /// Whether `ev` updates an external client without changing what a
+    /// policy or anyone's pruning looks at: its name, tags, addresses,
+    /// whether it is enabled, its ingress gateway (its DNS servers or its
+    /// key may change).
+    fn client_alike(&self, ev: &Event) -> bool {
+        let (Resource::ExtClient(c), Action::Updated) = (&ev.resource, ev.action) else {
+            return false;
+        };
+        self.clients.get(&c.id).is_some_and(|o| {
+            o.name == c.name
+                && o.tags == c.tags
+                && o.address == c.address
+                && o.address6 == c.address6
+                && o.enabled == c.enabled
+                && o.ingress_node_id == c.ingress_node_id
+        })
     }
 
     /// A node's whole config now.

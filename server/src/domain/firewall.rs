@@ -133,14 +133,7 @@ pub fn firewall_for(network: &Network, node: &Node) -> Firewall {
                 format!("-i {iface} -o {ovl} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
             ));
             if let (true, Some(src)) = (e.nat, source(f)) {
-                for r in &ranges {
-                    rules.push(rule(
-                        "nat",
-                        POSTROUTING_CHAIN,
-                        f,
-                        format!("-s {src} -o {iface} -d {r} -j MASQUERADE"),
-                    ));
-                }
+                masquerade(&mut rules, f, src, iface, ranges.iter().copied());
             }
         }
     }
@@ -226,6 +219,24 @@ impl Resolved {
             src: self.src.clone(),
             dst,
         })
+    }
+}
+
+/// NAT of the overlay range `src` onto `iface` for traffic into `ranges`.
+fn masquerade<'r>(
+    rules: &mut Vec<Rule>,
+    f: Family,
+    src: IpNet,
+    iface: &str,
+    ranges: impl IntoIterator<Item = &'r IpNet>,
+) {
+    for r in ranges {
+        rules.push(rule(
+            "nat",
+            POSTROUTING_CHAIN,
+            f,
+            format!("-s {src} -o {iface} -d {r} -j MASQUERADE"),
+        ));
     }
 }
 
@@ -440,14 +451,7 @@ pub fn firewall_with_policy(network: &Network, node: &Node, index: &PolicyIndex<
             if e.nat
                 && let Some(src) = network.ranges().find(|r| Family::of(r) == f)
             {
-                for r in &ranges {
-                    rules.push(rule(
-                        "nat",
-                        POSTROUTING_CHAIN,
-                        f,
-                        format!("-s {src} -o {iface} -d {r} -j MASQUERADE"),
-                    ));
-                }
+                masquerade(&mut rules, f, src, iface, &ranges);
             }
         }
 

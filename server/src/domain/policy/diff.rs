@@ -36,14 +36,6 @@ pub struct FlowChange {
     pub denied: TrafficSet,
 }
 
-fn addrs(p: &Party<'_>) -> Vec<IpAddr> {
-    let (a, b) = p.addresses();
-    a.map(IpAddr::V4)
-        .into_iter()
-        .chain(b.map(IpAddr::V6))
-        .collect()
-}
-
 /// What changes from `old` to `new` for traffic from `x` to `to`: (newly
 /// allowed, newly denied).
 fn change(
@@ -91,7 +83,8 @@ pub fn flow_changes(view: &NetworkView, old: &Policy, new: &Policy) -> Vec<FlowC
             if y.id() == x.id() {
                 continue;
             }
-            let per: Vec<(IpAddr, (TrafficSet, TrafficSet))> = addrs(y)
+            let per: Vec<(IpAddr, (TrafficSet, TrafficSet))> = y
+                .addrs()
                 .into_iter()
                 .map(|a| (a, change(&oi, &ni, *x, Dest::Addr(a))))
                 .collect();

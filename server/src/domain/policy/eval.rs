@@ -62,6 +62,15 @@ impl<'a> Party<'a> {
         }
     }
 
+    /// Its overlay addresses, IPv4 first.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        let (a, b) = self.addresses();
+        a.map(IpAddr::V4)
+            .into_iter()
+            .chain(b.map(IpAddr::V6))
+            .collect()
+    }
+
     /// Its overlay addresses as host prefixes (IPv4 first).
     pub fn prefixes(&self) -> Vec<IpNet> {
         let (a, b) = self.addresses();
@@ -243,8 +252,7 @@ impl<'a> PolicyIndex<'a> {
         let mut src = Vec::with_capacity(parties.len());
         let mut dst = Vec::with_capacity(parties.len());
         for (i, p) in parties.iter().enumerate() {
-            let (a, b) = p.addresses();
-            for addr in a.map(IpAddr::V4).into_iter().chain(b.map(IpAddr::V6)) {
+            for addr in p.addrs() {
                 by_addr.insert(addr, i);
             }
             by_key.insert(p.id(), i);

@@ -17,7 +17,6 @@
 //! a network without a policy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -56,14 +55,6 @@ fn side<'a>(node: &'a Node, clients: &'a [ExtClient]) -> Vec<Party<'a>> {
         );
     }
     v
-}
-
-fn addrs(p: &Party<'_>) -> Vec<IpAddr> {
-    let (a, b) = p.addresses();
-    a.map(IpAddr::V4)
-        .into_iter()
-        .chain(b.map(IpAddr::V6))
-        .collect()
 }
 
 /// The pieces of every egress range of the network (see
@@ -161,15 +152,16 @@ impl<'a> Decide<'a> for ByIndex<'_, 'a> {
     }
     fn exchange(&self, x: usize, y: usize) -> bool {
         let (x, y) = (self.party(x), self.party(y));
-        addrs(&y)
+        y.addrs()
             .into_iter()
             .any(|a| self.index.may_send(Sender::Party(x), Dest::Addr(a)))
-            || addrs(&x)
+            || x.addrs()
                 .into_iter()
                 .any(|a| self.index.may_send(Sender::Party(y), Dest::Addr(a)))
     }
     fn foreign_reaches(&self, y: usize) -> bool {
-        addrs(&self.party(y))
+        self.party(y)
+            .addrs()
             .into_iter()
             .any(|a| self.index.may_send(Sender::Foreign, Dest::Addr(a)))
     }
@@ -301,7 +293,7 @@ impl<'a> Reach<'a> {
                 index.src_bits(Sender::Party(*p)),
             ));
             recv.push(
-                addrs(p)
+                p.addrs()
                     .into_iter()
                     .map(|a| {
                         class_of(

@@ -521,10 +521,11 @@ impl NetworkState {
                 // Who may exchange what with `x` is as before: only `x` and
                 // the nodes that keep it as a peer (keeping is mutual, see
                 // `policy::prune`) can see this change, as a delta.
-                let view = self.view();
-                let reach = Reach::of_view(&view);
-                let mut seen: BTreeSet<String> = reach
-                    .plan(&x)
+                // (The resolution made here is the new revision's, kept
+                // for the snapshots and deltas that follow.)
+                let mut seen: BTreeSet<String> = self
+                    .resolved()
+                    .with_dependent(|_, reach| reach.plan(&x))
                     .map(|p| p.into_keys().collect())
                     .unwrap_or_default();
                 seen.insert(x);
@@ -754,16 +755,21 @@ impl NetworkState {
         })
     }
 
+    /// The policy resolved for the current revision (made on first use).
+    fn resolved(&self) -> &Resolved {
+        self.computed.0.get_or_init(|| {
+            let view = self.view();
+            let dns = dns_for(&view);
+            Resolved::new(Computing { view, dns }, |c| Reach::of_view(&c.view))
+        })
+    }
+
     /// A node's whole config now.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeConfig> {
         let node = self.nodes.get(node_id)?;
         if !self.policy.is_unrestricted() {
-            let resolved = self.computed.0.get_or_init(|| {
-                let view = self.view();
-                let dns = dns_for(&view);
-                Resolved::new(Computing { view, dns }, |c| Reach::of_view(&c.view))
-            });
-            let mut c = resolved
+            let mut c = self
+                .resolved()
                 .with_dependent(|c, reach| node_config_with(&c.view, reach, &c.dns, node_id))?;
             c.revision = self.node_revision(node_id).unwrap_or(self.revision);
             return Some(c);

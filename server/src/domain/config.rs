@@ -286,24 +286,56 @@ pub fn dns_for(view: &NetworkView) -> DnsConfig {
     }
 }
 
+/// The zone made once for computing many configs ([`node_config_with`]):
+/// every record ([`dns_for`]), and where each name's record is.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    dns: DnsConfig,
+    /// Name relative to the zone → index in `dns.records`.
+    at: std::collections::HashMap<String, usize>,
+}
+
+impl Zone {
+    /// The view's zone.
+    pub fn of(view: &NetworkView) -> Zone {
+        let dns = dns_for(view);
+        let suffix = format!(".{}", dns.domain);
+        let at = dns
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let name = r.name.strip_suffix(&suffix).unwrap_or(&r.name);
+                (name.to_owned(), i)
+            })
+            .collect();
+        Zone { dns, at }
+    }
+
+    /// The record of a name relative to the zone.
+    fn record(&self, name: &str) -> Option<&Arc<DnsRecord>> {
+        self.at.get(name).map(|&i| &self.dns.records[i])
+    }
+}
+
 /// The whole config of one node, or None when the node is not in the view.
-/// Under a restricting policy, peers, allowed IPs and routes are pruned to
-/// what the policy lets the node's side exchange (see
-/// [`super::policy::prune`]) and the firewall filters (see
+/// Under a restricting policy, peers, allowed IPs, routes and the zone's
+/// names are pruned to what the policy lets the node's side exchange (see
+/// [`super::policy::prune`], [`pruned_dns`]) and the firewall filters (see
 /// [`firewall_with_policy`]); under an unrestricted one (the default) the
 /// config is the same as without a policy.
 pub fn node_config(view: &NetworkView, node_id: &str) -> Option<NodeConfig> {
-    node_config_with(view, &Reach::of_view(view), &dns_for(view), node_id)
+    node_config_with(view, &Reach::of_view(view), &Zone::of(view), node_id)
 }
 
 /// [`node_config`] with the policy resolved and grouped once ([`Reach`]
 /// over the view's `PolicyIndex` and the pieces of its egress ranges) and the zone
-/// ([`dns_for`]) computed once, for computing many nodes' configs: under a
+/// ([`Zone::of`]) computed once, for computing many nodes' configs: under a
 /// restricting policy each costs about its own size.
 pub fn node_config_with(
     view: &NetworkView,
     reach: &Reach<'_>,
-    dns: &DnsConfig,
+    zone: &Zone,
     node_id: &str,
 ) -> Option<NodeConfig> {
     let index = reach.index();
@@ -378,8 +410,52 @@ pub fn node_config_with(
             }
         },
         firewall: firewall_with_policy(net, node, index),
-        dns: dns.clone(),
+        dns: match &plan {
+            None => zone.dns.clone(),
+            Some(p) => pruned_dns(view, reach, zone, node, p),
+        },
     })
+}
+
+/// The zone as a node sees it under a restricting policy: the custom
+/// entries, its own name, and the names of the parties it keeps (its kept
+/// peers, the clients of theirs it keeps, its own clients). A name it can
+/// never exchange a packet with stays out, so a config's size follows the
+/// node's reach, not the network's (the server's resolver still answers
+/// for every name). Built by lookups in `dns` (sorted by name), in time
+/// that grows with the answer.
+fn pruned_dns(
+    view: &NetworkView,
+    reach: &Reach<'_>,
+    zone: &Zone,
+    node: &Node,
+    plan: &super::policy::prune::PeerPlan,
+) -> DnsConfig {
+    let mut names: Vec<&str> = view.dns_entries.iter().map(|e| e.name.as_str()).collect();
+    names.push(node.name.as_str());
+    names.extend(reach.clients_of(&node.id).map(|c| c.name.as_str()));
+    for (id, keep) in plan {
+        if let Some(m) = reach.node(id) {
+            names.push(m.name.as_str());
+        }
+        names.extend(
+            reach
+                .clients_of(id)
+                .filter(|c| keep.clients.contains(&c.id))
+                .map(|c| c.name.as_str()),
+        );
+    }
+    let mut records: Vec<Arc<DnsRecord>> = names
+        .into_iter()
+        .filter_map(|n| zone.record(n).cloned())
+        .collect();
+    records.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    records.dedup_by(|a, b| a.name == b.name);
+    DnsConfig {
+        records,
+        nameservers: zone.dns.nameservers.clone(),
+        domain: zone.dns.domain.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@ use std::{
 };
 
 use super::config::{
-    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, dns_for,
-    ext_client_peer, interface_for, node_config_with, node_interface, node_peer, routes_for,
+    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, Zone, ext_client_peer, interface_for, node_config_with, node_interface, node_peer, routes_for,
 };
 use super::event::{Action, Event, Resource};
 use super::ext_client::ExtClient;
@@ -229,7 +228,7 @@ pub struct NetworkState {
 /// grouped ([`Reach`]), and the zone.
 struct Computing {
     view: NetworkView,
-    dns: DnsConfig,
+    zone: Zone,
 }
 
 self_cell::self_cell!(
@@ -759,8 +758,8 @@ impl NetworkState {
     fn resolved(&self) -> &Resolved {
         self.computed.0.get_or_init(|| {
             let view = self.view();
-            let dns = dns_for(&view);
-            Resolved::new(Computing { view, dns }, |c| Reach::of_view(&c.view))
+            let zone = Zone::of(&view);
+            Resolved::new(Computing { view, zone }, |c| Reach::of_view(&c.view))
         })
     }
 
@@ -770,7 +769,7 @@ impl NetworkState {
         if !self.policy.is_unrestricted() {
             let mut c = self
                 .resolved()
-                .with_dependent(|c, reach| node_config_with(&c.view, reach, &c.dns, node_id))?;
+                .with_dependent(|c, reach| node_config_with(&c.view, reach, &c.zone, node_id))?;
             c.revision = self.node_revision(node_id).unwrap_or(self.revision);
             return Some(c);
         }
@@ -906,9 +905,18 @@ impl NetworkState {
                 .map(|c| Arc::new(ext_client_peer(c))),
         );
         upsert.sort_by_key(|p| p.public_key);
-        let (upsert_dns, remove_dns): (Vec<_>, Vec<_>) = dns
-            .into_iter()
-            .partition(|n| self.dns.contains_key(n.as_str()));
+        // Likewise its zone (pruned to the names of what it keeps).
+        let record = |n: &str| match &pruned {
+            Some(cfg) => cfg
+                .dns
+                .records
+                .binary_search_by(|r| r.name.as_str().cmp(n))
+                .ok()
+                .map(|i| cfg.dns.records[i].clone()),
+            None => self.dns.get(n).cloned(),
+        };
+        let (upsert_dns, remove_dns): (Vec<_>, Vec<_>) =
+            dns.into_iter().map(|n| (n, record(n))).partition(|(_, r)| r.is_some());
         Some(Delta {
             from_revision: from,
             revision: self.node_revision(node_id)?,
@@ -923,11 +931,8 @@ impl NetworkState {
                 Some(cfg) => cfg.firewall.clone(),
                 None => firewall_for(&self.network, node),
             }),
-            upsert_dns: upsert_dns
-                .into_iter()
-                .map(|n| self.dns[n.as_str()].clone())
-                .collect(),
-            remove_dns: remove_dns.into_iter().cloned().collect(),
+            upsert_dns: upsert_dns.into_iter().filter_map(|(_, r)| r).collect(),
+            remove_dns: remove_dns.into_iter().map(|(n, _)| n.clone()).collect(),
             nameservers: nameservers.then(|| self.network.nameservers.clone()),
         })
     }

@@ -134,6 +134,24 @@ struct Args {
     /// between the replicas and PostgreSQL, bytes to the agents (0: none).
     #[arg(long, default_value_t = 5)]
     cost_samples: usize,
+    /// Hub and spoke under a policy: this many hub nodes (the gateway of
+    /// mode one and N-1 more, tagged `hub`, not streaming) and a
+    /// default-DENY policy whose one rule lets anything reach `tag:hub`
+    /// and 192.168.77.0/24 (the range mode one then puts behind the
+    /// gateway): each agent keeps only the hubs as peers (0: no policy,
+    /// a full mesh).
+    #[arg(long, default_value_t = 0)]
+    hub_spoke: usize,
+    /// Config streams sharing one HTTP/2 connection (agents i*K..i*K+K-1
+    /// share one): past ~28,000 agents one process runs out of loopback
+    /// ephemeral ports with one connection each. Needs --replicas 1.
+    #[arg(long, default_value_t = 1)]
+    streams_per_connection: usize,
+    /// In mode one, nodes registered one at a time after the change, with
+    /// every agent streaming: what each costs the server (CPU until it is
+    /// idle again) and how many agents it sends an update.
+    #[arg(long, default_value_t = 0)]
+    late_registrations: usize,
     /// Internal: run the bare-tonic baseline server on this address.
     #[arg(long, hide = true)]
     baseline_server: Option<String>,
@@ -301,6 +319,11 @@ async fn main() {
         args.replicas == 1 || args.mode != Mode::Restart,
         "restart mode runs one replica"
     );
+    assert!(
+        args.streams_per_connection >= 1
+            && (args.streams_per_connection == 1 || args.replicas == 1),
+        "--streams-per-connection must be at least 1, and more than 1 needs --replicas 1"
+    );
     let dir = tempfile::tempdir().unwrap();
     // The other replicas' data directories; they use the first one's
     // secret key.
@@ -382,6 +405,29 @@ async fn main() {
 
     // Network, key, gateway, N nodes.
     let key = meshplane_tests::bench_network(admin.clone(), &token, "10.64.0.0/14").await;
+    if args.hub_spoke > 0 {
+        pb::policy_service_client::PolicyServiceClient::new(admin.clone())
+            .update_policy(authed(
+                &token,
+                pb::UpdatePolicyRequest {
+                    policy: Some(pb::Policy {
+                        network: "bench".into(),
+                        default_action: pb::PolicyAction::Deny as i32,
+                        rules: vec![pb::PolicyRule {
+                            name: "spokes-to-hubs".into(),
+                            sources: vec!["*".into()],
+                            destinations: vec!["tag:hub".into(), "192.168.77.0/24".into()],
+                            action: pb::PolicyAction::Allow as i32,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("set the hub-and-spoke policy");
+    }
     // On PostgreSQL, ANALYZE every 2 s while registering: on a fresh
     // database the planner has no statistics until autovacuum's first
     // ANALYZE (up to a minute later), and without them the lowest-free-
@@ -422,6 +468,31 @@ async fn main() {
         }
     };
     let (gw_id, _, gw_address) = register("gw".into()).await;
+    if args.hub_spoke > 0 {
+        let mut hubs = vec![gw_id.clone()];
+        for h in 1..args.hub_spoke {
+            hubs.push(register(format!("hub{h}")).await.0);
+        }
+        let mut nodes = pb::node_service_client::NodeServiceClient::new(admin.clone());
+        for id in hubs {
+            nodes
+                .update_node(authed(
+                    &token,
+                    pb::UpdateNodeRequest {
+                        node: Some(pb::Node {
+                            id,
+                            tags: vec!["hub".into()],
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["tags".into()],
+                        }),
+                    },
+                ))
+                .await
+                .expect("tag a hub");
+        }
+    }
     let sem = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..args.agents {
@@ -450,11 +521,32 @@ async fn main() {
     if let Some(a) = analyzing {
         a.abort();
     }
+    let registered = args.agents + args.extra_nodes + args.hub_spoke.max(1);
     println!(
-        "registered {} nodes in {:.1} s",
-        args.agents + args.extra_nodes + 1,
-        t.elapsed().as_secs_f64()
+        "registered {registered} nodes in {:.1} s ({:.0}/s{})",
+        t.elapsed().as_secs_f64(),
+        registered as f64 / t.elapsed().as_secs_f64(),
+        if args.hub_spoke > 0 {
+            format!(", {} of them hubs, under a hub-and-spoke policy", args.hub_spoke)
+        } else {
+            String::new()
+        }
     );
+    // Shared connections (--streams-per-connection): one lazily connected
+    // channel per group of agents; it reconnects by itself.
+    let shared: Vec<Channel> = if args.streams_per_connection > 1 {
+        (0..args.agents.div_ceil(args.streams_per_connection))
+            .map(|_| {
+                Endpoint::from_shared(format!("http://{}", addrs[0]))
+                    .unwrap()
+                    .initial_stream_window_size(Some(64 * 1024))
+                    .connect_timeout(Duration::from_secs(30))
+                    .connect_lazy()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // Connect the agents.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -495,6 +587,7 @@ async fn main() {
         });
         let forget = forget.clone();
         let addr = addrs[replica].clone();
+        let shared = shared.get(i / args.streams_per_connection).cloned();
         let permit = sem.clone().acquire_owned().await.unwrap();
         let connected = connected.clone();
         let keep_config = i < keep;
@@ -534,7 +627,11 @@ async fn main() {
                         last = 0;
                     }
                 }
-                let ch = match try_channel(&addr).await {
+                let opened_channel = match &shared {
+                    Some(ch) => Ok(ch.clone()),
+                    None => try_channel(&addr).await,
+                };
+                let ch = match opened_channel {
                     Ok(ch) => ch,
                     Err(e) => {
                         log.lock().unwrap().reconnects.push(format!("connect: {e}"));
@@ -663,8 +760,9 @@ async fn main() {
     let rss_after = rss_all();
     let per_stream = (rss_after.saturating_sub(rss_before) as f64) * 1024.0 / args.agents as f64;
     println!(
-        "connected {} agents in {connect_secs:.1} s (snapshot {snapshot_bytes} B in {snapshot_parts} parts each); server RSS {} MiB -> {} MiB: {:.1} KiB per stream",
+        "connected {} agents in {connect_secs:.1} s ({} stream(s) per connection; snapshot {snapshot_bytes} B in {snapshot_parts} parts each); server RSS {} MiB -> {} MiB: {:.1} KiB per stream",
         args.agents,
+        args.streams_per_connection,
         rss_before / 1024,
         rss_after / 1024,
         per_stream / 1024.0
@@ -781,6 +879,37 @@ async fn main() {
                     args.cost_samples,
                 )
                 .await;
+            }
+            for n in 0..args.late_registrations {
+                let before: Vec<usize> = agents
+                    .iter()
+                    .map(|a| a.log.lock().unwrap().updates.len())
+                    .collect();
+                let cpu0 = sys::cpu_secs(pid);
+                let t = Instant::now();
+                register(format!("late{n}")).await;
+                let ack = t.elapsed();
+                // Until the server is idle again (under 5 ms of CPU in 500 ms).
+                let mut last = cpu0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let now = sys::cpu_secs(pid);
+                    if now - last < 0.005 || t.elapsed() > Duration::from_secs(120) {
+                        break;
+                    }
+                    last = now;
+                }
+                let woken = agents
+                    .iter()
+                    .zip(&before)
+                    .filter(|(a, b)| a.log.lock().unwrap().updates.len() > **b)
+                    .count();
+                println!(
+                    "late registration {n}: acknowledged in {:.1} ms; server CPU {:.2} s until idle; {woken} of {} agents sent an update",
+                    ack.as_secs_f64() * 1000.0,
+                    sys::cpu_secs(pid) - cpu0,
+                    agents.len()
+                );
             }
             // Close meshplane's streams before the baseline opens its own.
             for h in handles {

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use meshplane_server::domain::{
-    config::{NetworkView, NodeConfig, dns_for, node_config, node_config_with},
+    config::{NetworkView, NodeConfig, Zone, node_config, node_config_with},
     event::{Action as EventAction, Event, Resource},
     network::NetworkInput,
     node::{Egress, RegistrationInput},
@@ -137,12 +137,12 @@ fn policy(args: &Args, changed: bool) -> meshplane_server::domain::policy::Polic
 fn all_configs(view: &NetworkView) -> (Vec<NodeConfig>, f64, f64) {
     let start = Instant::now();
     let reach = Reach::of_view(view);
-    let dns = dns_for(view);
+    let zone = Zone::of(view);
     let resolved = start.elapsed().as_secs_f64();
     let configs: Vec<NodeConfig> = view
         .nodes
         .iter()
-        .map(|n| node_config_with(view, &reach, &dns, &n.id).expect("config"))
+        .map(|n| node_config_with(view, &reach, &zone, &n.id).expect("config"))
         .collect();
     (configs, resolved, start.elapsed().as_secs_f64())
 }
@@ -187,16 +187,16 @@ fn main() {
     let reach = Reach::of_view(&v);
     let resolved = start.elapsed().as_secs_f64();
     let reach2 = Reach::of_view(&changed_view);
-    let dns = dns_for(&v);
-    let dns2 = dns_for(&changed_view);
+    let zone = Zone::of(&v);
+    let zone2 = Zone::of(&changed_view);
     let (mut took, mut again) = (resolved, 0.0);
     let (mut peers, mut fw, mut changed) = (0usize, 0usize, 0usize);
     for n in &v.nodes {
         let t = Instant::now();
-        let a = node_config_with(&v, &reach, &dns, &n.id).expect("config");
+        let a = node_config_with(&v, &reach, &zone, &n.id).expect("config");
         took += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let b = node_config_with(&changed_view, &reach2, &dns2, &n.id).expect("config");
+        let b = node_config_with(&changed_view, &reach2, &zone2, &n.id).expect("config");
         again += t.elapsed().as_secs_f64();
         peers += a.peers.len();
         fw += a.firewall.rules.len();

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::super::config::tests::{client, network, node};
-use super::super::config::{NetworkView, NodeConfig, node_config};
+use super::super::config::{DnsRecord, NetworkView, NodeConfig, node_config};
 use super::super::error::Error;
 use super::super::ext_client::ExtClient;
 use super::super::firewall::{FORWARD_CHAIN, Family, INPUT_CHAIN, firewall_for};
@@ -643,6 +643,56 @@ fn ops_reach_the_lan_on_8080_only() {
     assert!(cut[0].allowed.is_empty());
 }
 
+/// Under a restricting policy a node's zone holds the custom entries, its
+/// own name and the names of what it keeps, nothing else.
+#[test]
+fn the_zone_a_node_sees_holds_what_it_keeps() {
+    let mut view = corp(policy(
+        Action::Deny,
+        vec![r(
+            &["tag:ops"],
+            &["10.10.10.0/24"],
+            &[Protocol::Tcp],
+            &["8080"],
+            Action::Allow,
+        )],
+    ));
+    view.dns_entries = vec![DnsRecord {
+        name: "nas".into(),
+        address: Some(Ipv4Addr::new(10, 10, 10, 20)),
+        address6: None,
+    }];
+    let names = |view: &NetworkView, id: &str| {
+        node_config(view, id)
+            .unwrap()
+            .dns
+            .records
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&view, "id-web"), vec!["nas.corp", "web.corp"]);
+    // The gateway keeps the ingress and, of its clients, the laptop only.
+    assert_eq!(
+        names(&view, "id-office"),
+        vec!["laptop.corp", "nas.corp", "office.corp", "server.corp"]
+    );
+    // The ingress: its own clients, and the gateway it keeps.
+    assert_eq!(
+        names(&view, "id-server"),
+        vec![
+            "laptop.corp",
+            "nas.corp",
+            "office.corp",
+            "phone.corp",
+            "server.corp"
+        ]
+    );
+    // An unrestricted policy: every name, as without one.
+    view.policy = Policy::default();
+    assert_eq!(names(&view, "id-web").len(), 7);
+}
+
 #[test]
 fn a_narrowing_change_previews_exactly_the_flows_cut() {
     let before = policy(Action::Allow, vec![]);
@@ -1255,6 +1305,37 @@ proptest! {
             prop_assert_eq!(reach.plan(&n.id), Some(pairwise), "{}\n{:#?}", n.id, view.policy);
         }
         prop_assert_eq!(reach.plan("no-such-node"), None);
+    }
+
+    /// A node's zone holds exactly the custom entries, its own name, its
+    /// peers' names and the names of the clients it keeps (as the pairwise
+    /// definition of pruning decides).
+    #[test]
+    fn prop_a_zone_names_what_the_node_keeps(mut view in any_view()) {
+        view.dns_entries = vec![DnsRecord {
+            name: "nas".into(),
+            address: Some(Ipv4Addr::new(10, 10, 10, 20)),
+            address6: None,
+        }];
+        let index = PolicyIndex::of_view(&view);
+        let pieces = all_pieces(&index, &view.network, &view.nodes);
+        let name_of = |id: &str| index.party(id).unwrap().name().to_owned();
+        for n in &view.nodes {
+            let c = node_config(&view, &n.id).unwrap();
+            let mut want: Vec<String> = vec!["nas".into(), n.name.to_string()];
+            if view.policy.is_unrestricted() {
+                want.extend(index.parties().iter().map(|p| p.name().to_owned()));
+            } else {
+                want.extend(c.peers.values().map(|p| p.name.clone()));
+                let plan = peer_plan(&index, &pieces, &view.nodes, &view.ext_clients, n);
+                want.extend(plan.values().flat_map(|k| k.clients.iter().map(|id| name_of(id))));
+            }
+            let mut want: Vec<String> = want.into_iter().map(|w| format!("{w}.corp")).collect();
+            want.sort();
+            want.dedup();
+            let got: Vec<String> = c.dns.records.iter().map(|r| r.name.clone()).collect();
+            prop_assert_eq!(got, want, "{}\n{:#?}", n.id, view.policy);
+        }
     }
 
     /// Pruning never removes a peer, an allowed IP or a route an allowed

@@ -744,33 +744,51 @@ impl State {
         };
         let cells = &self.cells;
         let mut measured: Option<Arc<Fanout>> = None;
-        listening.retain(|id| {
-            let Some(cell) = cells.get(id) else {
-                return false;
+        let mut wake = |id: &str, cell: &Cell| {
+            let Some(rev) = state.node_revision(id) else {
+                return;
             };
-            if cell.tx.receiver_count() == 0 {
-                // Its last stream has gone; a new one subscribes afresh.
-                return false;
+            cell.tx.send_replace(rev);
+            if let Some((histogram, applied)) = fanout {
+                let f = measured.get_or_insert_with(|| {
+                    Arc::new(Fanout {
+                        applied,
+                        slowest_us: AtomicU64::new(0),
+                        histogram: histogram.clone(),
+                    })
+                });
+                cell.owed.push(Owed {
+                    revision: rev,
+                    fanout: f.clone(),
+                });
             }
-            if affected.contains(id)
-                && let Some(rev) = state.node_revision(id)
-            {
-                cell.tx.send_replace(rev);
-                if let Some((histogram, applied)) = fanout {
-                    let f = measured.get_or_insert_with(|| {
-                        Arc::new(Fanout {
-                            applied,
-                            slowest_us: AtomicU64::new(0),
-                            histogram: histogram.clone(),
-                        })
-                    });
-                    cell.owed.push(Owed {
-                        revision: rev,
-                        fanout: f.clone(),
-                    });
+        };
+        match &affected {
+            // A few nodes of many streaming (a node joining a large network
+            // under a policy): look only at them.
+            Affected::Some(ids) if ids.len() < listening.len() => {
+                for id in ids {
+                    if let Some(cell) = cells.get(id)
+                        && cell.tx.receiver_count() > 0
+                        && listening.contains(id)
+                    {
+                        wake(id, cell);
+                    }
                 }
             }
-            true
-        });
+            _ => listening.retain(|id| {
+                let Some(cell) = cells.get(id) else {
+                    return false;
+                };
+                if cell.tx.receiver_count() == 0 {
+                    // Its last stream has gone; a new one subscribes afresh.
+                    return false;
+                }
+                if affected.contains(id) {
+                    wake(id, cell);
+                }
+                true
+            }),
+        }
     }
 }

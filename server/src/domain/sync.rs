@@ -15,14 +15,20 @@ use std::{
 };
 
 use super::config::{
-    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, Zone, ext_client_peer, interface_for, node_config_with, node_interface, node_peer, routes_for,
+    DnsConfig, DnsRecord, Interface, NetworkView, NodeConfig, Peer, Route, Zone, ext_client_peer,
+    interface_for, node_config_with, node_interface, node_peer, routes_for,
 };
 use super::event::{Action, Event, Resource};
 use super::ext_client::ExtClient;
 use super::firewall::{Firewall, firewall_for};
 use super::network::Network;
 use super::node::{Node, WgKey};
-use super::policy::{Policy, prune::Reach};
+use super::policy::{
+    Policy,
+    eval::{Party, PolicyIndex},
+    prune::Reach,
+};
+use narrow::{Classes, Membership, Scope, reached_by};
 
 /// Changes kept per network for computing deltas.
 pub const LOG_CAPACITY: usize = 4096;
@@ -109,6 +115,12 @@ struct Change {
     /// Made under a restricting policy: configs are computed whole (see
     /// [`NetworkState::snapshot`]), so no delta crosses this change.
     full: bool,
+    /// Nodes for which no delta crosses this change (under a restricting
+    /// policy, the node whose side changed: anyone's peers may change).
+    full_for: Vec<String>,
+    /// Under a restricting policy: every affected node's routes and
+    /// firewall are sent again (taken from its config now).
+    firewall_all: bool,
 }
 
 impl Change {
@@ -196,12 +208,13 @@ pub struct NetworkState {
     gateways: BTreeSet<String>,
     dns: BTreeMap<String, Arc<DnsRecord>>,
     custom_dns: BTreeMap<String, DnsRecord>,
-    /// The access policy. The incremental machinery below (shared peer
-    /// entries, per-section deltas) is exact for unrestricted policies
-    /// only; under a restricting one, every node and client change affects
-    /// every node and is served as a snapshot computed by
-    /// [`super::config::node_config_with`] (correct, not yet incremental:
-    /// see issue #14).
+    /// The access policy. The shared peer entries below are exact for
+    /// unrestricted policies only; under a restricting one, configs are
+    /// computed by [`super::config::node_config_with`], a change of one
+    /// node or client reaches the nodes [`narrow`] finds (as deltas cut
+    /// from their configs now; the node whose side changed gets a
+    /// snapshot), and any other change (a gateway's role, the network's
+    /// settings, the policy itself) every node, as snapshots.
     policy: Policy,
     revision: u64,
     /// Per node, what its config revision is made of (see [`NodeRev`]).
@@ -221,6 +234,27 @@ pub struct NetworkState {
     /// zone, for the current revision (made by the first snapshot after a
     /// change, shared by the rest).
     computed: Computed,
+    /// Ingress gateways.
+    ingresses: BTreeSet<String>,
+    /// Under a restricting policy, the classes of the nodes' sides (see
+    /// [`narrow`]), kept as parties change; None until first needed, and
+    /// again after a change it does not follow.
+    membership: Option<Membership>,
+}
+
+/// A change of one party, as [`NetworkState::narrow_before`] saw it and
+/// [`NetworkState::narrow_after`] completes it.
+struct Narrowing {
+    /// The nodes it can reach, so far.
+    reached: BTreeSet<String>,
+    /// Every node.
+    all: bool,
+    /// The nodes whose side it is in, before and after.
+    owners: Vec<String>,
+    /// Names (in the zone) whose presence in a pruned zone may change.
+    names: Vec<String>,
+    /// What rules select it by changes (or it comes or goes).
+    selection: bool,
 }
 
 /// What configs under a restricting policy are computed from, made once
@@ -308,6 +342,8 @@ impl NetworkState {
             floor: view.revision,
             capacity: LOG_CAPACITY,
             computed: Computed::default(),
+            ingresses: BTreeSet::new(),
+            membership: None,
         };
         for c in view.ext_clients {
             s.clients.insert(c.id.clone(), c);
@@ -337,6 +373,9 @@ impl NetworkState {
         for id in ids {
             let p = s.peer_of(&id).expect("node exists");
             s.peers.insert(id.clone(), p);
+            if s.nodes[&id].ingress.is_some() {
+                s.ingresses.insert(id.clone());
+            }
             if s.nodes[&id].egress.is_some() {
                 s.gateways.insert(id);
             }
@@ -453,8 +492,13 @@ impl NetworkState {
             return Affected::Nobody;
         }
         self.computed = Computed::default();
-        let narrow = self.reaches_alike(ev);
-        let client_alike = self.client_alike(ev);
+        let restricted = !self.policy.is_unrestricted();
+        let client_alike = restricted && self.client_alike(ev);
+        let narrowing = if restricted && !client_alike {
+            self.narrow_before(ev)
+        } else {
+            None
+        };
         let mut ch = Change {
             revision: ev.revision,
             ..Default::default()
@@ -491,6 +535,7 @@ impl NetworkState {
                 // policy is unrestricted (the old one's pruning undone).
                 if p.policy != self.policy {
                     self.policy = p.policy.clone();
+                    self.membership = None;
                     ch.full = true;
                     ch.affected = Affected::All;
                 }
@@ -506,37 +551,42 @@ impl NetworkState {
             }
         }
         self.revision = ev.revision;
-        if !self.policy.is_unrestricted()
-            && matches!(
-                ev.resource,
-                Resource::Network(_) | Resource::Node(_) | Resource::ExtClient(_)
-            )
-        {
+        if self.policy.is_unrestricted() {
+            self.membership = None;
+        } else if matches!(
+            ev.resource,
+            Resource::Network(_) | Resource::Node(_) | Resource::ExtClient(_)
+        ) {
             if client_alike {
                 // Nothing any node's pruning or firewall looks at moved: the
                 // change stands as computed (the client's own file, its
                 // ingress gateway's entry for it).
-            } else if let Some(x) = narrow {
-                // Who may exchange what with `x` is as before: only `x` and
-                // the nodes that keep it as a peer (keeping is mutual, see
-                // `policy::prune`) can see this change, as a delta.
-                // (The resolution made here is the new revision's, kept
-                // for the snapshots and deltas that follow.)
-                let mut seen: BTreeSet<String> = self
-                    .resolved()
-                    .with_dependent(|_, reach| reach.plan(&x))
-                    .map(|p| p.into_keys().collect())
-                    .unwrap_or_default();
-                seen.insert(x);
-                seen.retain(|v| ch.affected.contains(v));
-                ch.affected = if seen.is_empty() {
+            } else if let Some(n) = narrowing.and_then(|n| self.narrow_after(ev, n)) {
+                // One party changed: only the nodes it can reach see it,
+                // as deltas cut from their configs now, for its side's
+                // node, whose whole plan may change, as a snapshot.
+                for o in &n.owners {
+                    if !ch.peers.contains(o) {
+                        ch.peers.push(o.clone());
+                    }
+                }
+                ch.dns.extend(n.names);
+                if n.selection {
+                    ch.full_for = n.owners;
+                    ch.routes = true;
+                    ch.firewall_all = true;
+                }
+                ch.affected = if n.all {
+                    Affected::All
+                } else if n.reached.is_empty() {
                     Affected::Nobody
                 } else {
-                    Affected::Some(seen)
+                    Affected::Some(n.reached)
                 };
             } else {
-                // Tags, addresses, gateways: any of them can change what the
-                // policy lets through, hence anyone's peers and firewall.
+                // A gateway's role, the network's settings: served as
+                // snapshots to every node.
+                self.membership = None;
                 ch.full = true;
                 ch.affected = Affected::All;
             }
@@ -616,6 +666,11 @@ impl NetworkState {
         } else {
             self.gateways.remove(&n.id);
         }
+        if n.ingress.is_some() {
+            self.ingresses.insert(n.id.clone());
+        } else {
+            self.ingresses.remove(&n.id);
+        }
         if old
             .as_ref()
             .is_none_or(|o| o.egress != n.egress || o.ingress != n.ingress)
@@ -654,6 +709,7 @@ impl NetworkState {
             None,
             ch,
         );
+        self.ingresses.remove(id);
         if self.gateways.remove(id) {
             ch.routes = true;
             ch.affected.add(Affected::AllExcept(id.to_owned()));
@@ -719,21 +775,156 @@ impl NetworkState {
         );
     }
 
-    /// The node `ev` updates, when nothing a policy decides by changes:
-    /// its name, tags, addresses and gateway roles stay as held (an
-    /// endpoint, a port, a keepalive or a key changes).
-    fn reaches_alike(&self, ev: &Event) -> Option<String> {
-        let (Resource::Node(n), Action::Updated) = (&ev.resource, ev.action) else {
-            return None;
+    /// The party `ev` changes, when it is one whose reach [`narrow`] can
+    /// follow: a node whose gateway roles stay as they are (and that is no
+    /// gateway when it comes or goes), or an external client. Takes its
+    /// old classes out of the membership and notes what the old party can
+    /// reach; None for any other change.
+    fn narrow_before(&mut self, ev: &Event) -> Option<Narrowing> {
+        let plain = |n: &Node| n.egress.is_none() && n.ingress.is_none();
+        let (party_id, client) = match (&ev.resource, ev.action) {
+            (Resource::Node(n), Action::Created | Action::Updated) => {
+                match self.nodes.get(&n.id) {
+                    Some(o) if o.egress != n.egress || o.ingress != n.ingress => return None,
+                    None if !plain(n) => return None,
+                    _ => {}
+                }
+                (n.id.clone(), false)
+            }
+            (Resource::Node(n), Action::Deleted) => {
+                if !self.nodes.get(&n.id).is_none_or(plain) {
+                    return None;
+                }
+                (n.id.clone(), false)
+            }
+            (Resource::ExtClient(c), _) => (c.id.clone(), true),
+            _ => return None,
         };
-        let o = self.nodes.get(&n.id)?;
-        (o.name == n.name
-            && o.tags == n.tags
-            && o.address == n.address
-            && o.address6 == n.address6
-            && o.egress == n.egress
-            && o.ingress == n.ingress)
-            .then(|| n.id.clone())
+        let mut n = Narrowing {
+            reached: BTreeSet::new(),
+            all: false,
+            owners: Vec::new(),
+            names: Vec::new(),
+            selection: true,
+        };
+        if self.membership.is_none() {
+            self.membership = Some(self.build_membership());
+        }
+        // What rules select it by: for a node's update, whether it moves.
+        n.selection = match (&ev.resource, ev.action) {
+            (Resource::Node(new), Action::Updated) => self.nodes.get(&new.id).is_none_or(|o| {
+                o.name != new.name
+                    || o.tags != new.tags
+                    || o.address != new.address
+                    || o.address6 != new.address6
+            }),
+            _ => true,
+        };
+        let mut m = self.membership.take().expect("just made");
+        self.reach_of(&party_id, client, &mut m, false, &mut n);
+        self.membership = Some(m);
+        Some(n)
+    }
+
+    /// Completes [`NetworkState::narrow_before`] once the change is
+    /// applied: counts the new party in, notes what it can reach.
+    fn narrow_after(&mut self, ev: &Event, mut n: Narrowing) -> Option<Narrowing> {
+        let (party_id, client) = match &ev.resource {
+            Resource::Node(x) => (x.id.clone(), false),
+            Resource::ExtClient(c) => (c.id.clone(), true),
+            _ => return None,
+        };
+        let mut m = self.membership.take()?;
+        self.reach_of(&party_id, client, &mut m, true, &mut n);
+        self.membership = Some(m);
+        n.owners.sort();
+        n.owners.dedup();
+        n.names.sort();
+        n.names.dedup();
+        Some(n)
+    }
+
+    /// The node whose side the client is in: its ingress gateway, when it
+    /// is enabled and that node is an ingress gateway.
+    fn side_owner<'c>(&self, c: &'c ExtClient) -> Option<&'c str> {
+        (c.enabled
+            && self
+                .nodes
+                .get(&c.ingress_node_id)
+                .is_some_and(|n| n.ingress.is_some()))
+        .then_some(c.ingress_node_id.as_str())
+    }
+
+    /// Every side's classes, counted afresh.
+    fn build_membership(&self) -> Membership {
+        let index = PolicyIndex::new(&self.policy, [], []);
+        let mut m = Membership::default();
+        for n in self.nodes.values() {
+            m.count(&Classes::of(&index, Party::Node(n)), &n.id, true);
+        }
+        for c in self.clients.values() {
+            if let Some(owner) = self.side_owner(c) {
+                m.count(&Classes::of(&index, Party::Client(c)), owner, true);
+            }
+        }
+        m
+    }
+
+    /// Notes in `n` what the party `id` (a client when `client`) as it is
+    /// now can reach, its owner and names, and counts it out of `m`
+    /// (before the change) or into it (`add`, after).
+    fn reach_of(&self, id: &str, client: bool, m: &mut Membership, add: bool, n: &mut Narrowing) {
+        let index = PolicyIndex::new(&self.policy, [], []);
+        let (party, owner, node) = if client {
+            let Some(c) = self.clients.get(id) else {
+                return;
+            };
+            let owner = self.side_owner(c).map(str::to_owned);
+            n.names.push(format!("{}.{}", c.name, self.zone()));
+            (Party::Client(c), owner, None)
+        } else {
+            let Some(x) = self.nodes.get(id) else { return };
+            (Party::Node(x), Some(x.id.clone()), Some(x))
+        };
+        if let Some(o) = owner.as_ref().and_then(|o| self.nodes.get(o)) {
+            n.names.push(format!("{}.{}", o.name, self.zone()));
+        }
+        let classes = Classes::of(&index, party);
+        if add && let Some(owner) = &owner {
+            m.count(&classes, owner, true);
+        }
+        let side: Vec<Party<'_>> = match node {
+            Some(x) if x.ingress.is_some() => self
+                .clients
+                .values()
+                .filter(|c| self.side_owner(c) == Some(x.id.as_str()))
+                .map(Party::Client)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let scope = Scope {
+            index: &index,
+            policy: &self.policy,
+            network: &self.network,
+            nodes: &self.nodes,
+            gateways: &self.gateways,
+            ingresses: &self.ingresses,
+        };
+        n.all |= reached_by(
+            &scope,
+            m,
+            party,
+            owner.as_deref(),
+            side,
+            n.selection,
+            &mut n.reached,
+        );
+        if let Some(owner) = owner {
+            if !add {
+                m.count(&classes, &owner, false);
+            }
+            n.owners.push(owner);
+        }
     }
 
     /// Whether `ev` updates an external client without changing what a
@@ -825,12 +1016,9 @@ impl NetworkState {
             return false;
         }
         let after = self.log.partition_point(|c| c.revision <= from);
-        if self
-            .log
-            .iter()
-            .skip(after)
-            .any(|c| c.full && c.affected.contains(node_id))
-        {
+        if self.log.iter().skip(after).any(|c| {
+            (c.full && c.affected.contains(node_id)) || c.full_for.iter().any(|x| x == node_id)
+        }) {
             return false;
         }
         if from == self.floor {
@@ -856,8 +1044,14 @@ impl NetworkState {
         let (mut routes, mut nameservers, mut interface, mut firewall) =
             (false, false, false, false);
         let start = self.log.partition_point(|c| c.revision <= from);
+        // Keys given up since `from` in changes that did not reach the
+        // node: under a restricting policy a peer it held then may have
+        // left its config at one change and changed its key at a later
+        // one; removed below when not in its config now.
+        let mut given_up = BTreeSet::new();
         for ch in self.log.iter().skip(start) {
             if !ch.affected.contains(node_id) {
+                given_up.extend(ch.removed_keys.iter().copied());
                 continue;
             }
             peers.extend(ch.peers.iter().filter(|p| p.as_str() != node_id));
@@ -872,7 +1066,7 @@ impl NetworkState {
             routes |= ch.routes || ch.routes_of.iter().any(|n| n == node_id);
             nameservers |= ch.nameservers;
             interface |= ch.interface_all || ch.interface_of.iter().any(|n| n == node_id);
-            firewall |= ch.firewall_of.iter().any(|n| n == node_id);
+            firewall |= ch.firewall_all || ch.firewall_of.iter().any(|n| n == node_id);
         }
         // Under a restricting policy, a peer's entry is the viewer's own
         // (pruned allowed IPs), and so are its routes and firewall: taken
@@ -897,6 +1091,9 @@ impl NetworkState {
                 })
                 .collect(),
         };
+        if let Some(cfg) = &pruned {
+            removed.extend(given_up.into_iter().filter(|k| !cfg.peers.contains_key(k)));
+        }
         upsert.extend(
             clients
                 .iter()
@@ -915,8 +1112,10 @@ impl NetworkState {
                 .map(|i| cfg.dns.records[i].clone()),
             None => self.dns.get(n).cloned(),
         };
-        let (upsert_dns, remove_dns): (Vec<_>, Vec<_>) =
-            dns.into_iter().map(|n| (n, record(n))).partition(|(_, r)| r.is_some());
+        let (upsert_dns, remove_dns): (Vec<_>, Vec<_>) = dns
+            .into_iter()
+            .map(|n| (n, record(n)))
+            .partition(|(_, r)| r.is_some());
         Some(Delta {
             from_revision: from,
             revision: self.node_revision(node_id)?,
@@ -974,5 +1173,6 @@ impl NetworkState {
     }
 }
 
+mod narrow;
 #[cfg(test)]
 pub(crate) mod tests;

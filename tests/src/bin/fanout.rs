@@ -527,7 +527,10 @@ async fn main() {
         t.elapsed().as_secs_f64(),
         registered as f64 / t.elapsed().as_secs_f64(),
         if args.hub_spoke > 0 {
-            format!(", {} of them hubs, under a hub-and-spoke policy", args.hub_spoke)
+            format!(
+                ", {} of them hubs, under a hub-and-spoke policy",
+                args.hub_spoke
+            )
         } else {
             String::new()
         }

@@ -279,6 +279,63 @@ fn hub_write(v: &NetworkView) {
         let _ = node_config(&view, id).expect("config");
     }
     let alone = t.elapsed().as_secs_f64() / sample.len() as f64;
+    // A node joins (tagged like the first node), then its tags change:
+    // what each costs the hub, and whom it reaches.
+    let mut joined = first.clone();
+    joined.id = "id-joined".into();
+    joined.name = meshplane_server::domain::names::DnsLabel::parse("name", "joined").expect("name");
+    joined.public_key = meshplane_server::domain::node::WgKey([0xee; 32]);
+    joined.address = Some(std::net::Ipv4Addr::new(10, 64, 255, 254));
+    joined.address6 = None;
+    joined.egress = None;
+    joined.ingress = None;
+    let mut retagged = joined.clone();
+    retagged.tags = v.nodes.get(1).map(|n| n.tags.clone()).unwrap_or_default();
+    for (what, revision, action, node) in [
+        ("a node joins", v.revision + 2, EventAction::Created, joined),
+        (
+            "its tags change",
+            v.revision + 3,
+            EventAction::Updated,
+            retagged,
+        ),
+    ] {
+        let held: std::collections::HashMap<String, u64> = state
+            .node_ids()
+            .map(|id| (id.clone(), state.node_revision(id).unwrap_or(0)))
+            .collect();
+        let t = Instant::now();
+        let affected = state.apply(&Event {
+            revision,
+            action,
+            resource: Resource::Node(Box::new(node)),
+            time: chrono::Utc::now(),
+        });
+        let applied = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut reached = 0usize;
+        let mut snapshots = 0usize;
+        for id in state.node_ids().cloned().collect::<Vec<_>>() {
+            if !affected.contains(&id) {
+                continue;
+            }
+            reached += 1;
+            match state.delta(&id, held.get(&id).copied().unwrap_or(0)) {
+                Some(d) => std::hint::black_box(d).is_empty(),
+                None => {
+                    snapshots += 1;
+                    std::hint::black_box(state.snapshot(&id)).is_none()
+                }
+            };
+        }
+        println!(
+            "{what}: applied in {:.4} s, reaches {reached} of {} nodes ({snapshots} snapshot(s), \
+             the rest deltas) in {:.3} s",
+            applied,
+            state.node_ids().count(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     println!(
         "one write under the policy (a node's endpoint): applied in {:.3} s, reaches {reached} \
          nodes, their deltas in {:.3} s",

@@ -233,6 +233,27 @@ pub struct PolicyIndex<'a> {
     selected: Memo<(usize, bool, bool), Option<Prefixes>>,
 }
 
+/// The rules of `policy` for which `f` holds.
+fn rule_bits(policy: &Policy, f: impl Fn(&Rule) -> bool) -> Bits {
+    let mut b = Bits::new(policy.rules.len());
+    for (i, r) in policy.rules.iter().enumerate() {
+        if f(r) {
+            b.set(i);
+        }
+    }
+    b
+}
+
+/// The rules whose sources select `p`.
+fn sources_selecting(policy: &Policy, p: Party<'_>) -> Bits {
+    rule_bits(policy, |r| r.sources.iter().any(|x| p.selected_by(x)))
+}
+
+/// The rules whose destinations select `p` by identity (or `*`).
+fn destinations_selecting(policy: &Policy, p: Party<'_>) -> Bits {
+    rule_bits(policy, |r| r.destinations.iter().any(|x| p.selected_by(x)))
+}
+
 impl<'a> PolicyIndex<'a> {
     /// Resolves `policy` against these nodes and clients.
     pub fn new(
@@ -258,17 +279,8 @@ impl<'a> PolicyIndex<'a> {
             by_key.insert(p.id(), i);
             by_key.insert(p.name(), i);
             by_id.insert(p.id(), i);
-            let (mut s, mut d) = (Bits::new(n), Bits::new(n));
-            for (r, rule) in policy.rules.iter().enumerate() {
-                if rule.sources.iter().any(|x| p.selected_by(x)) {
-                    s.set(r);
-                }
-                if rule.destinations.iter().any(|x| p.selected_by(x)) {
-                    d.set(r);
-                }
-            }
-            src.push(s);
-            dst.push(d);
+            src.push(sources_selecting(policy, *p));
+            dst.push(destinations_selecting(policy, *p));
         }
         let (mut src_any, mut dst_any) = (Bits::new(n), Bits::new(n));
         for (r, rule) in policy.rules.iter().enumerate() {
@@ -374,13 +386,20 @@ impl<'a> PolicyIndex<'a> {
     }
 
     fn rule_bits(&self, f: impl Fn(&Rule) -> bool) -> Bits {
-        let mut b = Bits::new(self.policy.rules.len());
-        for (i, r) in self.policy.rules.iter().enumerate() {
-            if f(r) {
-                b.set(i);
-            }
-        }
-        b
+        rule_bits(self.policy, f)
+    }
+
+    /// The sender class of `p` ([`PolicyIndex::src_bits`]), from the party
+    /// alone: it need not be one of the index's.
+    pub(crate) fn send_bits_of(&self, p: Party<'_>) -> Bits {
+        sources_selecting(self.policy, p)
+    }
+
+    /// The receiver class of `p`'s address `a` ([`PolicyIndex::dst_bits`]
+    /// of it), from the party alone: it need not be one of the index's.
+    pub(crate) fn recv_bits_of(&self, p: Party<'_>, a: IpAddr) -> Bits {
+        self.cidr_bits(|c| c.contains(&a))
+            .or(&destinations_selecting(self.policy, p))
     }
 
     fn cidr_bits(&self, hit: impl Fn(&IpNet) -> bool) -> Bits {

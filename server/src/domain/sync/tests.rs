@@ -93,6 +93,8 @@ pub(crate) enum NodeChange {
     /// explicitly, or none.
     Interface(usize),
     Os,
+    /// Sets its tags to one of [`TAG_SETS`].
+    Tags(usize),
 }
 
 /// What [`Op::UpdateClient`] changes.
@@ -101,6 +103,18 @@ pub(crate) enum ClientChange {
     Toggle,
     Rename(usize),
     Dns(u8),
+    /// Sets its tags to one of [`TAG_SETS`].
+    Tags(usize),
+}
+
+/// The tags a node or client may carry in these tests.
+const TAG_SETS: [&[&str]; 4] = [&[], &["ops"], &["web"], &["ops", "web"]];
+
+fn tag_set(pick: usize) -> Vec<crate::domain::policy::Tag> {
+    TAG_SETS[pick % TAG_SETS.len()]
+        .iter()
+        .map(|t| crate::domain::policy::Tag::parse("t", t).unwrap())
+        .collect()
 }
 
 /// What [`Op::UpdateNetwork`] changes.
@@ -122,11 +136,13 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         (1..9u8).prop_map(NodeChange::Endpoint),
         pick().prop_map(NodeChange::Interface),
         Just(NodeChange::Os),
+        pick().prop_map(NodeChange::Tags),
     ];
     let client_change = prop_oneof![
         Just(ClientChange::Toggle),
         pick().prop_map(ClientChange::Rename),
         (1..4u8).prop_map(ClientChange::Dns),
+        pick().prop_map(ClientChange::Tags),
     ];
     let network_change = prop_oneof![
         (0..3u32).prop_map(|k| NetworkChange::Keepalive(k * 15)),
@@ -333,6 +349,7 @@ impl World {
                             INTERFACES[pick % INTERFACES.len()].map(String::from)
                     }
                     NodeChange::Os => self.view.nodes[i].os = "changed".into(),
+                    NodeChange::Tags(pick) => self.view.nodes[i].tags = tag_set(pick),
                 }
                 vec![self.node_event(i, Action::Updated)]
             }
@@ -436,6 +453,7 @@ impl World {
                     ClientChange::Dns(d) => {
                         self.view.ext_clients[i].dns = vec![format!("1.1.1.{d}").parse().unwrap()]
                     }
+                    ClientChange::Tags(pick) => self.view.ext_clients[i].tags = tag_set(pick),
                 }
                 let c = self.view.ext_clients[i].clone();
                 vec![self.event(Action::Updated, Resource::ExtClient(Box::new(c)))]
@@ -652,6 +670,37 @@ proptest! {
                 rule(&["node:a", "node:c"], &["*"], vec![Some(Protocol::Tcp)], &["22"], Action::Allow),
                 rule(&["*"], &["node:b", "fd10::/64"], vec![], &[], Action::Allow),
                 rule(&["node:d"], &["*"], vec![], &[], Action::Deny),
+            ],
+        }
+        .validate()
+        .unwrap();
+        run_under(&ops, 16, policy)?;
+    }
+
+    /// The same under a policy by tags (nodes and clients change tags),
+    /// with a tag-to-tag DENY (firewalls listing tagged addresses) and
+    /// anything reaching the web tag and a range behind gateways.
+    #[test]
+    fn prop_incremental_equals_fresh_under_a_policy_by_tags(
+        ops in prop::collection::vec(op(), 0..100),
+        deny in any::<bool>(),
+    ) {
+        use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
+        let rule = |src: &[&str], dst: &[&str], protocols: Vec<Option<Protocol>>, ports: &[&str], action| RuleInput {
+            name: String::new(),
+            sources: src.iter().map(|s| s.to_string()).collect(),
+            destinations: dst.iter().map(|s| s.to_string()).collect(),
+            protocols,
+            ports: ports.iter().map(|s| s.to_string()).collect(),
+            action: Some(action),
+        };
+        let policy = PolicyInput {
+            default_action: Some(if deny { Action::Deny } else { Action::Allow }),
+            rules: vec![
+                rule(&["tag:web"], &["tag:ops"], vec![], &[], Action::Deny),
+                rule(&["tag:ops"], &["*"], vec![Some(Protocol::Tcp)], &["22"], Action::Allow),
+                rule(&["*"], &["tag:web", "10.10.10.0/24"], vec![], &[], Action::Allow),
+                rule(&["node:b"], &["tag:ops", "fd10::/64"], vec![Some(Protocol::Udp)], &[], Action::Allow),
             ],
         }
         .validate()

@@ -283,7 +283,8 @@ fn hub_write(v: &NetworkView) {
     // what each costs the hub, and whom it reaches.
     let mut joined = first.clone();
     joined.id = "id-joined".into();
-    joined.name = meshplane_server::domain::names::DnsLabel::parse("name", "joined").expect("name");
+    joined.name =
+        meshplane_server::domain::names::DnsLabel::parse("name", "joined", 63).expect("name");
     joined.public_key = meshplane_server::domain::node::WgKey([0xee; 32]);
     joined.address = Some(std::net::Ipv4Addr::new(10, 64, 255, 254));
     joined.address6 = None;

@@ -286,8 +286,11 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(b) || b.contains(a)
 }
 
-/// Keeps only the prefixes overlapping `relevant`; None when no prefix is
-/// left (the rule can match nothing there); `*` stays `*`.
+/// Keeps only what of the prefixes lies in `relevant` (a prefix holding a
+/// relevant one is cut down to it, so a chain names only addresses it
+/// sees: its text does not change with parties elsewhere that the same
+/// selector picks); None when nothing is left (the rule can match nothing
+/// there); `*` stays `*`.
 fn clip_to(nets: &Option<Arc<Vec<IpNet>>>, relevant: &[IpNet]) -> Option<Option<Arc<Vec<IpNet>>>> {
     match nets {
         None => Some(None),
@@ -303,11 +306,13 @@ fn clip_to(nets: &Option<Arc<Vec<IpNet>>>, relevant: &[IpNet]) -> Option<Option<
                     v[from..]
                         .iter()
                         .take_while(|n| n.network() <= r.broadcast())
-                        .filter(|n| overlaps(n, r)),
+                        .filter(|n| overlaps(n, r))
+                        .map(|n| if n.contains(r) { *r } else { *n }),
                 );
             }
             kept.sort();
             kept.dedup();
+            let kept = IpNet::aggregate(&kept);
             (!kept.is_empty()).then_some(Some(Arc::new(kept)))
         }
     }

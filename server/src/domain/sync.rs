@@ -792,7 +792,12 @@ impl NetworkState {
                 (n.id.clone(), false)
             }
             (Resource::Node(n), Action::Deleted) => {
-                if !self.nodes.get(&n.id).is_none_or(plain) {
+                // (A client left pointing at it goes with it, untracked:
+                // the store deletes clients first, so only a log out of
+                // that order has one.)
+                if !self.nodes.get(&n.id).is_none_or(plain)
+                    || self.clients.values().any(|c| c.ingress_node_id == n.id)
+                {
                     return None;
                 }
                 (n.id.clone(), false)

@@ -677,6 +677,31 @@ proptest! {
         run_under(&ops, 16, policy)?;
     }
 
+    /// The same under default DENY with a tag picked only as a
+    /// destination (a node's firewall names only its own addresses of a
+    /// destination list, so a neighbour joining the tag changes nothing
+    /// of it).
+    #[test]
+    fn prop_incremental_equals_fresh_under_a_policy_by_destination_tags(
+        ops in prop::collection::vec(op(), 0..100),
+    ) {
+        use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
+        let policy = PolicyInput {
+            default_action: Some(Action::Deny),
+            rules: vec![RuleInput {
+                name: String::new(),
+                sources: vec!["tag:web".into()],
+                destinations: vec!["tag:ops".into()],
+                protocols: vec![Some(Protocol::Tcp)],
+                ports: vec!["5432".into()],
+                action: Some(Action::Allow),
+            }],
+        }
+        .validate()
+        .unwrap();
+        run_under(&ops, 16, policy)?;
+    }
+
     /// The same under a policy by tags (nodes and clients change tags),
     /// with a tag-to-tag DENY (firewalls listing tagged addresses) and
     /// anything reaching the web tag and a range behind gateways.
@@ -726,4 +751,36 @@ fn unknown_and_future_revisions_need_a_snapshot() {
     // A revision from before the node existed.
     assert!(state.delta(&id, 1).is_none());
     assert!(state.delta("nobody", current).is_none());
+}
+
+/// A node joining a tag that a rule picks only as a destination changes
+/// nothing of its neighbour's firewall (which names only its own addresses
+/// of the list), so reaching the sources' nodes is enough.
+#[test]
+fn a_neighbour_joining_a_destination_tag_leaves_a_firewall_as_it_was() {
+    use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
+    let policy = PolicyInput {
+        default_action: Some(Action::Deny),
+        rules: vec![RuleInput {
+            name: String::new(),
+            sources: vec!["tag:web".into()],
+            destinations: vec!["tag:ops".into()],
+            protocols: vec![Some(Protocol::Tcp)],
+            ports: vec!["5432".into()],
+            action: Some(Action::Allow),
+        }],
+    }
+    .validate()
+    .unwrap();
+    let add = || Op::AddNode {
+        name: 0,
+        endpoint: false,
+    };
+    let tag = |node, set| Op::UpdateNode {
+        node,
+        change: NodeChange::Tags(set),
+    };
+    // a (10.99.0.2) and b (10.99.0.3) share a /31; c is the web node.
+    let ops = [add(), add(), add(), tag(2, 2), tag(0, 1), tag(1, 1)];
+    run_under(&ops, 16, policy).unwrap();
 }

@@ -306,6 +306,11 @@ struct NodeRev {
     own: u64,
     /// The all-change it was left out of.
     exempt: u64,
+    /// Its effective revision just before the change at `own` (0: not
+    /// known): no change in between affected it, so an agent holding it
+    /// can get a delta while that change is in the log, however old
+    /// `prev` is (a spoke's last change may be thousands of changes back).
+    prev: u64,
 }
 
 fn record(
@@ -357,6 +362,7 @@ impl NetworkState {
                 NodeRev {
                     own: view.revision,
                     exempt: 0,
+                    prev: 0,
                 },
             );
             s.node_since.insert(n.id.clone(), view.revision);
@@ -605,6 +611,7 @@ impl NetworkState {
                         NodeRev {
                             own,
                             exempt: ev.revision,
+                            prev: 0,
                         },
                     );
                 }
@@ -612,8 +619,16 @@ impl NetworkState {
             }
             Affected::Some(ids) => {
                 for id in ids {
-                    if let Some(r) = self.node_rev.get_mut(id) {
-                        r.own = ev.revision;
+                    if let Some(r) = self.node_rev.get(id).copied() {
+                        let prev = self.effective(r);
+                        self.node_rev.insert(
+                            id.clone(),
+                            NodeRev {
+                                own: ev.revision,
+                                prev,
+                                ..r
+                            },
+                        );
                     }
                 }
             }
@@ -1017,7 +1032,11 @@ impl NetworkState {
         if from == current {
             return true;
         }
-        if from < self.floor || self.node_since.get(node_id).is_none_or(|s| from < *s) {
+        let r = self.node_rev.get(node_id).copied().unwrap_or_default();
+        let resumable = from == r.prev && r.own > self.floor;
+        if (from < self.floor && !resumable)
+            || self.node_since.get(node_id).is_none_or(|s| from < *s)
+        {
             return false;
         }
         let after = self.log.partition_point(|c| c.revision <= from);
@@ -1026,7 +1045,7 @@ impl NetworkState {
         }) {
             return false;
         }
-        if from == self.floor {
+        if from == self.floor || resumable {
             return true;
         }
         let i = self.log.partition_point(|c| c.revision < from);

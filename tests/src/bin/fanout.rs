@@ -67,6 +67,13 @@ enum Mode {
     Soak,
 }
 
+/// What mode one changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OneChange {
+    Egress,
+    Endpoint,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "meshplane config fan-out benchmark")]
 struct Args {
@@ -142,6 +149,11 @@ struct Args {
     /// a full mesh).
     #[arg(long, default_value_t = 0)]
     hub_spoke: usize,
+    /// Mode one's change: `egress` makes the gateway an egress gateway
+    /// (every config gains a route); `endpoint` moves the gateway's
+    /// endpoint (every config's entry for it changes).
+    #[arg(long, value_enum, default_value_t = OneChange::Egress)]
+    one_change: OneChange,
     /// Config streams sharing one HTTP/2 connection (agents i*K..i*K+K-1
     /// share one): past ~28,000 agents one process runs out of loopback
     /// ephemeral ports with one connection each. Needs --replicas 1.
@@ -786,19 +798,40 @@ async fn main() {
                 .map(|a| a.log.lock().unwrap().updates.len())
                 .collect();
             let sent = Instant::now();
-            let node = gateways
-                .create_egress_gateway(authed(
-                    &token,
-                    pb::CreateEgressGatewayRequest {
-                        node_id: gw_id.clone(),
-                        ranges: vec!["192.168.77.0/24".into()],
-                        interface: "eth1".into(),
-                        nat_enabled: None,
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner();
+            let node = match args.one_change {
+                OneChange::Egress => gateways
+                    .create_egress_gateway(authed(
+                        &token,
+                        pb::CreateEgressGatewayRequest {
+                            node_id: gw_id.clone(),
+                            ranges: vec!["192.168.77.0/24".into()],
+                            interface: "eth1".into(),
+                            nat_enabled: None,
+                        },
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+                OneChange::Endpoint => {
+                    pb::node_service_client::NodeServiceClient::new(admin.clone())
+                        .update_node(authed(
+                            &token,
+                            pb::UpdateNodeRequest {
+                                node: Some(pb::Node {
+                                    id: gw_id.clone(),
+                                    endpoint: "198.51.100.77:51820".into(),
+                                    ..Default::default()
+                                }),
+                                update_mask: Some(prost_types::FieldMask {
+                                    paths: vec!["endpoint".into()],
+                                }),
+                            },
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                }
+            };
             let ack = Instant::now();
             let target = node.config_revision;
             wait_all(&agents, target, Duration::from_secs(120)).await;
@@ -2200,6 +2233,8 @@ async fn cost(
         None => None,
     };
     let n = pids.len();
+    let snapshots = || -> usize { agents.iter().map(|a| a.log.lock().unwrap().snapshots).sum() };
+    let snapshots_before = snapshots();
     let mut taken: Vec<(f64, Snap, Snap)> = Vec::new();
     let mut discarded = 0;
     let mut i = 0;
@@ -2250,8 +2285,10 @@ async fn cost(
     let m =
         |f: &dyn Fn(&Snap, &Snap) -> f64| median(taken.iter().map(|(_, a, b)| f(a, b)).collect());
     println!(
-        "  until every agent held it: {:.1} ms (then 200 ms more in the window)",
-        median(taken.iter().map(|t| t.0).collect())
+        "  until every agent held it: {:.1} ms (then 200 ms more in the window); {} snapshot(s) among the updates of all {} changes",
+        median(taken.iter().map(|t| t.0).collect()),
+        snapshots() - snapshots_before,
+        i
     );
     for r in 0..n {
         let name = (b'A' + r as u8) as char;

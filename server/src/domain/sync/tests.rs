@@ -784,3 +784,72 @@ fn a_neighbour_joining_a_destination_tag_leaves_a_firewall_as_it_was() {
     let ops = [add(), add(), add(), tag(2, 2), tag(0, 1), tag(1, 1)];
     run_under(&ops, 16, policy).unwrap();
 }
+
+/// A spoke whose last change is far older than the log (every spoke that
+/// joined after it reached only the hub) still gets a delta for the
+/// hub's next change, and the delta brings it to its config.
+#[test]
+fn a_spoke_resumes_from_a_revision_older_than_the_log() {
+    use crate::domain::policy::{Action, PolicyInput, RuleInput};
+    let mut w = World::new(0);
+    w.view.policy = PolicyInput {
+        default_action: Some(Action::Deny),
+        rules: vec![RuleInput {
+            name: String::new(),
+            sources: vec!["*".into()],
+            destinations: vec!["tag:ops".into()],
+            protocols: vec![],
+            ports: vec![],
+            action: Some(Action::Allow),
+        }],
+    }
+    .validate()
+    .unwrap();
+    let mut state = NetworkState::from_view(w.view.clone()).with_capacity(3);
+    let mut apply = |w: &mut World, state: &mut NetworkState, op: Op| {
+        for ev in w.apply(&op) {
+            state.apply(&ev);
+        }
+    };
+    let add = || Op::AddNode {
+        name: 0,
+        endpoint: true,
+    };
+    apply(&mut w, &mut state, add());
+    apply(
+        &mut w,
+        &mut state,
+        Op::UpdateNode {
+            node: 0,
+            change: NodeChange::Tags(1),
+        },
+    );
+    apply(&mut w, &mut state, add());
+    let spoke = w.view.nodes[1].id.clone();
+    let held = state.snapshot(&spoke).unwrap();
+    assert_eq!(held.peers.len(), 1, "the spoke keeps the hub");
+    for _ in 0..6 {
+        apply(&mut w, &mut state, add());
+    }
+    assert_eq!(
+        state.node_revision(&spoke),
+        Some(held.revision),
+        "spokes joining do not reach it"
+    );
+    assert!(held.revision < state.floor, "its revision has left the log");
+    apply(
+        &mut w,
+        &mut state,
+        Op::UpdateNode {
+            node: 0,
+            change: NodeChange::Endpoint(7),
+        },
+    );
+    let d = state
+        .delta(&spoke, held.revision)
+        .expect("a delta from the revision before the hub's change");
+    let mut c = held.clone();
+    d.apply_to(&mut c);
+    assert_eq!(c, state.snapshot(&spoke).unwrap());
+    assert_ne!(c, held);
+}

@@ -1067,7 +1067,16 @@ impl NetworkState {
         let mut dns = BTreeSet::new();
         let (mut routes, mut nameservers, mut interface, mut firewall) =
             (false, false, false, false);
-        let start = self.log.partition_point(|c| c.revision <= from);
+        // Held at its revision before its last change: nothing in between
+        // affected it, so the log is read from that change on (for a spoke
+        // that joined long ago, one entry rather than the whole log).
+        let r = self.node_rev.get(node_id).copied().unwrap_or_default();
+        let skip_to = if from == r.prev && r.own > from {
+            r.own - 1
+        } else {
+            from
+        };
+        let start = self.log.partition_point(|c| c.revision <= skip_to);
         // Keys given up since `from` in changes that did not reach the
         // node: under a restricting policy a peer it held then may have
         // left its config at one change and changed its key at a later

@@ -8,6 +8,9 @@
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode burst
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --mode soak --duration 60
 //!   cargo run --release -p meshplane-tests --bin fanout -- --agents 1000 --postgres --replicas 2
+//!   cargo run --release -p meshplane-tests --bin fanout -- --agents 100000 --hub-spoke 4 \
+//!       --streams-per-connection 50 --no-baseline --cost-samples 0 --one-change endpoint \
+//!       --late-registrations 3
 //!
 //! With `--postgres` the server runs on a throwaway durable PostgreSQL
 //! (with pg_stat_statements); `--replicas N` starts N servers on it, agent i

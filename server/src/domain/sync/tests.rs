@@ -806,7 +806,7 @@ fn a_spoke_resumes_from_a_revision_older_than_the_log() {
     .validate()
     .unwrap();
     let mut state = NetworkState::from_view(w.view.clone()).with_capacity(3);
-    let mut apply = |w: &mut World, state: &mut NetworkState, op: Op| {
+    let apply = |w: &mut World, state: &mut NetworkState, op: Op| {
         for ev in w.apply(&op) {
             state.apply(&ev);
         }

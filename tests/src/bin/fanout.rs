@@ -267,6 +267,16 @@ fn reason(e: &Status) -> String {
     format!("{:?}: {}", e.code(), e.message())
 }
 
+/// An UpdateNode request changing the one field `path` of `node`.
+fn update(node: pb::Node, path: &str) -> pb::UpdateNodeRequest {
+    pb::UpdateNodeRequest {
+        node: Some(node),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![path.into()],
+        }),
+    }
+}
+
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
@@ -493,16 +503,14 @@ async fn main() {
             nodes
                 .update_node(authed(
                     &token,
-                    pb::UpdateNodeRequest {
-                        node: Some(pb::Node {
+                    update(
+                        pb::Node {
                             id,
                             tags: vec!["hub".into()],
                             ..Default::default()
-                        }),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["tags".into()],
-                        }),
-                    },
+                        },
+                        "tags",
+                    ),
                 ))
                 .await
                 .expect("tag a hub");
@@ -819,16 +827,14 @@ async fn main() {
                     pb::node_service_client::NodeServiceClient::new(admin.clone())
                         .update_node(authed(
                             &token,
-                            pb::UpdateNodeRequest {
-                                node: Some(pb::Node {
+                            update(
+                                pb::Node {
                                     id: gw_id.clone(),
                                     endpoint: "198.51.100.77:51820".into(),
                                     ..Default::default()
-                                }),
-                                update_mask: Some(prost_types::FieldMask {
-                                    paths: vec!["endpoint".into()],
-                                }),
-                            },
+                                },
+                                "endpoint",
+                            ),
                         ))
                         .await
                         .unwrap()
@@ -1007,16 +1013,14 @@ async fn main() {
                     nodes_api
                         .update_node(authed(
                             &token,
-                            pb::UpdateNodeRequest {
-                                node: Some(pb::Node {
+                            update(
+                                pb::Node {
                                     id: a.node_id.clone(),
                                     endpoint: format!("203.0.113.{}:{}", i % 250 + 1, 50000 + i),
                                     ..Default::default()
-                                }),
-                                update_mask: Some(prost_types::FieldMask {
-                                    paths: vec!["endpoint".into()],
-                                }),
-                            },
+                                },
+                                "endpoint",
+                            ),
                         ))
                         .await
                         .unwrap()

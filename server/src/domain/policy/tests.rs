@@ -53,6 +53,21 @@ fn policy(default: Action, rules: Vec<RuleInput>) -> Policy {
     .unwrap()
 }
 
+/// The issue's end-to-end policy: default DENY and "tag ops →
+/// 10.10.10.0/24 tcp/8080".
+fn ops_reach_the_lan() -> Policy {
+    policy(
+        Action::Deny,
+        vec![r(
+            &["tag:ops"],
+            &["10.10.10.0/24"],
+            &[Protocol::Tcp],
+            &["8080"],
+            Action::Allow,
+        )],
+    )
+}
+
 fn egress(ranges: &[&str], nat: bool) -> Option<Egress> {
     Some(Egress {
         ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
@@ -587,16 +602,7 @@ fn an_unrestricted_policy_changes_no_config() {
 /// 10.10.10.0/24 tcp/8080".
 #[test]
 fn ops_reach_the_lan_on_8080_only() {
-    let view = corp(policy(
-        Action::Deny,
-        vec![r(
-            &["tag:ops"],
-            &["10.10.10.0/24"],
-            &[Protocol::Tcp],
-            &["8080"],
-            Action::Allow,
-        )],
-    ));
+    let view = corp(ops_reach_the_lan());
     assert_eq!(
         verdict(&view, "laptop", "10.10.10.5", Traffic::Tcp(8080)),
         Action::Allow
@@ -647,16 +653,7 @@ fn ops_reach_the_lan_on_8080_only() {
 /// own name and the names of what it keeps, nothing else.
 #[test]
 fn the_zone_a_node_sees_holds_what_it_keeps() {
-    let mut view = corp(policy(
-        Action::Deny,
-        vec![r(
-            &["tag:ops"],
-            &["10.10.10.0/24"],
-            &[Protocol::Tcp],
-            &["8080"],
-            Action::Allow,
-        )],
-    ));
+    let mut view = corp(ops_reach_the_lan());
     view.dns_entries = vec![DnsRecord {
         name: "nas".into(),
         address: Some(Ipv4Addr::new(10, 10, 10, 20)),

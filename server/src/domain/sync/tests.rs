@@ -628,6 +628,24 @@ fn run_under(ops: &[Op], capacity: usize, policy: Policy) -> Result<(), TestCase
     Ok(())
 }
 
+/// A policy rule from its parts as an operator writes them.
+fn rule(
+    src: &[&str],
+    dst: &[&str],
+    protocols: Vec<Option<crate::domain::policy::Protocol>>,
+    ports: &[&str],
+    action: crate::domain::policy::Action,
+) -> crate::domain::policy::RuleInput {
+    crate::domain::policy::RuleInput {
+        name: String::new(),
+        sources: src.iter().map(|s| s.to_string()).collect(),
+        destinations: dst.iter().map(|s| s.to_string()).collect(),
+        protocols,
+        ports: ports.iter().map(|s| s.to_string()).collect(),
+        action: Some(action),
+    }
+}
+
 proptest! {
     #![proptest_config(crate::domain::proptests::config(64))]
 
@@ -654,15 +672,7 @@ proptest! {
         ops in prop::collection::vec(op(), 0..100),
         deny in any::<bool>(),
     ) {
-        use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
-        let rule = |src: &[&str], dst: &[&str], protocols: Vec<Option<Protocol>>, ports: &[&str], action| RuleInput {
-            name: String::new(),
-            sources: src.iter().map(|s| s.to_string()).collect(),
-            destinations: dst.iter().map(|s| s.to_string()).collect(),
-            protocols,
-            ports: ports.iter().map(|s| s.to_string()).collect(),
-            action: Some(action),
-        };
+        use crate::domain::policy::{Action, PolicyInput, Protocol};
         let policy = PolicyInput {
             default_action: Some(if deny { Action::Deny } else { Action::Allow }),
             rules: vec![
@@ -685,17 +695,10 @@ proptest! {
     fn prop_incremental_equals_fresh_under_a_policy_by_destination_tags(
         ops in prop::collection::vec(op(), 0..100),
     ) {
-        use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
+        use crate::domain::policy::{Action, PolicyInput, Protocol};
         let policy = PolicyInput {
             default_action: Some(Action::Deny),
-            rules: vec![RuleInput {
-                name: String::new(),
-                sources: vec!["tag:web".into()],
-                destinations: vec!["tag:ops".into()],
-                protocols: vec![Some(Protocol::Tcp)],
-                ports: vec!["5432".into()],
-                action: Some(Action::Allow),
-            }],
+            rules: vec![rule(&["tag:web"], &["tag:ops"], vec![Some(Protocol::Tcp)], &["5432"], Action::Allow)],
         }
         .validate()
         .unwrap();
@@ -710,15 +713,7 @@ proptest! {
         ops in prop::collection::vec(op(), 0..100),
         deny in any::<bool>(),
     ) {
-        use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
-        let rule = |src: &[&str], dst: &[&str], protocols: Vec<Option<Protocol>>, ports: &[&str], action| RuleInput {
-            name: String::new(),
-            sources: src.iter().map(|s| s.to_string()).collect(),
-            destinations: dst.iter().map(|s| s.to_string()).collect(),
-            protocols,
-            ports: ports.iter().map(|s| s.to_string()).collect(),
-            action: Some(action),
-        };
+        use crate::domain::policy::{Action, PolicyInput, Protocol};
         let policy = PolicyInput {
             default_action: Some(if deny { Action::Deny } else { Action::Allow }),
             rules: vec![
@@ -758,17 +753,16 @@ fn unknown_and_future_revisions_need_a_snapshot() {
 /// of the list), so reaching the sources' nodes is enough.
 #[test]
 fn a_neighbour_joining_a_destination_tag_leaves_a_firewall_as_it_was() {
-    use crate::domain::policy::{Action, PolicyInput, Protocol, RuleInput};
+    use crate::domain::policy::{Action, PolicyInput, Protocol};
     let policy = PolicyInput {
         default_action: Some(Action::Deny),
-        rules: vec![RuleInput {
-            name: String::new(),
-            sources: vec!["tag:web".into()],
-            destinations: vec!["tag:ops".into()],
-            protocols: vec![Some(Protocol::Tcp)],
-            ports: vec!["5432".into()],
-            action: Some(Action::Allow),
-        }],
+        rules: vec![rule(
+            &["tag:web"],
+            &["tag:ops"],
+            vec![Some(Protocol::Tcp)],
+            &["5432"],
+            Action::Allow,
+        )],
     }
     .validate()
     .unwrap();
@@ -790,18 +784,11 @@ fn a_neighbour_joining_a_destination_tag_leaves_a_firewall_as_it_was() {
 /// hub's next change, and the delta brings it to its config.
 #[test]
 fn a_spoke_resumes_from_a_revision_older_than_the_log() {
-    use crate::domain::policy::{Action, PolicyInput, RuleInput};
+    use crate::domain::policy::{Action, PolicyInput};
     let mut w = World::new(0);
     w.view.policy = PolicyInput {
         default_action: Some(Action::Deny),
-        rules: vec![RuleInput {
-            name: String::new(),
-            sources: vec!["*".into()],
-            destinations: vec!["tag:ops".into()],
-            protocols: vec![],
-            ports: vec![],
-            action: Some(Action::Allow),
-        }],
+        rules: vec![rule(&["*"], &["tag:ops"], vec![], &[], Action::Allow)],
     }
     .validate()
     .unwrap();

@@ -1125,16 +1125,7 @@ fn missing_paths(view: &NetworkView) -> Vec<String> {
 fn pruning_keeps_every_path_of_the_corp_network() {
     for p in [
         policy(Action::Deny, vec![]),
-        policy(
-            Action::Deny,
-            vec![r(
-                &["tag:ops"],
-                &["10.10.10.0/24"],
-                &[Protocol::Tcp],
-                &["8080"],
-                Action::Allow,
-            )],
-        ),
+        ops_reach_the_lan(),
         policy(
             Action::Deny,
             vec![r(&["node:db"], &["client:phone"], &[], &[], Action::Allow)],

@@ -29,9 +29,15 @@ use super::policy::{
     prune::Reach,
 };
 use narrow::{Classes, Membership, Scope, reached_by};
+use shift::{Shift, Sides};
 
 /// Changes kept per network for computing deltas.
 pub const LOG_CAPACITY: usize = 4096;
+
+/// Policy changes in the log that keep what each node they reached may
+/// see change (each holds its network's parties by class); across an
+/// older one, the nodes it reached get snapshots.
+const SHIFTS_KEPT: usize = 8;
 
 /// Which nodes a change affects.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -121,6 +127,9 @@ struct Change {
     /// Under a restricting policy: every affected node's routes and
     /// firewall are sent again (taken from its config now).
     firewall_all: bool,
+    /// A change of a restricting policy into another: per node reached,
+    /// what of its config may change (see [`shift`]).
+    shift: Option<Arc<Shift>>,
 }
 
 impl Change {
@@ -213,8 +222,10 @@ pub struct NetworkState {
     /// computed by [`super::config::node_config_with`], a change of one
     /// node or client reaches the nodes [`narrow`] finds (as deltas cut
     /// from their configs now; the node whose side changed gets a
-    /// snapshot), and any other change (a gateway's role, the network's
-    /// settings, the policy itself) every node, as snapshots.
+    /// snapshot), a change of the policy the nodes [`shift`] finds (as
+    /// deltas; gateways get snapshots), and any other change (a gateway's
+    /// role, the network's settings, a policy becoming or ceasing to be
+    /// unrestricted) every node, as snapshots.
     policy: Policy,
     revision: u64,
     /// Per node, what its config revision is made of (see [`NodeRev`]).
@@ -536,14 +547,25 @@ impl NetworkState {
             (Resource::ExtClient(c), Action::Deleted) => self.upsert_client(None, &c.id, &mut ch),
             (Resource::EnrollmentKey(_), _) => {}
             (Resource::Policy(p), _) => {
-                // Who may reach whom: anyone's peers and firewall. Served
-                // as snapshots (see [`Change::full`]), also when the new
-                // policy is unrestricted (the old one's pruning undone).
+                // Who may reach whom: between two restricting policies,
+                // the nodes whose classes' answers or firewall lines
+                // differ, as deltas (the gateways as snapshots; see
+                // [`shift`]); into or out of an unrestricted one (pruning
+                // done or undone) every node, as snapshots.
                 if p.policy != self.policy {
-                    self.policy = p.policy.clone();
+                    let old = std::mem::replace(&mut self.policy, p.policy.clone());
                     self.membership = None;
-                    ch.full = true;
-                    ch.affected = Affected::All;
+                    if old.is_unrestricted() || self.policy.is_unrestricted() {
+                        ch.full = true;
+                        ch.affected = Affected::All;
+                    } else {
+                        let r = Shift::of(&self.sides(), &old, &self.policy);
+                        ch.full_for = r.snapshots;
+                        ch.shift = Some(Arc::new(r.shift));
+                        if !r.nodes.is_empty() {
+                            ch.affected = Affected::Some(r.nodes);
+                        }
+                    }
                 }
             }
             (Resource::DnsEntry(e), action) => {
@@ -634,6 +656,20 @@ impl NetworkState {
             }
         }
         let affected = ch.affected.clone();
+        if ch.shift.is_some() {
+            // Keep the newest few in detail; nodes resuming across an
+            // older one get a snapshot.
+            let mut kept = 1;
+            for old in self.log.iter_mut().rev() {
+                if old.shift.is_some() {
+                    kept += 1;
+                    if kept > SHIFTS_KEPT {
+                        old.shift = None;
+                        old.full = true;
+                    }
+                }
+            }
+        }
         self.log.push_back(ch);
         while self.log.len() > self.capacity {
             if let Some(old) = self.log.pop_front() {
@@ -875,6 +911,24 @@ impl NetworkState {
         .then_some(c.ingress_node_id.as_str())
     }
 
+    /// Every node with the enabled clients of its side.
+    fn sides(&self) -> Sides<'_> {
+        let mut clients: HashMap<&str, Vec<&ExtClient>> = HashMap::new();
+        for c in self.clients.values() {
+            if let Some(owner) = self.side_owner(c) {
+                clients.entry(owner).or_default().push(c);
+            }
+        }
+        Sides {
+            network: &self.network,
+            sides: self
+                .nodes
+                .values()
+                .map(|n| (n, clients.remove(n.id.as_str()).unwrap_or_default()))
+                .collect(),
+        }
+    }
+
     /// Every side's classes, counted afresh.
     fn build_membership(&self) -> Membership {
         let index = PolicyIndex::new(&self.policy, [], []);
@@ -1096,6 +1150,13 @@ impl NetworkState {
                 }
             }
             dns.extend(ch.dns.iter());
+            if let Some(seen) = ch.shift.as_ref().and_then(|s| Some((s, s.seen(node_id)?))) {
+                let (nodes, names) = seen.0.partners(seen.1);
+                peers.extend(nodes.filter(|p| p.as_str() != node_id));
+                dns.extend(names);
+                routes |= seen.1.ranges;
+                firewall |= seen.1.firewall;
+            }
             routes |= ch.routes || ch.routes_of.iter().any(|n| n == node_id);
             nameservers |= ch.nameservers;
             interface |= ch.interface_all || ch.interface_of.iter().any(|n| n == node_id);
@@ -1207,5 +1268,6 @@ impl NetworkState {
 }
 
 mod narrow;
+mod shift;
 #[cfg(test)]
 pub(crate) mod tests;

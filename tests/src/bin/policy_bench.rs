@@ -1,7 +1,8 @@
 //! Policy benchmark (issue #14): the time to compute every node's config in
 //! a network of `--nodes` nodes under a `--rules`-rule policy, and what a
 //! one-rule change costs: how many nodes' configs it changes and the time to
-//! compute them again. Pure computation, in this process: the domain's own
+//! compute them again, and what the hub's state does with that change (the
+//! nodes it reaches, their updates). Pure computation, in this process: the domain's own
 //! functions (`PolicyIndex`, `all_pieces`, `node_config_with`), no server.
 //!
 //!   cargo run --release -p meshplane-tests --bin policy_bench -- --nodes 10000 --rules 200
@@ -221,7 +222,7 @@ fn main() {
         changed as f64 * 100.0 / args.nodes as f64,
         again
     );
-    hub_write(&v);
+    hub_write(&v, &changed_view.policy);
     println!("peak RSS {:.0} MiB", rss_mib());
 }
 
@@ -231,7 +232,7 @@ fn main() {
 /// shared by the snapshots). For comparison, a sample of snapshots each
 /// resolved on its own over a copy of the network (the hub's way before),
 /// extrapolated to every node.
-fn hub_write(v: &NetworkView) {
+fn hub_write(v: &NetworkView, changed: &meshplane_server::domain::policy::Policy) {
     let mut state = NetworkState::from_view(v.clone());
     let Some(first) = v.nodes.first() else {
         return;
@@ -292,13 +293,32 @@ fn hub_write(v: &NetworkView) {
     joined.ingress = None;
     let mut retagged = joined.clone();
     retagged.tags = v.nodes.get(1).map(|n| n.tags.clone()).unwrap_or_default();
-    for (what, revision, action, node) in [
-        ("a node joins", v.revision + 2, EventAction::Created, joined),
+    // Then the one-rule change of the policy.
+    let policy_change =
+        Resource::Policy(Box::new(meshplane_server::domain::policy::NetworkPolicy {
+            network: v.network.name.clone(),
+            policy: changed.clone(),
+            revision: 0,
+            update_time: None,
+        }));
+    for (what, revision, action, resource) in [
+        (
+            "a node joins",
+            v.revision + 2,
+            EventAction::Created,
+            Resource::Node(Box::new(joined)),
+        ),
         (
             "its tags change",
             v.revision + 3,
             EventAction::Updated,
-            retagged,
+            Resource::Node(Box::new(retagged)),
+        ),
+        (
+            "one rule of the policy changes",
+            v.revision + 4,
+            EventAction::Updated,
+            policy_change,
         ),
     ] {
         let held: std::collections::HashMap<String, u64> = state
@@ -309,29 +329,38 @@ fn hub_write(v: &NetworkView) {
         let affected = state.apply(&Event {
             revision,
             action,
-            resource: Resource::Node(Box::new(node)),
+            resource,
             time: chrono::Utc::now(),
         });
         let applied = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut reached = 0usize;
         let mut snapshots = 0usize;
+        let mut entries = 0usize;
         for id in state.node_ids().cloned().collect::<Vec<_>>() {
             if !affected.contains(&id) {
                 continue;
             }
             reached += 1;
             match state.delta(&id, held.get(&id).copied().unwrap_or(0)) {
-                Some(d) => std::hint::black_box(d).is_empty(),
+                Some(d) => {
+                    entries += d.upsert_peers.len()
+                        + d.remove_peers.len()
+                        + d.upsert_dns.len()
+                        + d.remove_dns.len();
+                    std::hint::black_box(d).is_empty()
+                }
                 None => {
                     snapshots += 1;
-                    std::hint::black_box(state.snapshot(&id)).is_none()
+                    let c = state.snapshot(&id).expect("snapshot");
+                    entries += c.peers.len() + c.dns.records.len();
+                    std::hint::black_box(c).peers.is_empty()
                 }
             };
         }
         println!(
             "{what}: applied in {:.4} s, reaches {reached} of {} nodes ({snapshots} snapshot(s), \
-             the rest deltas) in {:.3} s",
+             the rest deltas) in {:.3} s, {entries} peer and DNS entries sent",
             applied,
             state.node_ids().count(),
             t.elapsed().as_secs_f64()

@@ -79,6 +79,8 @@ pub(crate) enum Op {
     AddDnsEntry { name: usize, v6: bool },
     /// Deletes a custom DNS entry.
     DeleteDnsEntry { entry: usize },
+    /// Sets the network's policy to one of [`policies`].
+    SetPolicy(usize),
 }
 
 /// What [`Op::UpdateNode`] changes.
@@ -163,6 +165,97 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         1 => (pick(), any::<bool>()).prop_map(|(name, v6)| Op::AddDnsEntry { name, v6 }),
         1 => pick().prop_map(|entry| Op::DeleteDnsEntry { entry }),
     ]
+}
+
+/// Any operation, or, `weight` times in 30, a change of the policy.
+pub(crate) fn policy_op(weight: u32) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        30 - weight => op(),
+        weight => any::<usize>().prop_map(Op::SetPolicy),
+    ]
+}
+
+/// Policies the property tests switch between: restricting ones by names,
+/// tags, destination tags, ranges, each with variants one edit apart
+/// (a port, the order of two rules, the default, a range cut finer, a
+/// source widened), and the unrestricted default.
+fn policies() -> Vec<Policy> {
+    use crate::domain::policy::{Action::*, PolicyInput, Protocol::*};
+    let by_names = |default| PolicyInput {
+        default_action: Some(default),
+        rules: vec![
+            rule(&["node:a"], &["10.10.10.0/25"], vec![], &[], Deny),
+            rule(
+                &["node:a", "node:c"],
+                &["*"],
+                vec![Some(Tcp)],
+                &["22"],
+                Allow,
+            ),
+            rule(&["*"], &["node:b", "fd10::/64"], vec![], &[], Allow),
+            rule(&["node:d"], &["*"], vec![], &[], Deny),
+        ],
+    };
+    let by_dst_tag = |src: &str, port: &str| PolicyInput {
+        default_action: Some(Deny),
+        rules: vec![rule(&[src], &["tag:ops"], vec![Some(Tcp)], &[port], Allow)],
+    };
+    let by_tags = |default, port: &str, swap: bool, range: &str| {
+        let mut rules = vec![
+            rule(&["tag:web"], &["tag:ops"], vec![], &[], Deny),
+            rule(&["tag:ops"], &["*"], vec![Some(Tcp)], &[port], Allow),
+            rule(&["*"], &["tag:web", range], vec![], &[], Allow),
+            rule(
+                &["node:b"],
+                &["tag:ops", "fd10::/64"],
+                vec![Some(Udp)],
+                &[],
+                Allow,
+            ),
+        ];
+        if swap {
+            rules.swap(0, 1);
+        }
+        PolicyInput {
+            default_action: Some(default),
+            rules,
+        }
+    };
+    let ranges = PolicyInput {
+        default_action: Some(Deny),
+        rules: vec![
+            rule(
+                &["*"],
+                &["192.168.1.0/24", "10.20.0.0/17"],
+                vec![],
+                &[],
+                Allow,
+            ),
+            rule(&["tag:ops"], &["*"], vec![Some(Icmp)], &[], Allow),
+        ],
+    };
+    let one_deny = PolicyInput {
+        default_action: Some(Allow),
+        rules: vec![rule(&["tag:ops"], &["tag:web"], vec![], &[], Deny)],
+    };
+    [
+        by_names(Deny),
+        by_names(Allow),
+        by_dst_tag("tag:web", "5432"),
+        by_dst_tag("tag:web", "5433"),
+        by_dst_tag("*", "5432"),
+        by_tags(Deny, "22", false, "10.10.10.0/24"),
+        by_tags(Deny, "2222", false, "10.10.10.0/24"),
+        by_tags(Deny, "22", true, "10.10.10.0/24"),
+        by_tags(Allow, "22", false, "10.10.10.0/24"),
+        by_tags(Deny, "22", false, "10.10.10.0/25"),
+        ranges,
+        one_deny,
+    ]
+    .into_iter()
+    .map(|p| p.validate().unwrap())
+    .chain([Policy::default()])
+    .collect()
 }
 
 impl Op {
@@ -298,6 +391,24 @@ impl World {
     fn node_event(&mut self, i: usize, action: Action) -> Event {
         let n = self.view.nodes[i].clone();
         self.event(action, Resource::Node(Box::new(n)))
+    }
+
+    /// Sets the network's policy (no event when it is the same).
+    pub(crate) fn set_policy(&mut self, policy: Policy) -> Vec<Event> {
+        if policy == self.view.policy {
+            return vec![];
+        }
+        self.view.policy = policy.clone();
+        let network = self.view.network.name.clone();
+        vec![self.event(
+            Action::Updated,
+            Resource::Policy(Box::new(crate::domain::policy::NetworkPolicy {
+                network,
+                policy,
+                revision: 0,
+                update_time: None,
+            })),
+        )]
     }
 
     /// One random change, as the events the store would log.
@@ -512,6 +623,10 @@ impl World {
                 };
                 vec![self.event(Action::Deleted, Resource::DnsEntry(entry))]
             }
+            Op::SetPolicy(pick) => {
+                let all = policies();
+                self.set_policy(all[pick % all.len()].clone())
+            }
             _ => vec![],
         }
     }
@@ -548,7 +663,9 @@ fn run(ops: &[Op], capacity: usize) -> Result<(), TestCaseError> {
 /// plain still holds, every changed node is notified (maybe more), and a
 /// delta, when one is given, is exact.
 fn run_under(ops: &[Op], capacity: usize, policy: Policy) -> Result<(), TestCaseError> {
-    let strict = policy.is_unrestricted();
+    // Exact notification and deltas everywhere only while no policy
+    // restricts (a change into or out of one sends snapshots).
+    let strict = policy.is_unrestricted() && !ops.iter().any(|o| matches!(o, Op::SetPolicy(_)));
     let mut w = World::new(0);
     w.view.policy = policy;
     let mut state = NetworkState::from_view(w.view.clone()).with_capacity(capacity);
@@ -669,7 +786,7 @@ proptest! {
     /// `*`; the world's nodes are named from a to j).
     #[test]
     fn prop_incremental_equals_fresh_under_a_policy(
-        ops in prop::collection::vec(op(), 0..100),
+        ops in prop::collection::vec(policy_op(1), 0..100),
         deny in any::<bool>(),
     ) {
         use crate::domain::policy::{Action, PolicyInput, Protocol};
@@ -687,13 +804,26 @@ proptest! {
         run_under(&ops, 16, policy)?;
     }
 
+    /// The same while the policy itself changes often, among restricting
+    /// ones one edit apart and the unrestricted default: a change
+    /// between restricting policies reaches the nodes [`shift`] finds,
+    /// as deltas that must bring each to its fresh config.
+    #[test]
+    fn prop_incremental_equals_fresh_as_the_policy_changes(
+        ops in prop::collection::vec(policy_op(6), 0..100),
+        first in any::<usize>(),
+    ) {
+        let all = policies();
+        run_under(&ops, 16, all[first % all.len()].clone())?;
+    }
+
     /// The same under default DENY with a tag picked only as a
     /// destination (a node's firewall names only its own addresses of a
     /// destination list, so a neighbour joining the tag changes nothing
     /// of it).
     #[test]
     fn prop_incremental_equals_fresh_under_a_policy_by_destination_tags(
-        ops in prop::collection::vec(op(), 0..100),
+        ops in prop::collection::vec(policy_op(1), 0..100),
     ) {
         use crate::domain::policy::{Action, PolicyInput, Protocol};
         let policy = PolicyInput {
@@ -710,7 +840,7 @@ proptest! {
     /// anything reaching the web tag and a range behind gateways.
     #[test]
     fn prop_incremental_equals_fresh_under_a_policy_by_tags(
-        ops in prop::collection::vec(op(), 0..100),
+        ops in prop::collection::vec(policy_op(1), 0..100),
         deny in any::<bool>(),
     ) {
         use crate::domain::policy::{Action, PolicyInput, Protocol};
@@ -839,4 +969,88 @@ fn a_spoke_resumes_from_a_revision_older_than_the_log() {
     d.apply_to(&mut c);
     assert_eq!(c, state.snapshot(&spoke).unwrap());
     assert_ne!(c, held);
+}
+
+/// A policy change reaches only the nodes whose config it may change: a
+/// port of a rule, the nodes the rule's destinations pick (their
+/// firewall, no peer); a source added, that source and the destinations
+/// (peers on both sides). Each gets a delta that brings it to its fresh
+/// config; the others keep their revision.
+#[test]
+fn a_policy_change_reaches_only_the_nodes_whose_config_it_changes() {
+    use crate::domain::policy::{Action, PolicyInput, Protocol};
+    let policy = |sources: &[&str], port: &str| {
+        PolicyInput {
+            default_action: Some(Action::Deny),
+            rules: vec![rule(
+                sources,
+                &["tag:ops"],
+                vec![Some(Protocol::Tcp)],
+                &[port],
+                Action::Allow,
+            )],
+        }
+        .validate()
+        .unwrap()
+    };
+    let mut w = World::new(0);
+    w.view.policy = policy(&["tag:web"], "5432");
+    let mut state = NetworkState::from_view(w.view.clone());
+    let apply = |_: &mut World, state: &mut NetworkState, evs: Vec<Event>| {
+        for ev in evs {
+            state.apply(&ev);
+        }
+    };
+    // a, b: ops; c, d: web; e: untagged.
+    for _ in 0..5 {
+        let evs = w.apply(&Op::AddNode {
+            name: 0,
+            endpoint: true,
+        });
+        apply(&mut w, &mut state, evs);
+    }
+    for (node, set) in [(0, 1), (1, 1), (2, 2), (3, 2)] {
+        let evs = w.apply(&Op::UpdateNode {
+            node,
+            change: NodeChange::Tags(set),
+        });
+        apply(&mut w, &mut state, evs);
+    }
+    let ids: Vec<String> = w.view.nodes.iter().map(|n| n.id.clone()).collect();
+    let held: Vec<NodeConfig> = ids.iter().map(|id| state.snapshot(id).unwrap()).collect();
+    assert_eq!(held[0].peers.len(), 2, "a keeps the web nodes");
+    assert!(held[4].peers.is_empty(), "e keeps nobody");
+    let check =
+        |view: &NetworkView, state: &NetworkState, held: &[NodeConfig], reached: &[usize]| {
+            for (i, id) in ids.iter().enumerate() {
+                let now = state.snapshot(id).unwrap();
+                assert_eq!(
+                    without_revision(now.clone()),
+                    without_revision(node_config(view, id).unwrap())
+                );
+                if !reached.contains(&i) {
+                    assert_eq!(now.revision, held[i].revision, "node {i} not reached");
+                    continue;
+                }
+                assert_ne!(now.revision, held[i].revision, "node {i} reached");
+                let d = state.delta(id, held[i].revision).expect("a delta");
+                let mut c = held[i].clone();
+                d.apply_to(&mut c);
+                assert_eq!(c, now, "node {i}'s delta");
+            }
+        };
+    // A port: the ops nodes' firewalls, nothing of anyone's peers.
+    let evs = w.set_policy(policy(&["tag:web"], "5433"));
+    apply(&mut w, &mut state, evs);
+    check(&w.view, &state, &held, &[0, 1]);
+    let d = state.delta(&ids[0], held[0].revision).unwrap();
+    assert!(d.firewall.is_some() && d.upsert_peers.is_empty() && d.remove_peers.is_empty());
+    // A source added: e and the ops nodes keep each other now.
+    let held: Vec<NodeConfig> = ids.iter().map(|id| state.snapshot(id).unwrap()).collect();
+    let evs = w.set_policy(policy(&["tag:web", "node:e"], "5433"));
+    apply(&mut w, &mut state, evs);
+    check(&w.view, &state, &held, &[0, 1, 4]);
+    let d = state.delta(&ids[4], held[4].revision).unwrap();
+    assert_eq!(d.upsert_peers.len(), 2, "e gets a and b");
+    assert_eq!(state.snapshot(&ids[4]).unwrap().dns.records.len(), 3);
 }

@@ -7,7 +7,7 @@ use crate::domain::{
     event::{Action, Resource},
     policy::{
         NetworkPolicy, Policy, PolicyInput, Traffic, apply_mask,
-        diff::{FlowChange, flow_changes},
+        diff::{FlowChange, flow_changes_within},
         eval::{Verdict, test_access},
     },
 };
@@ -133,9 +133,8 @@ impl Service {
             }
         };
         let view = self.network_view(network).await?;
-        let mut changes = flow_changes(&view, &old, &policy.policy);
-        let total_changes = changes.len();
-        changes.truncate(MAX_CHANGES);
+        let (changes, total_changes) =
+            flow_changes_within(&view, &old, &policy.policy, MAX_CHANGES);
         Ok(PolicyUpdate {
             policy,
             changes,

@@ -75,6 +75,32 @@ enum Mode {
 enum OneChange {
     Egress,
     Endpoint,
+    /// With `--hub-spoke`: a rule denying tcp/7 from anyone to anyone is
+    /// put before the hub-and-spoke rule (every node's firewall changes,
+    /// nobody's peers).
+    Policy,
+}
+
+/// The hub-and-spoke policy: anyone may reach the hubs and the range
+/// behind the first (everything else denied), after `first` rules.
+fn hub_spoke_policy(first: Vec<pb::PolicyRule>) -> pb::UpdatePolicyRequest {
+    let mut rules = first;
+    rules.push(pb::PolicyRule {
+        name: "spokes-to-hubs".into(),
+        sources: vec!["*".into()],
+        destinations: vec!["tag:hub".into(), "192.168.77.0/24".into()],
+        action: pb::PolicyAction::Allow as i32,
+        ..Default::default()
+    });
+    pb::UpdatePolicyRequest {
+        policy: Some(pb::Policy {
+            network: "bench".into(),
+            default_action: pb::PolicyAction::Deny as i32,
+            rules,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -154,7 +180,9 @@ struct Args {
     hub_spoke: usize,
     /// Mode one's change: `egress` makes the gateway an egress gateway
     /// (every config gains a route); `endpoint` moves the gateway's
-    /// endpoint (every config's entry for it changes).
+    /// endpoint (every config's entry for it changes); `policy` (with
+    /// `--hub-spoke`) puts a rule denying tcp/7 from anyone to anyone
+    /// first (every config's firewall changes, no peer).
     #[arg(long, value_enum, default_value_t = OneChange::Egress)]
     one_change: OneChange,
     /// Config streams sharing one HTTP/2 connection (agents i*K..i*K+K-1
@@ -432,24 +460,7 @@ async fn main() {
     let key = meshplane_tests::bench_network(admin.clone(), &token, "10.64.0.0/14").await;
     if args.hub_spoke > 0 {
         pb::policy_service_client::PolicyServiceClient::new(admin.clone())
-            .update_policy(authed(
-                &token,
-                pb::UpdatePolicyRequest {
-                    policy: Some(pb::Policy {
-                        network: "bench".into(),
-                        default_action: pb::PolicyAction::Deny as i32,
-                        rules: vec![pb::PolicyRule {
-                            name: "spokes-to-hubs".into(),
-                            sources: vec!["*".into()],
-                            destinations: vec!["tag:hub".into(), "192.168.77.0/24".into()],
-                            action: pb::PolicyAction::Allow as i32,
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ))
+            .update_policy(authed(&token, hub_spoke_policy(vec![])))
             .await
             .expect("set the hub-and-spoke policy");
     }
@@ -809,20 +820,23 @@ async fn main() {
                 .map(|a| a.log.lock().unwrap().updates.len())
                 .collect();
             let sent = Instant::now();
-            let node = match args.one_change {
-                OneChange::Egress => gateways
-                    .create_egress_gateway(authed(
-                        &token,
-                        pb::CreateEgressGatewayRequest {
-                            node_id: gw_id.clone(),
-                            ranges: vec!["192.168.77.0/24".into()],
-                            interface: "eth1".into(),
-                            nat_enabled: None,
-                        },
-                    ))
-                    .await
-                    .unwrap()
-                    .into_inner(),
+            let target = match args.one_change {
+                OneChange::Egress => {
+                    gateways
+                        .create_egress_gateway(authed(
+                            &token,
+                            pb::CreateEgressGatewayRequest {
+                                node_id: gw_id.clone(),
+                                ranges: vec!["192.168.77.0/24".into()],
+                                interface: "eth1".into(),
+                                nat_enabled: None,
+                            },
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .config_revision
+                }
                 OneChange::Endpoint => {
                     pb::node_service_client::NodeServiceClient::new(admin.clone())
                         .update_node(authed(
@@ -839,10 +853,31 @@ async fn main() {
                         .await
                         .unwrap()
                         .into_inner()
+                        .config_revision
+                }
+                OneChange::Policy => {
+                    assert!(args.hub_spoke > 0, "--one-change policy needs --hub-spoke");
+                    pb::policy_service_client::PolicyServiceClient::new(admin.clone())
+                        .update_policy(authed(
+                            &token,
+                            hub_spoke_policy(vec![pb::PolicyRule {
+                                name: "no-echo".into(),
+                                sources: vec!["*".into()],
+                                destinations: vec!["*".into()],
+                                protocols: vec![pb::Protocol::Tcp as i32],
+                                ports: vec!["7".into()],
+                                action: pb::PolicyAction::Deny as i32,
+                            }]),
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .policy
+                        .expect("the policy as stored")
+                        .revision
                 }
             };
             let ack = Instant::now();
-            let target = node.config_revision;
             wait_all(&agents, target, Duration::from_secs(120)).await;
             let mut lat = Vec::with_capacity(agents.len());
             let mut lat_send = Vec::with_capacity(agents.len());

@@ -222,6 +222,20 @@ fn main() {
         changed as f64 * 100.0 / args.nodes as f64,
         again
     );
+    // The preview UpdatePolicy answers with: the flows that change (the
+    // first 1,000 listed, all counted).
+    let t = Instant::now();
+    let (first, total) = meshplane_server::domain::policy::diff::flow_changes_within(
+        &v,
+        &v.policy,
+        &changed_view.policy,
+        1000,
+    );
+    println!(
+        "the preview of that change: {total} flows change ({} listed) in {:.3} s",
+        first.len(),
+        t.elapsed().as_secs_f64()
+    );
     hub_write(&v, &changed_view.policy);
     println!("peak RSS {:.0} MiB", rss_mib());
 }

@@ -1334,6 +1334,23 @@ proptest! {
         prop_assert!(bad.is_empty(), "{:#?}\n{:#?}", bad, view.policy);
     }
 
+    /// The grouped preview lists exactly the flows the pairwise definition
+    /// does, in its order; cut to a limit, it lists their first ones and
+    /// counts them all.
+    #[test]
+    fn prop_grouped_flow_changes_equal_pairwise(
+        view in any_view(),
+        other in any_policy(),
+        limit in 0usize..6,
+    ) {
+        let all = super::diff::flow_changes_pairwise(&view, &view.policy, &other);
+        prop_assert_eq!(&flow_changes(&view, &view.policy, &other), &all);
+        let (first, total) =
+            super::diff::flow_changes_within(&view, &view.policy, &other, limit);
+        prop_assert_eq!(total, all.len());
+        prop_assert_eq!(&first[..], &all[..limit.min(all.len())]);
+    }
+
     /// The preview is empty exactly when the two policies decide every
     /// sampled packet alike, and every packet decided differently is in a
     /// change of its flow, on the right side.

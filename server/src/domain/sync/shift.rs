@@ -192,6 +192,8 @@ impl Shift {
             .collect();
         let mut reached = BTreeSet::new();
         let mut snapshots = Vec::new();
+        // Whether the firewall changes, per node's addresses' classes.
+        let mut firewalls: HashMap<Vec<(bool, Bits, Bits)>, bool> = HashMap::new();
         for (node, clients) in &net.sides {
             let mut s = Seen::default();
             let parties =
@@ -224,7 +226,9 @@ impl Shift {
                     (a.is_ipv6(), i0.recv_bits_of(p, a), i1.recv_bits_of(p, a))
                 })
                 .collect();
-            s.firewall = input_changes(p0, p1, &addrs);
+            s.firewall = *firewalls
+                .entry(addrs)
+                .or_insert_with_key(|addrs| input_changes(p0, p1, addrs));
             seen.push((node, s));
         }
         // Party to party.
@@ -234,6 +238,16 @@ impl Shift {
                     send.info[si].partners.push(ri as u32);
                     recv.info[ri].partners.push(si as u32);
                 }
+            }
+        }
+        // Only keys with partners are read later: let the others go (a
+        // shift stays in the log while the network changes on).
+        for k in send.info.iter_mut().chain(recv.info.iter_mut()) {
+            if k.partners.is_empty() {
+                *k = Key::default();
+            } else {
+                k.names.sort_unstable();
+                k.names.dedup();
             }
         }
         // Into gateways' ranges, and from behind those without NAT.

@@ -167,7 +167,8 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Any operation, or, `weight` times in 30, a change of the policy.
+/// Any operation, or, `weight` times in 30, a change of the policy (the
+/// tests of one policy keep to theirs: [`op`]).
 pub(crate) fn policy_op(weight: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         30 - weight => op(),
@@ -786,7 +787,7 @@ proptest! {
     /// `*`; the world's nodes are named from a to j).
     #[test]
     fn prop_incremental_equals_fresh_under_a_policy(
-        ops in prop::collection::vec(policy_op(1), 0..100),
+        ops in prop::collection::vec(op(), 0..100),
         deny in any::<bool>(),
     ) {
         use crate::domain::policy::{Action, PolicyInput, Protocol};
@@ -823,7 +824,7 @@ proptest! {
     /// of it).
     #[test]
     fn prop_incremental_equals_fresh_under_a_policy_by_destination_tags(
-        ops in prop::collection::vec(policy_op(1), 0..100),
+        ops in prop::collection::vec(op(), 0..100),
     ) {
         use crate::domain::policy::{Action, PolicyInput, Protocol};
         let policy = PolicyInput {
@@ -840,7 +841,7 @@ proptest! {
     /// anything reaching the web tag and a range behind gateways.
     #[test]
     fn prop_incremental_equals_fresh_under_a_policy_by_tags(
-        ops in prop::collection::vec(policy_op(1), 0..100),
+        ops in prop::collection::vec(op(), 0..100),
         deny in any::<bool>(),
     ) {
         use crate::domain::policy::{Action, PolicyInput, Protocol};
@@ -1053,4 +1054,83 @@ fn a_policy_change_reaches_only_the_nodes_whose_config_it_changes() {
     let d = state.delta(&ids[4], held[4].revision).unwrap();
     assert_eq!(d.upsert_peers.len(), 2, "e gets a and b");
     assert_eq!(state.snapshot(&ids[4]).unwrap().dns.records.len(), 3);
+}
+
+/// Past [`SHIFTS_KEPT`] policy changes, a node reached by the oldest gets
+/// a snapshot when it resumes from before it (that shift's detail is
+/// dropped); from after it, still a delta that brings it to its config.
+#[test]
+fn a_node_resuming_across_a_dropped_policy_change_gets_a_snapshot() {
+    use crate::domain::policy::{Action, PolicyInput, Protocol};
+    let policy = |port: u16| {
+        PolicyInput {
+            default_action: Some(Action::Deny),
+            rules: vec![rule(
+                &["tag:web"],
+                &["tag:ops"],
+                vec![Some(Protocol::Tcp)],
+                &[&port.to_string()],
+                Action::Allow,
+            )],
+        }
+        .validate()
+        .unwrap()
+    };
+    let mut w = World::new(0);
+    w.view.policy = policy(1000);
+    let mut state = NetworkState::from_view(w.view.clone());
+    let mut run = |w: &mut World, state: &mut NetworkState, op: Op| {
+        for ev in w.apply(&op) {
+            state.apply(&ev);
+        }
+    };
+    for _ in 0..2 {
+        run(
+            &mut w,
+            &mut state,
+            Op::AddNode {
+                name: 0,
+                endpoint: true,
+            },
+        );
+    }
+    run(
+        &mut w,
+        &mut state,
+        Op::UpdateNode {
+            node: 0,
+            change: NodeChange::Tags(1),
+        },
+    );
+    run(
+        &mut w,
+        &mut state,
+        Op::UpdateNode {
+            node: 1,
+            change: NodeChange::Tags(2),
+        },
+    );
+    let ops = w.view.nodes[0].id.clone();
+    let mut held = vec![state.snapshot(&ops).unwrap()];
+    for port in 1001..1001 + SHIFTS_KEPT as u16 + 1 {
+        for ev in w.set_policy(policy(port)) {
+            state.apply(&ev);
+        }
+        held.push(state.snapshot(&ops).unwrap());
+    }
+    // Every change reached the ops node (its firewall names the port).
+    for pair in held.windows(2) {
+        assert!(pair[0].revision < pair[1].revision);
+    }
+    let now = held.last().unwrap().clone();
+    assert!(
+        state.delta(&ops, held[0].revision).is_none(),
+        "across the oldest shift, whose detail is gone: a snapshot"
+    );
+    for old in &held[1..] {
+        let d = state.delta(&ops, old.revision).expect("a delta");
+        let mut c = old.clone();
+        d.apply_to(&mut c);
+        assert_eq!(c, now);
+    }
 }

@@ -1079,7 +1079,7 @@ fn a_node_resuming_across_a_dropped_policy_change_gets_a_snapshot() {
     let mut w = World::new(0);
     w.view.policy = policy(1000);
     let mut state = NetworkState::from_view(w.view.clone());
-    let mut run = |w: &mut World, state: &mut NetworkState, op: Op| {
+    let run = |w: &mut World, state: &mut NetworkState, op: Op| {
         for ev in w.apply(&op) {
             state.apply(&ev);
         }

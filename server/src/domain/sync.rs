@@ -1093,7 +1093,15 @@ impl NetworkState {
         {
             return false;
         }
-        let after = self.log.partition_point(|c| c.revision <= from);
+        // Held at its revision before its last change: no change in
+        // between affected it, so none of them can need a snapshot of it
+        // (a spoke's last change may be thousands of changes back).
+        let scan_from = if from == r.prev && r.own > from {
+            r.own - 1
+        } else {
+            from
+        };
+        let after = self.log.partition_point(|c| c.revision <= scan_from);
         if self.log.iter().skip(after).any(|c| {
             (c.full && c.affected.contains(node_id)) || c.full_for.iter().any(|x| x == node_id)
         }) {

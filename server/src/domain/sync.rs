@@ -1093,15 +1093,7 @@ impl NetworkState {
         {
             return false;
         }
-        // Held at its revision before its last change: no change in
-        // between affected it, so none of them can need a snapshot of it
-        // (a spoke's last change may be thousands of changes back).
-        let scan_from = if from == r.prev && r.own > from {
-            r.own - 1
-        } else {
-            from
-        };
-        let after = self.log.partition_point(|c| c.revision <= scan_from);
+        let after = self.log_from(node_id, from);
         if self.log.iter().skip(after).any(|c| {
             (c.full && c.affected.contains(node_id)) || c.full_for.iter().any(|x| x == node_id)
         }) {
@@ -1114,6 +1106,20 @@ impl NetworkState {
         self.log
             .get(i)
             .is_some_and(|c| c.revision == from && c.affected.contains(node_id))
+    }
+
+    /// Where in the log the changes a node at revision `from` has not seen
+    /// begin. Held at its revision before its last change, nothing in
+    /// between affected it, so they begin at that change (for a spoke that
+    /// joined long ago, one entry rather than the whole log).
+    fn log_from(&self, node_id: &str, from: u64) -> usize {
+        let r = self.node_rev.get(node_id).copied().unwrap_or_default();
+        let from = if from == r.prev && r.own > from {
+            r.own - 1
+        } else {
+            from
+        };
+        self.log.partition_point(|c| c.revision <= from)
     }
 
     /// What `node` needs to go from `from` to its current config; None when
@@ -1129,16 +1135,7 @@ impl NetworkState {
         let mut dns = BTreeSet::new();
         let (mut routes, mut nameservers, mut interface, mut firewall) =
             (false, false, false, false);
-        // Held at its revision before its last change: nothing in between
-        // affected it, so the log is read from that change on (for a spoke
-        // that joined long ago, one entry rather than the whole log).
-        let r = self.node_rev.get(node_id).copied().unwrap_or_default();
-        let skip_to = if from == r.prev && r.own > from {
-            r.own - 1
-        } else {
-            from
-        };
-        let start = self.log.partition_point(|c| c.revision <= skip_to);
+        let start = self.log_from(node_id, from);
         // Keys given up since `from` in changes that did not reach the
         // node: under a restricting policy a peer it held then may have
         // left its config at one change and changed its key at a later

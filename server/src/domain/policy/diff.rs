@@ -98,6 +98,57 @@ impl<K: std::hash::Hash + Eq + Clone> Numbered<K> {
     }
 }
 
+/// Every egress range of the network with its gateway's id, cut into
+/// pieces fine enough for both policies (by the union of their CIDRs).
+fn egress_pieces<'v>(
+    view: &'v NetworkView,
+    old: &Policy,
+    new: &Policy,
+) -> Vec<(&'v str, Vec<IpNet>)> {
+    let mut both = new.clone();
+    both.rules.extend(old.rules.iter().cloned());
+    view.nodes
+        .iter()
+        .filter_map(|g| g.egress.as_ref().map(|e| (g, e)))
+        .flat_map(|(g, e)| {
+            let both = &both;
+            e.ranges.iter().map(move |r| {
+                (
+                    g.id.as_str(),
+                    range_pieces(both, &view.network, &view.nodes, *r),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The pieces whose fate changes (`change` of each), those that change
+/// alike merged into prefixes as large as possible.
+fn merged_changes(
+    pieces: &[IpNet],
+    mut change: impl FnMut(IpNet) -> Change,
+) -> Vec<(IpNet, Change)> {
+    let mut groups: Vec<(Change, Vec<IpNet>)> = Vec::new();
+    for p in pieces {
+        let c = change(*p);
+        if c.0.is_empty() && c.1.is_empty() {
+            continue;
+        }
+        match groups.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, v)) => v.push(*p),
+            None => groups.push((c, vec![*p])),
+        }
+    }
+    groups
+        .into_iter()
+        .flat_map(|(c, nets)| {
+            IpNet::aggregate(&nets)
+                .into_iter()
+                .map(move |n| (n, c.clone()))
+        })
+        .collect()
+}
+
 /// [`flow_changes`], the first `limit` of them (in its order), and how many
 /// there are in all. Parties the two policies cannot tell apart are
 /// grouped (senders by the rules that can match them under each policy;
@@ -177,46 +228,22 @@ pub fn flow_changes_within(
         .collect();
     // Into the ranges: per sender class, each range's changed pieces,
     // merged where they change alike.
-    let mut both = new.clone();
-    both.rules.extend(old.rules.iter().cloned());
-    let ranges: Vec<(&str, Vec<IpNet>)> = view
-        .nodes
-        .iter()
-        .filter_map(|g| g.egress.as_ref().map(|e| (g, e)))
-        .flat_map(|(g, e)| {
-            e.ranges.iter().map(|r| {
-                (
-                    g.id.as_str(),
-                    range_pieces(&both, &view.network, &view.nodes, *r),
-                )
-            })
-        })
-        .collect();
+    let ranges = egress_pieces(view, old, new);
     let into_ranges: Vec<Vec<(&str, IpNet, Change)>> = senders
         .all
         .iter()
         .map(|s| {
-            let mut out = Vec::new();
-            for (gateway, pieces) in &ranges {
-                let mut groups: Vec<(Change, Vec<IpNet>)> = Vec::new();
-                for p in pieces {
-                    let to = (oi.dst_bits(Dest::Range(*p)), ni.dst_bits(Dest::Range(*p)));
-                    let c = class_change(&oi, &ni, s, &to);
-                    if c.0.is_empty() && c.1.is_empty() {
-                        continue;
-                    }
-                    match groups.iter_mut().find(|(k, _)| *k == c) {
-                        Some((_, v)) => v.push(*p),
-                        None => groups.push((c, vec![*p])),
-                    }
-                }
-                for (c, nets) in groups {
-                    for n in IpNet::aggregate(&nets) {
-                        out.push((*gateway, n, c.clone()));
-                    }
-                }
-            }
-            out
+            ranges
+                .iter()
+                .flat_map(|(gateway, pieces)| {
+                    merged_changes(pieces, |p| {
+                        let to = (oi.dst_bits(Dest::Range(p)), ni.dst_bits(Dest::Range(p)));
+                        class_change(&oi, &ni, s, &to)
+                    })
+                    .into_iter()
+                    .map(move |(n, c)| (*gateway, n, c))
+                })
+                .collect()
         })
         .collect();
     // How many flows a sender of each class has (itself counted, when it
@@ -301,23 +328,7 @@ pub(crate) fn flow_changes_pairwise(
     if old == new || (oi.is_unrestricted() && ni.is_unrestricted()) {
         return Vec::new();
     }
-    // Pieces fine enough for both policies: cut by the union of their CIDRs.
-    let mut both = new.clone();
-    both.rules.extend(old.rules.iter().cloned());
-    let ranges: Vec<(&str, IpNet, Vec<IpNet>)> = view
-        .nodes
-        .iter()
-        .filter_map(|g| g.egress.as_ref().map(|e| (g, e)))
-        .flat_map(|(g, e)| {
-            e.ranges.iter().map(|r| {
-                (
-                    g.id.as_str(),
-                    *r,
-                    range_pieces(&both, &view.network, &view.nodes, *r),
-                )
-            })
-        })
-        .collect();
+    let ranges = egress_pieces(view, old, new);
     let mut out = Vec::new();
     for x in oi.parties() {
         for y in oi.parties() {
@@ -348,34 +359,22 @@ pub(crate) fn flow_changes_pairwise(
                 }
             }
         }
-        for (gateway, _, pieces) in &ranges {
+        for (gateway, pieces) in &ranges {
             if x.id() == *gateway {
                 continue;
             }
-            // Pieces that change alike, merged.
-            let mut groups: Vec<((TrafficSet, TrafficSet), Vec<IpNet>)> = Vec::new();
-            for p in pieces {
-                let c = change(&oi, &ni, *x, Dest::Range(*p));
-                if c.0.is_empty() && c.1.is_empty() {
-                    continue;
-                }
-                match groups.iter_mut().find(|(k, _)| *k == c) {
-                    Some((_, v)) => v.push(*p),
-                    None => groups.push((c, vec![*p])),
-                }
-            }
-            for ((allowed, denied), nets) in groups {
-                for n in IpNet::aggregate(&nets) {
-                    out.push(FlowChange {
-                        source: x.label(),
-                        source_id: x.id().to_owned(),
-                        destination: n.to_string(),
-                        destination_id: (*gateway).to_owned(),
-                        destination_address: None,
-                        allowed: allowed.clone(),
-                        denied: denied.clone(),
-                    });
-                }
+            for (n, (allowed, denied)) in
+                merged_changes(pieces, |p| change(&oi, &ni, *x, Dest::Range(p)))
+            {
+                out.push(FlowChange {
+                    source: x.label(),
+                    source_id: x.id().to_owned(),
+                    destination: n.to_string(),
+                    destination_id: (*gateway).to_owned(),
+                    destination_address: None,
+                    allowed,
+                    denied,
+                });
             }
         }
     }

@@ -180,9 +180,11 @@ pub(crate) fn policy_op(weight: u32) -> impl Strategy<Value = Op> {
 /// tags, destination tags, ranges, each with variants one edit apart
 /// (a port, the order of two rules, the default, a range cut finer, a
 /// source widened), and the unrestricted default.
-fn policies() -> Vec<Policy> {
+/// A policy by node names, ranges and `*` (the world's nodes are named
+/// from a to j).
+fn by_names(default: crate::domain::policy::Action) -> Policy {
     use crate::domain::policy::{Action::*, PolicyInput, Protocol::*};
-    let by_names = |default| PolicyInput {
+    PolicyInput {
         default_action: Some(default),
         rules: vec![
             rule(&["node:a"], &["10.10.10.0/25"], vec![], &[], Deny),
@@ -196,32 +198,52 @@ fn policies() -> Vec<Policy> {
             rule(&["*"], &["node:b", "fd10::/64"], vec![], &[], Allow),
             rule(&["node:d"], &["*"], vec![], &[], Deny),
         ],
-    };
-    let by_dst_tag = |src: &str, port: &str| PolicyInput {
+    }
+    .validate()
+    .unwrap()
+}
+
+/// Default DENY and one rule: `sources` may reach `tag:ops` on tcp/`port`.
+fn to_ops(sources: &[&str], port: &str) -> Policy {
+    use crate::domain::policy::{Action::*, PolicyInput, Protocol::*};
+    PolicyInput {
         default_action: Some(Deny),
-        rules: vec![rule(&[src], &["tag:ops"], vec![Some(Tcp)], &[port], Allow)],
-    };
-    let by_tags = |default, port: &str, swap: bool, range: &str| {
-        let mut rules = vec![
-            rule(&["tag:web"], &["tag:ops"], vec![], &[], Deny),
-            rule(&["tag:ops"], &["*"], vec![Some(Tcp)], &[port], Allow),
-            rule(&["*"], &["tag:web", range], vec![], &[], Allow),
-            rule(
-                &["node:b"],
-                &["tag:ops", "fd10::/64"],
-                vec![Some(Udp)],
-                &[],
-                Allow,
-            ),
-        ];
-        if swap {
-            rules.swap(0, 1);
-        }
-        PolicyInput {
-            default_action: Some(default),
-            rules,
-        }
-    };
+        rules: vec![rule(sources, &["tag:ops"], vec![Some(Tcp)], &[port], Allow)],
+    }
+    .validate()
+    .unwrap()
+}
+
+/// A policy by tags: a tag-to-tag DENY, `tag:ops` to anything on
+/// tcp/`port`, anything to the web tag and `range`, node b to the ops tag
+/// and an IPv6 range on udp (`swap`: the first two rules swapped).
+fn by_tags(default: crate::domain::policy::Action, port: &str, swap: bool, range: &str) -> Policy {
+    use crate::domain::policy::{Action::*, PolicyInput, Protocol::*};
+    let mut rules = vec![
+        rule(&["tag:web"], &["tag:ops"], vec![], &[], Deny),
+        rule(&["tag:ops"], &["*"], vec![Some(Tcp)], &[port], Allow),
+        rule(&["*"], &["tag:web", range], vec![], &[], Allow),
+        rule(
+            &["node:b"],
+            &["tag:ops", "fd10::/64"],
+            vec![Some(Udp)],
+            &[],
+            Allow,
+        ),
+    ];
+    if swap {
+        rules.swap(0, 1);
+    }
+    PolicyInput {
+        default_action: Some(default),
+        rules,
+    }
+    .validate()
+    .unwrap()
+}
+
+fn policies() -> Vec<Policy> {
+    use crate::domain::policy::{Action::*, PolicyInput, Protocol::*};
     let ranges = PolicyInput {
         default_action: Some(Deny),
         rules: vec![
@@ -239,24 +261,21 @@ fn policies() -> Vec<Policy> {
         default_action: Some(Allow),
         rules: vec![rule(&["tag:ops"], &["tag:web"], vec![], &[], Deny)],
     };
-    [
+    vec![
         by_names(Deny),
         by_names(Allow),
-        by_dst_tag("tag:web", "5432"),
-        by_dst_tag("tag:web", "5433"),
-        by_dst_tag("*", "5432"),
+        to_ops(&["tag:web"], "5432"),
+        to_ops(&["tag:web"], "5433"),
+        to_ops(&["*"], "5432"),
         by_tags(Deny, "22", false, "10.10.10.0/24"),
         by_tags(Deny, "2222", false, "10.10.10.0/24"),
         by_tags(Deny, "22", true, "10.10.10.0/24"),
         by_tags(Allow, "22", false, "10.10.10.0/24"),
         by_tags(Deny, "22", false, "10.10.10.0/25"),
-        ranges,
-        one_deny,
+        ranges.validate().unwrap(),
+        one_deny.validate().unwrap(),
+        Policy::default(),
     ]
-    .into_iter()
-    .map(|p| p.validate().unwrap())
-    .chain([Policy::default()])
-    .collect()
 }
 
 impl Op {
@@ -790,18 +809,8 @@ proptest! {
         ops in prop::collection::vec(op(), 0..100),
         deny in any::<bool>(),
     ) {
-        use crate::domain::policy::{Action, PolicyInput, Protocol};
-        let policy = PolicyInput {
-            default_action: Some(if deny { Action::Deny } else { Action::Allow }),
-            rules: vec![
-                rule(&["node:a"], &["10.10.10.0/25"], vec![], &[], Action::Deny),
-                rule(&["node:a", "node:c"], &["*"], vec![Some(Protocol::Tcp)], &["22"], Action::Allow),
-                rule(&["*"], &["node:b", "fd10::/64"], vec![], &[], Action::Allow),
-                rule(&["node:d"], &["*"], vec![], &[], Action::Deny),
-            ],
-        }
-        .validate()
-        .unwrap();
+        use crate::domain::policy::Action;
+        let policy = by_names(if deny { Action::Deny } else { Action::Allow });
         run_under(&ops, 16, policy)?;
     }
 
@@ -826,13 +835,7 @@ proptest! {
     fn prop_incremental_equals_fresh_under_a_policy_by_destination_tags(
         ops in prop::collection::vec(op(), 0..100),
     ) {
-        use crate::domain::policy::{Action, PolicyInput, Protocol};
-        let policy = PolicyInput {
-            default_action: Some(Action::Deny),
-            rules: vec![rule(&["tag:web"], &["tag:ops"], vec![Some(Protocol::Tcp)], &["5432"], Action::Allow)],
-        }
-        .validate()
-        .unwrap();
+        let policy = to_ops(&["tag:web"], "5432");
         run_under(&ops, 16, policy)?;
     }
 
@@ -844,18 +847,8 @@ proptest! {
         ops in prop::collection::vec(op(), 0..100),
         deny in any::<bool>(),
     ) {
-        use crate::domain::policy::{Action, PolicyInput, Protocol};
-        let policy = PolicyInput {
-            default_action: Some(if deny { Action::Deny } else { Action::Allow }),
-            rules: vec![
-                rule(&["tag:web"], &["tag:ops"], vec![], &[], Action::Deny),
-                rule(&["tag:ops"], &["*"], vec![Some(Protocol::Tcp)], &["22"], Action::Allow),
-                rule(&["*"], &["tag:web", "10.10.10.0/24"], vec![], &[], Action::Allow),
-                rule(&["node:b"], &["tag:ops", "fd10::/64"], vec![Some(Protocol::Udp)], &[], Action::Allow),
-            ],
-        }
-        .validate()
-        .unwrap();
+        use crate::domain::policy::Action;
+        let policy = by_tags(if deny { Action::Deny } else { Action::Allow }, "22", false, "10.10.10.0/24");
         run_under(&ops, 16, policy)?;
     }
 }
@@ -884,19 +877,7 @@ fn unknown_and_future_revisions_need_a_snapshot() {
 /// of the list), so reaching the sources' nodes is enough.
 #[test]
 fn a_neighbour_joining_a_destination_tag_leaves_a_firewall_as_it_was() {
-    use crate::domain::policy::{Action, PolicyInput, Protocol};
-    let policy = PolicyInput {
-        default_action: Some(Action::Deny),
-        rules: vec![rule(
-            &["tag:web"],
-            &["tag:ops"],
-            vec![Some(Protocol::Tcp)],
-            &["5432"],
-            Action::Allow,
-        )],
-    }
-    .validate()
-    .unwrap();
+    let policy = to_ops(&["tag:web"], "5432");
     let add = || Op::AddNode {
         name: 0,
         endpoint: false,
@@ -979,21 +960,7 @@ fn a_spoke_resumes_from_a_revision_older_than_the_log() {
 /// config; the others keep their revision.
 #[test]
 fn a_policy_change_reaches_only_the_nodes_whose_config_it_changes() {
-    use crate::domain::policy::{Action, PolicyInput, Protocol};
-    let policy = |sources: &[&str], port: &str| {
-        PolicyInput {
-            default_action: Some(Action::Deny),
-            rules: vec![rule(
-                sources,
-                &["tag:ops"],
-                vec![Some(Protocol::Tcp)],
-                &[port],
-                Action::Allow,
-            )],
-        }
-        .validate()
-        .unwrap()
-    };
+    let policy = to_ops;
     let mut w = World::new(0);
     w.view.policy = policy(&["tag:web"], "5432");
     let mut state = NetworkState::from_view(w.view.clone());
@@ -1061,21 +1028,7 @@ fn a_policy_change_reaches_only_the_nodes_whose_config_it_changes() {
 /// dropped); from after it, still a delta that brings it to its config.
 #[test]
 fn a_node_resuming_across_a_dropped_policy_change_gets_a_snapshot() {
-    use crate::domain::policy::{Action, PolicyInput, Protocol};
-    let policy = |port: u16| {
-        PolicyInput {
-            default_action: Some(Action::Deny),
-            rules: vec![rule(
-                &["tag:web"],
-                &["tag:ops"],
-                vec![Some(Protocol::Tcp)],
-                &[&port.to_string()],
-                Action::Allow,
-            )],
-        }
-        .validate()
-        .unwrap()
-    };
+    let policy = |port: u16| to_ops(&["tag:web"], &port.to_string());
     let mut w = World::new(0);
     w.view.policy = policy(1000);
     let mut state = NetworkState::from_view(w.view.clone());

@@ -7,6 +7,7 @@ pub mod enrollment;
 pub mod error;
 pub mod event;
 pub mod ext_client;
+pub mod failover;
 pub mod firewall;
 pub mod gateway;
 pub mod host;

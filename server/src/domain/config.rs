@@ -190,8 +190,7 @@ pub fn node_peer_kept<'a>(
     let mut allowed = host_prefixes(node.address, node.address6);
     if let Some(e) = &node.egress {
         allowed.extend(
-            e.ranges
-                .iter()
+            e.routed()
                 .filter(|r| keep.is_none_or(|k| k.ranges.contains(r)))
                 .copied(),
         );
@@ -243,11 +242,19 @@ pub fn routes_for<'a>(node: &Node, nodes: impl IntoIterator<Item = &'a Node>) ->
         .filter(|m| m.id != node.id)
         .filter_map(|m| m.egress.as_ref().map(|e| (m, e)))
         .flat_map(|(m, e)| {
-            e.ranges.iter().map(|r| Route {
-                destination: *r,
-                via_peer: m.public_key,
-                dev: dev.clone(),
-            })
+            // Through the primary of each range; none to a range the node
+            // serves itself (it reaches it out of its own interface).
+            e.routed()
+                .filter(|r| {
+                    node.egress
+                        .as_ref()
+                        .is_none_or(|own| !own.ranges.contains(r))
+                })
+                .map(|r| Route {
+                    destination: *r,
+                    via_peer: m.public_key,
+                    dev: dev.clone(),
+                })
         })
         .collect();
     routes.sort();
@@ -541,6 +548,7 @@ pub(crate) mod tests {
             ranges: vec!["10.10.10.0/24".parse().unwrap()],
             interface: "eth2".into(),
             nat: true,
+            ..Default::default()
         });
         let laptop = node("laptop", 3);
         let phone = client("phone", &server, 9);
@@ -593,6 +601,7 @@ pub(crate) mod tests {
             ranges: vec!["10.10.10.0/24".parse().unwrap()],
             interface: "eth2".into(),
             nat: true,
+            ..Default::default()
         });
         let mut laptop = node("laptop", 3);
         laptop.wireguard_interface = Some("wg0".into());

@@ -583,6 +583,7 @@ mod tests {
             ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
             interface: "eth2".into(),
             nat,
+            ..Default::default()
         }
     }
 

@@ -87,6 +87,7 @@ impl EgressInput {
             ranges,
             interface,
             nat: self.nat.unwrap_or(true),
+            ..Default::default()
         })
     }
 }

@@ -165,6 +165,59 @@ pub struct Egress {
     pub interface: String,
     /// Masquerade out of `interface`.
     pub nat: bool,
+    /// Its rank among gateways serving the same range (lower wins); None:
+    /// its ranges are its alone (no other gateway may serve one of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+    /// Whether, once healthy for `hold_seconds`, it takes a range back
+    /// from a primary with a worse metric.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub preempt: bool,
+    /// How long it must have been healthy before it takes a range back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hold_seconds: u32,
+    /// Its ranges another gateway is primary for (set by the server):
+    /// it is ready to forward into them (its own rules are in place), but
+    /// nobody routes them through it. Sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<IpNet>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Default for Egress {
+    /// No ranges, no interface, NAT on, no metric (its ranges its alone),
+    /// preempting with no hold, standby for nothing.
+    fn default() -> Self {
+        Egress {
+            ranges: Vec::new(),
+            interface: String::new(),
+            nat: true,
+            metric: None,
+            preempt: true,
+            hold_seconds: 0,
+            standby: Vec::new(),
+        }
+    }
+}
+
+impl Egress {
+    /// The ranges others route through it: those it is primary for.
+    pub fn routed(&self) -> impl Iterator<Item = &IpNet> + '_ {
+        self.ranges
+            .iter()
+            .filter(|r| self.standby.binary_search(r).is_err())
+    }
 }
 
 /// Ingress gateway settings of a node.

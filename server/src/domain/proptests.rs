@@ -602,6 +602,7 @@ fn any_node(n: u8) -> impl Strategy<Value = Node> {
                     ranges,
                     interface,
                     nat,
+                    ..Default::default()
                 }
             });
             node.ingress = ingress.map(|ext_client_dns| Ingress { ext_client_dns });

@@ -343,6 +343,7 @@ mod tests {
             ranges: vec!["10.10.10.0/24".parse().unwrap()],
             interface: "eth2".into(),
             nat: true,
+            ..Default::default()
         });
         let phone = client("phone", &server, 9);
         let v = NetworkView {

@@ -324,6 +324,15 @@ struct NodeRev {
     prev: u64,
 }
 
+/// What of a node's egress its own firewall renders: its ranges, their
+/// interface and NAT (not its metric nor which ranges it is standby for:
+/// a standby forwards as a primary does).
+fn forwarding(n: &Node) -> Option<(&[ipnet::IpNet], &str, bool)> {
+    n.egress
+        .as_ref()
+        .map(|e| (&e.ranges[..], e.interface.as_str(), e.nat))
+}
+
 fn record(
     zone: &str,
     name: &str,
@@ -683,6 +692,8 @@ impl NetworkState {
         let zone = self.zone().to_owned();
         let mut kept = n.clone();
         kept.host = None;
+        // Its own routes leave out the ranges it serves itself.
+        let old_routes = self.nodes.get(&n.id).map(|o| self.routes(o));
         let old = self.nodes.insert(n.id.clone(), kept);
         if old.is_none() {
             // A new node: its own config is new too.
@@ -701,7 +712,7 @@ impl NetworkState {
         // to them (NAT and interface are the gateway's own business).
         let ranges = |x: Option<&Node>| {
             x.and_then(|x| x.egress.as_ref())
-                .map(|e| e.ranges.clone())
+                .map(|e| e.routed().copied().collect::<Vec<_>>())
                 .unwrap_or_default()
         };
         let (old_ranges, new_ranges) = (ranges(old.as_ref()), ranges(Some(n)));
@@ -711,6 +722,10 @@ impl NetworkState {
             // its own ranges).
             ch.routes = true;
             ch.affected.add(Affected::AllExcept(n.id.clone()));
+        }
+        if old_routes.is_some_and(|r| r != self.routes(n)) {
+            ch.routes_of.push(n.id.clone());
+            ch.affected.add(Affected::one(&n.id));
         }
         if n.egress.is_some() {
             self.gateways.insert(n.id.clone());
@@ -724,7 +739,7 @@ impl NetworkState {
         }
         if old
             .as_ref()
-            .is_none_or(|o| o.egress != n.egress || o.ingress != n.ingress)
+            .is_none_or(|o| forwarding(o) != forwarding(n) || o.ingress != n.ingress)
         {
             ch.firewall_of.push(n.id.clone());
             ch.affected.add(Affected::one(&n.id));

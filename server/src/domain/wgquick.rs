@@ -21,7 +21,7 @@ pub fn ext_client_allowed_ips<'a>(
     let mut all: Vec<IpNet> = network.ranges().collect();
     for n in nodes {
         if let Some(e) = &n.egress {
-            all.extend(e.ranges.iter().copied());
+            all.extend(e.routed().copied());
         }
     }
     let mut merged = IpNet::aggregate(&all);
@@ -132,6 +132,7 @@ mod tests {
             ranges: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
             interface: "eth0".into(),
             nat: true,
+            ..Default::default()
         });
         let c = client("phone", &server, 9);
         let k = PrivateKey::generate();

@@ -135,6 +135,7 @@ pub fn node(r: &dyn Cols) -> Result<Node> {
             ranges,
             interface: r.text("egress_interface")?,
             nat: r.flag("egress_nat")?,
+            ..Default::default()
         }),
     };
     let ingress = if r.flag("ingress")? {

@@ -78,6 +78,7 @@ fn view(args: &Args) -> NetworkView {
                     ranges: vec![format!("172.16.{i}.0/24").parse().unwrap()],
                     interface: "eth1".into(),
                     nat: true,
+                    ..Default::default()
                 });
             }
             n

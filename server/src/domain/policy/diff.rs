@@ -112,7 +112,7 @@ fn egress_pieces<'v>(
         .filter_map(|g| g.egress.as_ref().map(|e| (g, e)))
         .flat_map(|(g, e)| {
             let both = &both;
-            e.ranges.iter().map(move |r| {
+            e.routed().map(move |r| {
                 (
                     g.id.as_str(),
                     range_pieces(both, &view.network, &view.nodes, *r),

@@ -102,7 +102,7 @@ fn keep_of<'a>(d: &impl Decide<'a>, mine: &[usize], theirs: &[usize]) -> Option<
             || node
                 .egress
                 .as_ref()
-                .is_some_and(|e| e.ranges.iter().any(|r| d.reaches_range(y, *r)))
+                .is_some_and(|e| e.routed().any(|r| d.reaches_range(y, *r)))
             || (my_no_nat && d.foreign_reaches(y));
         if with_y {
             needed = true;
@@ -114,7 +114,7 @@ fn keep_of<'a>(d: &impl Decide<'a>, mine: &[usize], theirs: &[usize]) -> Option<
     // My side into their ranges, or their ranges' hosts (no NAT) to my
     // side.
     if let Some(e) = &m.egress {
-        for r in &e.ranges {
+        for r in e.routed() {
             let used = mine.iter().any(|&x| d.reaches_range(x, *r))
                 || (their_no_nat && mine.iter().any(|&x| d.foreign_reaches(x)));
             if used {
@@ -128,11 +128,7 @@ fn keep_of<'a>(d: &impl Decide<'a>, mine: &[usize], theirs: &[usize]) -> Option<
 /// What a node keeps of every peer under an unrestricted policy: all.
 fn keep_all(m: &Node, their_clients: impl Iterator<Item = String>) -> PeerKeep {
     PeerKeep {
-        ranges: m
-            .egress
-            .iter()
-            .flat_map(|e| e.ranges.iter().copied())
-            .collect(),
+        ranges: m.egress.iter().flat_map(|e| e.routed().copied()).collect(),
         clients: their_clients.collect(),
     }
 }
@@ -468,7 +464,7 @@ impl<'a> Reach<'a> {
         }
         if let Some(e) = &node.egress {
             // They send into my ranges.
-            for range in &e.ranges {
+            for range in e.routed() {
                 for s in 0..send_classes as u32 {
                     if self.class_reaches_range(s, *range) {
                         candidates.extend(&self.senders[s as usize]);

@@ -73,6 +73,7 @@ fn egress(ranges: &[&str], nat: bool) -> Option<Egress> {
         ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
         interface: "eth2".into(),
         nat,
+        ..Default::default()
     })
 }
 

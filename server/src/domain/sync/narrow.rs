@@ -207,8 +207,7 @@ pub(super) fn reached_by<'p>(
             .filter_map(|g| s.nodes.get(g).cloned())
             .collect();
         let pieces: Vec<IpNet> = e
-            .ranges
-            .iter()
+            .routed()
             .flat_map(|r| range_pieces(s.policy, s.network, &gateways, *r))
             .collect();
         m.reaching_ranges(s.index, &pieces, !e.nat, out);

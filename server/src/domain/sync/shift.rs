@@ -255,7 +255,7 @@ impl Shift {
             let all: Vec<Node> = gateways.iter().map(|g| (*g).clone()).collect();
             gateways
                 .iter()
-                .flat_map(|g| g.egress.iter().flat_map(|e| e.ranges.iter()))
+                .flat_map(|g| g.egress.iter().flat_map(|e| e.routed()))
                 .map(|r| range_pieces(p, net.network, &all, *r))
                 .collect()
         };

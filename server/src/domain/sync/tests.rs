@@ -62,6 +62,16 @@ pub(crate) enum Op {
         ranges: Vec<usize>,
         nat: bool,
     },
+    /// Makes a node one of several gateways of a range (with a metric): a
+    /// free range, or one only such gateways serve.
+    ShareEgress {
+        node: usize,
+        range: usize,
+        metric: u32,
+    },
+    /// Moves the primary of a range several gateways serve to another of
+    /// them (the server's failover).
+    Failover { range: usize, to: usize },
     /// Makes a node an ingress gateway, or stops it being one (its
     /// clients go with it).
     SetIngress { node: usize, on: bool },
@@ -157,6 +167,9 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         3 => (pick(), prop::collection::vec(pick(), 0..3), any::<bool>())
             .prop_map(|(node, ranges, nat)| Op::SetEgress { node, ranges, nat }),
         2 => (pick(), any::<bool>()).prop_map(|(node, on)| Op::SetIngress { node, on }),
+        2 => (pick(), pick(), 0..3u32)
+            .prop_map(|(node, range, metric)| Op::ShareEgress { node, range, metric }),
+        2 => (pick(), pick()).prop_map(|(range, to)| Op::Failover { range, to }),
         1 => pick().prop_map(|node| Op::DeleteNode { node }),
         2 => (pick(), pick()).prop_map(|(ingress, name)| Op::AddClient { ingress, name }),
         2 => (pick(), client_change).prop_map(|(client, change)| Op::UpdateClient { client, change }),
@@ -513,8 +526,11 @@ impl World {
                     ranges: chosen,
                     interface: "eth0".into(),
                     nat,
+                    ..Default::default()
                 });
-                vec![self.node_event(i, Action::Updated)]
+                let mut out = vec![self.node_event(i, Action::Updated)];
+                out.extend(self.fix_primaries());
+                out
             }
             Op::SetIngress { node, on } if nodes > 0 => {
                 let i = node % nodes;
@@ -533,7 +549,85 @@ impl World {
                 let mut out = self.drop_clients_of(i);
                 let n = self.view.nodes.remove(i);
                 out.push(self.event(Action::Deleted, Resource::Node(Box::new(n))));
+                out.extend(self.fix_primaries());
                 out
+            }
+            Op::ShareEgress {
+                node,
+                range,
+                metric,
+            } if nodes > 0 => {
+                let i = node % nodes;
+                // Ranges no exclusive gateway (other than this node) serves.
+                let shareable: Vec<ipnet::IpNet> = RANGES
+                    .iter()
+                    .map(|r| r.parse().unwrap())
+                    .filter(|r| {
+                        self.view.nodes.iter().enumerate().all(|(j, n)| {
+                            j == i
+                                || n.egress
+                                    .as_ref()
+                                    .is_none_or(|e| e.metric.is_some() || !e.ranges.contains(r))
+                        })
+                    })
+                    .collect();
+                if shareable.is_empty() {
+                    return vec![];
+                }
+                let r = shareable[range % shareable.len()];
+                // It joins as a standby when the range has a primary.
+                let served = self.view.nodes.iter().enumerate().any(|(j, n)| {
+                    j != i
+                        && n.egress
+                            .as_ref()
+                            .is_some_and(|e| e.routed().any(|x| *x == r))
+                });
+                self.view.nodes[i].egress = Some(Egress {
+                    ranges: vec![r],
+                    interface: "eth0".into(),
+                    nat: metric != 1,
+                    metric: Some(metric),
+                    standby: if served { vec![r] } else { vec![] },
+                    ..Default::default()
+                });
+                let mut out = vec![self.node_event(i, Action::Updated)];
+                out.extend(self.fix_primaries());
+                out
+            }
+            Op::Failover { range, to } => {
+                let r: ipnet::IpNet = RANGES[range % RANGES.len()].parse().unwrap();
+                let serving: Vec<usize> = (0..nodes)
+                    .filter(|&j| {
+                        self.view.nodes[j]
+                            .egress
+                            .as_ref()
+                            .is_some_and(|e| e.ranges.contains(&r))
+                    })
+                    .collect();
+                if serving.len() < 2 {
+                    return vec![];
+                }
+                let new = serving[to % serving.len()];
+                let Some(old) = serving.iter().copied().find(|&j| {
+                    self.view.nodes[j]
+                        .egress
+                        .as_ref()
+                        .is_some_and(|e| e.routed().any(|x| *x == r))
+                }) else {
+                    return vec![];
+                };
+                if old == new {
+                    return vec![];
+                }
+                let e = self.view.nodes[old].egress.as_mut().unwrap();
+                e.standby.push(r);
+                e.standby.sort();
+                let e = self.view.nodes[new].egress.as_mut().unwrap();
+                e.standby.retain(|x| *x != r);
+                vec![
+                    self.node_event(old, Action::Updated),
+                    self.node_event(new, Action::Updated),
+                ]
             }
             Op::AddClient { ingress, name } => {
                 let ingresses: Vec<String> = self
@@ -649,6 +743,54 @@ impl World {
             }
             _ => vec![],
         }
+    }
+
+    /// What the server keeps true: every range several gateways serve is
+    /// routed through exactly one of them (the lowest metric, then id, when
+    /// none or several are); the events of the gateways it changes.
+    fn fix_primaries(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        for r in RANGES.iter().map(|r| r.parse::<ipnet::IpNet>().unwrap()) {
+            let mut serving: Vec<usize> = (0..self.view.nodes.len())
+                .filter(|&j| {
+                    self.view.nodes[j]
+                        .egress
+                        .as_ref()
+                        .is_some_and(|e| e.ranges.contains(&r))
+                })
+                .collect();
+            serving.sort_by_key(|&j| {
+                let n = &self.view.nodes[j];
+                (n.egress.as_ref().unwrap().metric, n.id.clone())
+            });
+            let routed: Vec<usize> = serving
+                .iter()
+                .copied()
+                .filter(|&j| {
+                    self.view.nodes[j]
+                        .egress
+                        .as_ref()
+                        .unwrap()
+                        .routed()
+                        .any(|x| *x == r)
+                })
+                .collect();
+            let keep = routed.first().or(serving.first()).copied();
+            for &j in &serving {
+                let e = self.view.nodes[j].egress.as_mut().unwrap();
+                let was = e.standby.clone();
+                if Some(j) == keep {
+                    e.standby.retain(|x| *x != r);
+                } else if !e.standby.contains(&r) {
+                    e.standby.push(r);
+                    e.standby.sort();
+                }
+                if e.standby != was {
+                    out.push(self.node_event(j, Action::Updated));
+                }
+            }
+        }
+        out
     }
 
     fn drop_clients_of(&mut self, i: usize) -> Vec<Event> {

@@ -297,6 +297,7 @@ async fn every_write_and_read_round_trips() {
         ],
         interface: "eth0".into(),
         nat: false,
+        ..Default::default()
     });
     let mut plain = node("n2", "net1", "a-b", 2);
     plain.endpoint = None;
@@ -362,6 +363,7 @@ async fn every_write_and_read_round_trips() {
         ranges: vec!["172.16.0.0/12".parse().unwrap()],
         interface: "ens3".into(),
         nat: true,
+        ..Default::default()
     });
     upd.ingress = Some(Ingress {
         ext_client_dns: vec![],

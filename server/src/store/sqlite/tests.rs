@@ -259,6 +259,7 @@ async fn update_node_writes_every_field_and_keeps_the_host_report_when_none() {
         ],
         interface: "eth1".into(),
         nat: false,
+        ..Default::default()
     });
     a.ingress = Some(Ingress {
         ext_client_dns: vec!["10.1.0.53".parse::<IpAddr>().unwrap()],

@@ -398,7 +398,10 @@ async fn nodes_every_field_roundtrips(s: Arc<dyn Store>) {
         ranges: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
         interface: "eth1".into(),
         nat: false,
-        ..Default::default()
+        metric: Some(20),
+        preempt: false,
+        hold_seconds: 30,
+        standby: vec!["::/0".parse().unwrap()],
     });
     n.ingress = Some(Ingress {
         ext_client_dns: vec!["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap()],

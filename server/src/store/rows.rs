@@ -117,6 +117,50 @@ pub fn network(r: &dyn Cols) -> Result<Network> {
     })
 }
 
+/// An egress gateway's settings for sharing its ranges with other
+/// gateways, as the `egress_ha` column stores them (JSON; NULL when none
+/// is set).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EgressHa {
+    #[serde(default)]
+    metric: Option<u32>,
+    #[serde(default = "yes")]
+    preempt: bool,
+    #[serde(default)]
+    hold_seconds: u32,
+    #[serde(default)]
+    standby: Vec<ipnet::IpNet>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for EgressHa {
+    fn default() -> Self {
+        EgressHa {
+            metric: None,
+            preempt: true,
+            hold_seconds: 0,
+            standby: Vec::new(),
+        }
+    }
+}
+
+/// The `egress_ha` column of a node: None when it is no egress gateway or
+/// sets none of it.
+pub fn egress_ha(node: &Node) -> Option<String> {
+    let e = node.egress.as_ref()?;
+    let ha = EgressHa {
+        metric: e.metric,
+        preempt: e.preempt,
+        hold_seconds: e.hold_seconds,
+        standby: e.standby.clone(),
+    };
+    let unset = ha.metric.is_none() && ha.preempt && ha.hold_seconds == 0 && ha.standby.is_empty();
+    (!unset).then(|| serde_json::to_string(&ha).expect("plain data serializes"))
+}
+
 /// Columns [`node`] reads: id, network, name, public_key, endpoint
 /// (nullable; empty text counts as none), listen_port, address, address6,
 /// os, keepalive, egress_ranges (NULL when not a gateway),
@@ -131,12 +175,21 @@ pub fn node(r: &dyn Cols) -> Result<Node> {
     let endpoint = r.opt_text("endpoint")?.unwrap_or_default();
     let egress = match r.ranges("egress_ranges")? {
         None => None,
-        Some(ranges) => Some(Egress {
-            ranges,
-            interface: r.text("egress_interface")?,
-            nat: r.flag("egress_nat")?,
-            ..Default::default()
-        }),
+        Some(ranges) => {
+            let ha: EgressHa = match r.json("egress_ha")? {
+                None => EgressHa::default(),
+                Some(j) => serde_json::from_str(&j).map_err(|_| corrupt(w, &id, "egress_ha"))?,
+            };
+            Some(Egress {
+                ranges,
+                interface: r.text("egress_interface")?,
+                nat: r.flag("egress_nat")?,
+                metric: ha.metric,
+                preempt: ha.preempt,
+                hold_seconds: ha.hold_seconds,
+                standby: ha.standby,
+            })
+        }
     };
     let ingress = if r.flag("ingress")? {
         Some(Ingress {

@@ -42,7 +42,8 @@ macro_rules! network_cols {
 macro_rules! node_cols {
     () => {
         "id, network, name, public_key, endpoint, listen_port, address, address6, os, \
-         keepalive, egress_ranges, egress_interface, egress_nat, ingress, ingress_dns, \
+         keepalive, egress_ranges, egress_interface, egress_nat, egress_ha::text AS egress_ha, \
+         ingress, ingress_dns, \
          last_seen, applied_revision, create_time, update_time, wireguard_interface, \
          host_report::text AS host_report, apply_error, failed_revision, tags, \
          (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision"
@@ -54,7 +55,8 @@ macro_rules! node_cols {
 macro_rules! view_node_cols {
     () => {
         "id, network, name, public_key, endpoint, listen_port, address, address6, os, \
-         keepalive, egress_ranges, egress_interface, egress_nat, ingress, ingress_dns, \
+         keepalive, egress_ranges, egress_interface, egress_nat, egress_ha::text AS egress_ha, \
+         ingress, ingress_dns, \
          last_seen, applied_revision, create_time, update_time, wireguard_interface, \
          NULL::text AS host_report, apply_error, failed_revision, tags, \
          (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision"

@@ -634,9 +634,10 @@ impl Tx for PgTx {
             "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
              address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
              ingress_dns, token_id, token_hash, last_seen, applied_revision, create_time, \
-             update_time, wireguard_interface, host_report, apply_error, failed_revision, tags) \
+             update_time, wireguard_interface, host_report, apply_error, failed_revision, tags, \
+             egress_ha) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::cidr[], $12, $13, $14, $15, \
-             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27::jsonb)",
         )
         .bind(&node.id)
         .bind(node.network.as_str())
@@ -668,6 +669,7 @@ impl Tx for PgTx {
         .bind(node.apply_error.as_deref())
         .bind(signed(node.failed_revision, "failed revision")?)
         .bind(tag_strings(&node.tags))
+        .bind(crate::store::rows::egress_ha(node))
         .execute(self.conn())
         .await
         .map_err(db_err)?;
@@ -681,7 +683,7 @@ impl Tx for PgTx {
             "UPDATE nodes SET name = $2, public_key = $3, endpoint = $4, listen_port = $5, \
              keepalive = $6, egress_ranges = $7::cidr[], egress_interface = $8, \
              egress_nat = $9, ingress = $10, ingress_dns = $11, update_time = $12, \
-             tags = $13 WHERE id = $1",
+             tags = $13, egress_ha = $14::jsonb WHERE id = $1",
         )
         .bind(&node.id)
         .bind(node.name.as_str())
@@ -700,6 +702,7 @@ impl Tx for PgTx {
         )
         .bind(node.update_time)
         .bind(tag_strings(&node.tags))
+        .bind(crate::store::rows::egress_ha(node))
         .execute(self.conn())
         .await
         .map_err(db_err)?;

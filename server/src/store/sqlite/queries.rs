@@ -59,7 +59,7 @@ macro_rules! network_cols {
 macro_rules! node_cols_but_host {
     () => {
         "id, network, name, public_key, endpoint, listen_port, address, address6, os, \
-         keepalive, egress_ranges, egress_interface, egress_nat, ingress, ingress_dns, \
+         keepalive, egress_ranges, egress_interface, egress_nat, egress_ha, ingress, ingress_dns, \
          last_seen, applied_revision, create_time, update_time, wireguard_interface, \
          apply_error, failed_revision, tags, \
          (SELECT w.revision FROM networks w WHERE w.name = nodes.network) AS config_revision"

@@ -352,8 +352,9 @@ impl Tx for SqliteTx {
             "INSERT INTO nodes (id, network, name, public_key, endpoint, listen_port, address, \
              address6, os, keepalive, egress_ranges, egress_interface, egress_nat, ingress, \
              ingress_dns, token_id, token_hash, last_seen, applied_revision, create_time, \
-             update_time, wireguard_interface, host_report, apply_error, failed_revision, tags) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             update_time, wireguard_interface, host_report, apply_error, failed_revision, tags, \
+             egress_ha) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&node.id)
         .bind(node.network.as_str())
@@ -381,6 +382,7 @@ impl Tx for SqliteTx {
         .bind(node.apply_error.as_deref().unwrap_or_default())
         .bind(int(node.failed_revision, "failed revision")?)
         .bind(tags_text(&node.tags))
+        .bind(crate::store::rows::egress_ha(node))
         .execute(&mut *self.tx)
         .await
         .map_err(db_err)?;
@@ -393,7 +395,7 @@ impl Tx for SqliteTx {
         sqlx::query(
             "UPDATE nodes SET name = ?, public_key = ?, endpoint = ?, listen_port = ?, \
              keepalive = ?, egress_ranges = ?, egress_interface = ?, egress_nat = ?, \
-             ingress = ?, ingress_dns = ?, update_time = ?, tags = ? WHERE id = ?",
+             ingress = ?, ingress_dns = ?, update_time = ?, tags = ?, egress_ha = ? WHERE id = ?",
         )
         .bind(node.name.as_str())
         .bind(node.public_key.to_string())
@@ -407,6 +409,7 @@ impl Tx for SqliteTx {
         .bind(ingress_dns)
         .bind(to_micros(node.update_time))
         .bind(tags_text(&node.tags))
+        .bind(crate::store::rows::egress_ha(node))
         .bind(&node.id)
         .execute(&mut *self.tx)
         .await

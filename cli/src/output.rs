@@ -323,6 +323,7 @@ mod tests {
                 ranges: vec!["10.10.10.0/24".into()],
                 interface: "eth2".into(),
                 nat_enabled: false,
+                ..Default::default()
             }),
             ..Default::default()
         });

@@ -455,6 +455,7 @@ impl VpnArgs {
                     ranges: ranges.clone(),
                     interface: self.interface.clone(),
                     nat_enabled: Some(true),
+                    ..Default::default()
                 })
                 .await?;
             p.step(format!(

@@ -81,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ranges: vec!["10.10.10.0/24".into()],
             interface: "eth2".into(),
             nat_enabled: None,
+            ..Default::default()
         })
         .await?;
     let egress = node.egress.unwrap_or_default();

@@ -343,6 +343,7 @@ handle!(
     ///         ranges: vec!["10.10.10.0/24".into()],
     ///         interface: "eth2".into(),
     ///         nat_enabled: None, // NAT on
+    ///         ..Default::default() // no metric: the ranges are its alone
     ///     })
     ///     .await?;
     /// assert!(node.egress.is_some());

@@ -634,6 +634,7 @@ pub async fn create_egress(
             ranges: ranges.iter().map(|r| r.to_string()).collect(),
             interface: interface.into(),
             nat_enabled: nat,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

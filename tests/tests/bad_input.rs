@@ -547,6 +547,7 @@ fn egress(node_id: &str, ranges: &[&str], interface: &str) -> Call {
         ranges: strings(ranges),
         interface: interface.into(),
         nat_enabled: None,
+        ..Default::default()
     })
 }
 

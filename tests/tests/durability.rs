@@ -352,6 +352,8 @@ impl Op {
                     ranges: vec![range.clone()],
                     interface: "eth1".into(),
                     nat_enabled: *nat,
+                    preempt: true,
+                    ..Default::default()
                 });
             }
             Op::DeleteEgress { .. } => n.egress = None,
@@ -801,6 +803,7 @@ async fn execute(api: &Api, op: &Op) -> Result<Outcome, Status> {
                     ranges: vec![range.clone()],
                     interface: "eth1".into(),
                     nat_enabled: Some(*nat),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner(),

@@ -723,3 +723,118 @@ async fn explain_route_rejects_bad_requests() {
     assert!(ex.routable);
     assert_eq!(ex.hops.len(), 1);
 }
+
+/// Several gateways serve one range when each has a metric: the second
+/// joins as a standby (nobody routes the range through it), and when the
+/// primary stops serving it the best other takes it, and every node's
+/// config follows.
+#[tokio::test]
+async fn a_range_shared_by_metric_is_handed_over_when_its_primary_leaves() {
+    let s = TestServer::start().await;
+    s.create_network("corp", "10.108.0.0/16", "").await;
+    let key = s.create_key(&["corp"], None).await.token;
+    let gw = s.node(&key, "corp", "gw", None).await;
+    let gw2 = s.node(&key, "corp", "gw2", None).await;
+    let gw3 = s.node(&key, "corp", "gw3", None).await;
+    let laptop = s.node(&key, "corp", "laptop", None).await;
+    let lan = "10.10.10.0/24";
+    let share = |node: String, metric: Option<u32>| {
+        let s = &s;
+        async move {
+            s.gateways()
+                .await
+                .create_egress_gateway(pb::CreateEgressGatewayRequest {
+                    node_id: node,
+                    ranges: vec![lan.into()],
+                    interface: "eth1".into(),
+                    metric,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    share(gw.id.clone(), Some(10)).await.unwrap();
+    // Without a metric on both sides: refused, as a range served alone.
+    let st = expect_code(share(gw2.id.clone(), None).await, Code::AlreadyExists);
+    assert!(st.message().contains("metric"), "{}", st.message());
+    let n2 = share(gw2.id.clone(), Some(5)).await.unwrap();
+    let e2 = n2.egress.unwrap();
+    assert_eq!(
+        (e2.metric, e2.standby_ranges),
+        (Some(5), vec![lan.to_string()]),
+        "a gateway joins a range that has a primary as a standby"
+    );
+    share(gw3.id.clone(), Some(20)).await.unwrap();
+    let via = |c: &pb::NodeConfig| {
+        c.routes
+            .iter()
+            .filter(|r| r.destination == lan)
+            .map(|r| r.via_peer.clone())
+            .collect::<Vec<_>>()
+    };
+    let c = s.node_config(&laptop.id).await;
+    assert_eq!(via(&c), vec![gw.public_key.clone()]);
+    assert!(peer_ips(&c, &gw.public_key).contains(&lan.to_string()));
+    assert!(!peer_ips(&c, &gw2.public_key).contains(&lan.to_string()));
+    // A standby has no route to its own range.
+    assert!(via(&s.node_config(&gw2.id).await).is_empty());
+
+    // The primary stops: gw2 (metric 5) takes the range, in every config.
+    s.gateways()
+        .await
+        .delete_egress_gateway(pb::DeleteEgressGatewayRequest {
+            node_id: gw.id.clone(),
+        })
+        .await
+        .unwrap();
+    let get = |id: String| {
+        let s = &s;
+        async move {
+            s.nodes()
+                .await
+                .get_node(pb::GetNodeRequest { id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert!(
+        get(gw2.id.clone())
+            .await
+            .egress
+            .unwrap()
+            .standby_ranges
+            .is_empty()
+    );
+    assert_eq!(
+        get(gw3.id.clone()).await.egress.unwrap().standby_ranges,
+        vec![lan.to_string()]
+    );
+    let c = s.node_config(&laptop.id).await;
+    assert_eq!(via(&c), vec![gw2.public_key.clone()]);
+    assert!(peer_ips(&c, &gw2.public_key).contains(&lan.to_string()));
+    assert_eq!(
+        via(&s.node_config(&gw.id).await),
+        vec![gw2.public_key.clone()]
+    );
+
+    // Its node deleted, gw3 takes it.
+    s.nodes()
+        .await
+        .delete_node(pb::DeleteNodeRequest { id: gw2.id.clone() })
+        .await
+        .unwrap();
+    assert!(
+        get(gw3.id.clone())
+            .await
+            .egress
+            .unwrap()
+            .standby_ranges
+            .is_empty()
+    );
+    assert_eq!(
+        via(&s.node_config(&laptop.id).await),
+        vec![gw3.public_key.clone()]
+    );
+}

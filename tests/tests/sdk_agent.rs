@@ -142,6 +142,7 @@ async fn watch_config_survives_a_killed_server_and_resumes_by_revision() {
             ranges: vec!["10.10.10.0/24".into()],
             interface: "eth2".into(),
             nat_enabled: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -182,6 +182,7 @@ async fn every_handle_reaches_its_service() {
             ranges: vec!["10.10.10.0/24".into()],
             interface: "eth2".into(),
             nat_enabled: None,
+            ..Default::default()
         })
         .await
         .unwrap();

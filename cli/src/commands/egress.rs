@@ -26,6 +26,16 @@ pub enum EgressCmd {
         /// route to the overlay via this node).
         #[arg(long)]
         no_nat: bool,
+        /// Lets other gateways serve the same ranges (each with a metric;
+        /// lower wins). It joins a range that has a primary as a standby.
+        #[arg(long)]
+        metric: Option<u32>,
+        /// Never take a range back from a primary with a worse metric.
+        #[arg(long)]
+        no_preempt: bool,
+        /// Seconds it must have been healthy before it takes a range back.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        hold: u32,
     },
     /// Removes a node's egress gateway.
     Delete(NodeArg),
@@ -40,6 +50,9 @@ impl EgressCmd {
                 ranges,
                 interface,
                 no_nat,
+                metric,
+                no_preempt,
+                hold,
             } => {
                 let n = gw
                     .create_egress(pb::CreateEgressGatewayRequest {
@@ -47,6 +60,9 @@ impl EgressCmd {
                         ranges: csv(&ranges),
                         interface,
                         nat_enabled: Some(!no_nat),
+                        metric,
+                        preempt: Some(!no_preempt),
+                        hold_seconds: hold,
                     })
                     .await?;
                 show_one(ctx, &n, node_table);

@@ -32,6 +32,9 @@ impl GatewayService for Gateways {
             ranges: r.ranges,
             interface: r.interface,
             nat: r.nat_enabled,
+            metric: r.metric,
+            preempt: r.preempt,
+            hold_seconds: r.hold_seconds,
         };
         let (node, egress) = self
             .0

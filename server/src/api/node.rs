@@ -44,6 +44,10 @@ pub fn to_pb(n: &Node, hub: &Hub) -> pb::Node {
             ranges: e.ranges.iter().map(ToString::to_string).collect(),
             interface: e.interface.clone(),
             nat_enabled: e.nat,
+            metric: e.metric,
+            preempt: e.preempt,
+            hold_seconds: e.hold_seconds,
+            standby_ranges: e.standby.iter().map(ToString::to_string).collect(),
         }),
         ingress: n.ingress.as_ref().map(|i| pb::IngressGateway {
             ext_client_dns: ips(&i.ext_client_dns),

@@ -18,6 +18,12 @@ pub struct EgressInput {
     pub interface: String,
     /// nat_enabled (None = on)
     pub nat: Option<bool>,
+    /// metric
+    pub metric: Option<u32>,
+    /// preempt (None = on)
+    pub preempt: Option<bool>,
+    /// hold_seconds
+    pub hold_seconds: u32,
 }
 
 /// Validates the egress interface's name (see [`parse_rule_ifname`]);
@@ -87,6 +93,9 @@ impl EgressInput {
             ranges,
             interface,
             nat: self.nat.unwrap_or(true),
+            metric: self.metric,
+            preempt: self.preempt.unwrap_or(true),
+            hold_seconds: self.hold_seconds,
             ..Default::default()
         })
     }
@@ -204,31 +213,94 @@ fn covers(route: &IpNet, range: &IpNet) -> bool {
     }
 }
 
-/// ALREADY_EXISTS when another gateway of the network already serves one of
-/// the exact same ranges (overlapping, different ranges are fine: WireGuard
-/// routes by longest prefix).
-pub fn check_egress_unique<'a>(
-    others: impl IntoIterator<Item = &'a Node>,
+/// The gateway `node_id` of `nodes` (its network's nodes, itself among
+/// them) comes to serve `new` (None: stops being an egress gateway): the
+/// egress it gets, with the ranges it is standby for set, and the other
+/// gateways whose standby ranges change.
+///
+/// A range another gateway serves may be shared only when both give a
+/// metric (ALREADY_EXISTS otherwise, as for a range served alone). A
+/// gateway joins a range that has a primary as a standby (the server moves
+/// a range only on health; see [`super::failover`]); it stays primary of
+/// ranges it was primary of. A range it leaves while primary goes to the
+/// best of the others (lowest metric, then name).
+pub fn share_ranges(
+    nodes: &[Node],
     node_id: &str,
-    egress: &Egress,
-) -> Result<()> {
-    for other in others {
-        if other.id == node_id {
+    new: Option<Egress>,
+) -> Result<(Option<Egress>, Vec<Node>)> {
+    let me = nodes.iter().find(|n| n.id == node_id);
+    let old = me.and_then(|n| n.egress.as_ref());
+    let others: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.id != node_id && n.egress.is_some())
+        .collect();
+    let serving = |r: IpNet| {
+        others
+            .iter()
+            .copied()
+            .filter(move |n| n.egress.as_ref().is_some_and(|e| e.ranges.contains(&r)))
+    };
+    let new = match new {
+        None => None,
+        Some(mut e) => {
+            e.standby.clear();
+            for r in &e.ranges {
+                let mut them = serving(*r).peekable();
+                let Some(first) = them.peek().copied() else {
+                    continue;
+                };
+                if let Some(alone) = std::iter::once(first)
+                    .chain(serving(*r))
+                    .find(|n| n.egress.as_ref().is_some_and(|x| x.metric.is_none()))
+                    .or_else(|| e.metric.is_none().then_some(first))
+                {
+                    return Err(Error::already_exists(
+                        "ranges",
+                        format!(
+                            "range {r} is already served by egress gateway {:?} ({}); several \
+                             gateways may serve a range only when each has a metric",
+                            alone.name.as_str(),
+                            alone.id
+                        ),
+                    ));
+                }
+                let routed_elsewhere = serving(*r).any(|n| {
+                    n.egress
+                        .as_ref()
+                        .is_some_and(|x| x.routed().any(|y| y == r))
+                });
+                let mine_before = old.is_some_and(|o| o.routed().any(|y| y == r));
+                if routed_elsewhere && !mine_before {
+                    e.standby.push(*r);
+                }
+            }
+            e.standby.sort();
+            Some(e)
+        }
+    };
+    // Ranges it was primary of and no longer is: the best other takes each.
+    let mut changed: Vec<Node> = Vec::new();
+    for r in old.iter().flat_map(|o| o.routed()) {
+        if new.as_ref().is_some_and(|e| e.routed().any(|y| y == r)) {
             continue;
         }
-        let Some(e) = &other.egress else { continue };
-        if let Some(r) = egress.ranges.iter().find(|r| e.ranges.contains(r)) {
-            return Err(Error::already_exists(
-                "ranges",
-                format!(
-                    "range {r} is already served by egress gateway {:?} ({})",
-                    other.name.as_str(),
-                    other.id
-                ),
-            ));
+        let best = serving(*r).min_by_key(|n| {
+            let e = n.egress.as_ref().expect("serving");
+            (e.metric, n.name.as_str(), n.id.as_str())
+        });
+        if let Some(b) = best {
+            let mut b = match changed.iter().position(|c| c.id == b.id) {
+                Some(i) => changed.remove(i),
+                None => b.clone(),
+            };
+            if let Some(e) = b.egress.as_mut() {
+                e.standby.retain(|y| y != r);
+            }
+            changed.push(b);
         }
     }
-    Ok(())
+    Ok((new, changed))
 }
 
 /// Validates CreateIngressGateway's DNS list.
@@ -267,7 +339,7 @@ mod tests {
         EgressInput {
             ranges: ranges.iter().map(|s| s.to_string()).collect(),
             interface: iface.into(),
-            nat: None,
+            ..Default::default()
         }
         .validate(&net(), n)
     }
@@ -492,5 +564,77 @@ mod tests {
             );
         }
         assert!(egress(&["10.10.10.0/24"], "fifteen-chars-x").is_ok());
+    }
+
+    fn gateway(name: &str, n: u8, ranges: &[&str], metric: Option<u32>) -> Node {
+        let mut g = node(name, n);
+        g.id = format!("id-{name}");
+        g.egress = Some(Egress {
+            ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            interface: "eth1".into(),
+            metric,
+            ..Default::default()
+        });
+        g
+    }
+
+    fn range(r: &str) -> IpNet {
+        r.parse().unwrap()
+    }
+
+    #[test]
+    fn a_range_is_shared_only_when_every_gateway_of_it_has_a_metric() {
+        let lan = "10.10.10.0/24";
+        let alone = gateway("gw", 1, &[lan], None);
+        let want = |metric| gateway("gw2", 2, &[lan], metric).egress;
+        for (first, second) in [(None, None), (None, Some(20)), (Some(10), None)] {
+            let mut a = alone.clone();
+            a.egress.as_mut().unwrap().metric = first;
+            let err = share_ranges(&[a, node("gw2", 2)], "id-gw2", want(second)).unwrap_err();
+            assert!(
+                err.to_string().contains("already served by egress gateway"),
+                "{first:?} {second:?}: {err}"
+            );
+        }
+        let a = gateway("gw", 1, &[lan], Some(10));
+        let (e, changed) = share_ranges(&[a, node("gw2", 2)], "id-gw2", want(Some(5))).unwrap();
+        assert_eq!(
+            e.unwrap().standby,
+            vec![range(lan)],
+            "joins as a standby, even with a better metric"
+        );
+        assert!(changed.is_empty());
+        // Another range of its own is routed through it.
+        let a = gateway("gw", 1, &[lan], Some(10));
+        let mine = gateway("gw2", 2, &[lan, "10.20.0.0/16"], Some(5)).egress;
+        let (e, _) = share_ranges(&[a, node("gw2", 2)], "id-gw2", mine).unwrap();
+        let e = e.unwrap();
+        assert_eq!(
+            e.routed().copied().collect::<Vec<_>>(),
+            vec![range("10.20.0.0/16")]
+        );
+    }
+
+    #[test]
+    fn a_primary_that_leaves_hands_its_ranges_to_the_best_other() {
+        let lan = "10.10.10.0/24";
+        let primary = gateway("gw", 1, &[lan], Some(10));
+        let mut b = gateway("gw2", 2, &[lan], Some(30));
+        let mut c = gateway("gw3", 3, &[lan], Some(20));
+        b.egress.as_mut().unwrap().standby = vec![range(lan)];
+        c.egress.as_mut().unwrap().standby = vec![range(lan)];
+        let all = [primary.clone(), b.clone(), c.clone()];
+        // Re-created with the range, it stays primary.
+        let (e, changed) = share_ranges(&all, "id-gw", primary.egress.clone()).unwrap();
+        assert!(e.unwrap().standby.is_empty() && changed.is_empty());
+        // Gone: gw3 (metric 20) takes it.
+        let (e, changed) = share_ranges(&all, "id-gw", None).unwrap();
+        assert!(e.is_none());
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].id, "id-gw3");
+        assert!(changed[0].egress.as_ref().unwrap().standby.is_empty());
+        // A standby leaving changes nobody.
+        let (_, changed) = share_ranges(&all, "id-gw2", None).unwrap();
+        assert!(changed.is_empty());
     }
 }

@@ -211,7 +211,7 @@ proptest! {
     ) {
         let network = test_network(Some("10.99.0.0/16"), Some("fd00:99::/64"));
         let node = super::config::tests::node("gw", 1);
-        let input = EgressInput { ranges: ranges.clone(), interface: interface.clone(), nat: None };
+        let input = EgressInput { ranges: ranges.clone(), interface: interface.clone(), ..Default::default() };
         match input.validate(&network, &node) {
             Ok(e) => {
                 prop_assert!(!e.ranges.is_empty());

@@ -4,23 +4,39 @@ use super::{Service, node::lock_node, node::node_event, txn};
 use crate::domain::{
     Error, Result,
     event::{Action, Resource},
-    gateway::{EgressInput, check_egress_unique, ingress},
+    gateway::{EgressInput, ingress, share_ranges},
     node::{Egress, Node},
     rules,
 };
 use crate::store::Clients;
 
+/// Writes the gateways whose standby ranges [`share_ranges`] changed, each
+/// with its event (before the write that made them change, so a range
+/// always has a gateway routing it).
+pub(super) async fn hand_over(tx: &mut dyn crate::store::Tx, changed: Vec<Node>) -> Result<()> {
+    for mut n in changed {
+        n.update_time = crate::domain::now();
+        tx.update_node(&n).await?;
+        node_event(tx, Action::Updated, &n).await?;
+    }
+    Ok(())
+}
+
 impl Service {
     /// CreateEgressGateway: validated against the node (its host's
-    /// interfaces) and its network; no other gateway of the network may
-    /// serve one of the ranges (checked under the network's lock).
+    /// interfaces) and its network; a range another gateway of the network
+    /// serves is shared only when both have a metric (checked under the
+    /// network's lock; see [`share_ranges`]), ranges it stops being
+    /// primary of go to the best other gateway.
     pub async fn create_egress(&self, node_id: &str, input: EgressInput) -> Result<(Node, Egress)> {
         self.write(async {
             txn!(self.committer, |tx| {
                 let (net, mut node) = lock_node(&mut *tx, node_id).await?;
                 let egress = input.clone().validate(&net, &node)?;
                 let nodes = tx.network_nodes(net.name.as_str()).await?;
-                check_egress_unique(&nodes, node_id, &egress)?;
+                let (egress, changed) = share_ranges(&nodes, node_id, Some(egress))?;
+                let egress = egress.expect("an egress in, an egress out");
+                hand_over(&mut *tx, changed).await?;
                 node.egress = Some(egress.clone());
                 node.update_time = crate::domain::now();
                 tx.update_node(&node).await?;
@@ -37,12 +53,15 @@ impl Service {
         .await
     }
 
-    /// DeleteEgressGateway.
+    /// DeleteEgressGateway: the ranges it was primary of go to the best
+    /// other gateway serving them.
     pub async fn delete_egress(&self, node_id: &str) -> Result<Node> {
         self.write(async {
             txn!(self.committer, |tx| {
                 let (net, mut node) = lock_node(&mut *tx, node_id).await?;
                 rules::is_egress(&node)?;
+                let nodes = tx.network_nodes(net.name.as_str()).await?;
+                hand_over(&mut *tx, share_ranges(&nodes, node_id, None)?.1).await?;
                 node.egress = None;
                 node.update_time = crate::domain::now();
                 tx.update_node(&node).await?;

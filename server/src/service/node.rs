@@ -215,7 +215,13 @@ impl Service {
     pub async fn delete_node(&self, id: &str) -> Result<Node> {
         self.write(async {
             txn!(self.committer, |tx| {
-                let (_, node) = lock_node(&mut *tx, id).await?;
+                let (net, node) = lock_node(&mut *tx, id).await?;
+                if node.egress.is_some() {
+                    // Ranges it was primary of go to the best other gateway.
+                    let nodes = tx.network_nodes(net.name.as_str()).await?;
+                    let changed = crate::domain::gateway::share_ranges(&nodes, id, None)?.1;
+                    super::gateway::hand_over(&mut *tx, changed).await?;
+                }
                 let clients = tx.ext_clients_of(id).await?;
                 for c in &clients {
                     tx.free_addresses(&c.id).await?;

@@ -830,6 +830,7 @@ async fn main() {
                                 ranges: vec!["192.168.77.0/24".into()],
                                 interface: "eth1".into(),
                                 nat_enabled: None,
+                                ..Default::default()
                             },
                         ))
                         .await
@@ -1038,6 +1039,7 @@ async fn main() {
                                 )],
                                 interface: "eth1".into(),
                                 nat_enabled: Some(i % 4 == 0),
+                                ..Default::default()
                             },
                         ))
                         .await
@@ -1640,6 +1642,7 @@ async fn soak_call(sh: &Shared, ch: Channel, op: u32) {
                             ranges: vec![format!("192.168.{}.0/24", k % 256)],
                             interface: "eth1".into(),
                             nat_enabled: None,
+                            ..Default::default()
                         },
                     ))
                     .await;
@@ -2300,6 +2303,7 @@ async fn cost(
                     ranges: vec![format!("172.{}.{}.0/24", 16 + i / 256, i % 256)],
                     interface: "eth1".into(),
                     nat_enabled: None,
+                    ..Default::default()
                 },
             ))
             .await

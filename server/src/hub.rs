@@ -502,6 +502,20 @@ impl Hub {
         self.read().networks.get(network).map(NetworkState::view)
     }
 
+    /// Every egress range several gateways of a network serve: the network,
+    /// the range, and the gateways (copied; their host reports left out).
+    pub fn shared_ranges(&self) -> Vec<(String, ipnet::IpNet, Vec<crate::domain::node::Node>)> {
+        let st = self.read();
+        st.networks
+            .iter()
+            .flat_map(|(name, n)| {
+                n.shared_ranges()
+                    .into_iter()
+                    .map(move |(r, g)| (name.clone(), r, g.into_iter().cloned().collect()))
+            })
+            .collect()
+    }
+
     /// Whether another replica announced a revision this hub has not
     /// applied yet.
     pub fn behind(&self) -> bool {

@@ -14,6 +14,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 pub mod api;
 pub mod dns;
 pub mod domain;
+pub mod failover;
 pub mod hub;
 pub mod metrics;
 pub mod service;
@@ -115,6 +116,12 @@ pub struct ServeOptions {
     /// How often the TLS files are checked for changes (zero: never; then
     /// only [`tls::ServerTls::reload`] reloads them).
     pub tls_poll: Duration,
+    /// How long the primary gateway of a range several gateways serve may
+    /// be gone (no config stream on any replica) before the range moves to
+    /// another (see [`failover`]).
+    pub egress_grace: Duration,
+    /// How often those ranges' primaries are chosen again.
+    pub egress_check: Duration,
 }
 
 impl Default for ServeOptions {
@@ -130,6 +137,8 @@ impl Default for ServeOptions {
             prune_interval: Duration::from_secs(600),
             tls: None,
             tls_poll: tls::DEFAULT_POLL_INTERVAL,
+            egress_grace: Duration::from_secs(5),
+            egress_check: Duration::from_secs(1),
         }
     }
 }
@@ -272,6 +281,13 @@ pub async fn serve_with(
         hub,
         drain,
     };
+    let failover = tokio::spawn(failover::run(
+        state.service.clone(),
+        state.hub.clone(),
+        options.egress_grace,
+        options.egress_check,
+        state.drain.clone(),
+    ));
     let metrics_server = match (options.metrics, &metrics) {
         (Some(listener), Some(m)) => {
             listener
@@ -436,6 +452,7 @@ pub async fn serve_with(
         ),
     }
     follower.abort();
+    failover.abort();
     if let Some(t) = tls_watch {
         t.abort();
     }

@@ -116,6 +116,11 @@ enum Command {
         /// get a snapshot.
         #[arg(long, env = "MESHPLANE_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
         event_retention: Duration,
+        /// How long the primary of an egress range several gateways serve
+        /// may be gone (its agent's stream closed on every replica) before
+        /// the range moves to the best gateway that is up (e.g. 5s).
+        #[arg(long, env = "MESHPLANE_EGRESS_GRACE", default_value = "5s", value_parser = parse_duration)]
+        egress_grace: Duration,
         /// Serve Prometheus metrics (GET /metrics) on this address (e.g.
         /// 127.0.0.1:9090); off by default.
         #[arg(long, env = "MESHPLANE_METRICS_LISTEN")]
@@ -355,6 +360,7 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
             dns_listen,
             dns_upstream_port,
             event_retention,
+            egress_grace,
             metrics_listen,
             limits,
             tls_cert,
@@ -399,6 +405,7 @@ async fn run(cli: Cli, secret_from_env: Option<String>) -> Result<(), String> {
                 limits: limits.request_limits(),
                 tls: tls.clone(),
                 tls_poll: tls_reload_interval,
+                egress_grace,
                 ..ServeOptions::default()
             };
             if let Some(m) = metrics_listen {

@@ -1250,6 +1250,17 @@ impl NetworkState {
         })
     }
 
+    /// Every egress range several gateways serve, with those gateways.
+    pub fn shared_ranges(&self) -> Vec<(ipnet::IpNet, Vec<&Node>)> {
+        let mut by_range: BTreeMap<ipnet::IpNet, Vec<&Node>> = BTreeMap::new();
+        for g in self.gateways.iter().filter_map(|g| self.nodes.get(g)) {
+            for r in g.egress.iter().flat_map(|e| e.ranges.iter()) {
+                by_range.entry(*r).or_default().push(g);
+            }
+        }
+        by_range.into_iter().filter(|(_, g)| g.len() > 1).collect()
+    }
+
     /// The record of a fully qualified name (without trailing dot) in this
     /// zone.
     pub fn dns_record(&self, fqdn: &str) -> Option<&DnsRecord> {

@@ -53,6 +53,63 @@ impl Service {
         .await
     }
 
+    /// Moves the primary of `range` in `network` from `from` to `to` (both
+    /// serving it), when `from` still is its primary: the server's
+    /// failover, written as the two gateways' events. False when nothing
+    /// moved (another replica moved it first, or the gateways changed).
+    pub async fn move_primary(
+        &self,
+        network: &str,
+        range: ipnet::IpNet,
+        from: &str,
+        to: &str,
+    ) -> Result<bool> {
+        let network = network.to_owned();
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.write_if(
+            async {
+                txn!(self.committer, |tx| {
+                    if tx.lock_network(&network).await?.is_none() {
+                        return Ok(false);
+                    }
+                    let nodes = tx.network_nodes(&network).await?;
+                    let find = |id: &str| {
+                        nodes
+                            .iter()
+                            .find(|n| {
+                                n.id == id
+                                    && n.egress.as_ref().is_some_and(|e| e.ranges.contains(&range))
+                            })
+                            .cloned()
+                    };
+                    let (Some(mut old), Some(mut new)) = (find(&from), find(&to)) else {
+                        return Ok(false);
+                    };
+                    let routes = |n: &Node| {
+                        n.egress
+                            .as_ref()
+                            .is_some_and(|e| e.routed().any(|r| *r == range))
+                    };
+                    if !routes(&old) || routes(&new) {
+                        return Ok(false);
+                    }
+                    if let Some(e) = new.egress.as_mut() {
+                        e.standby.retain(|r| *r != range);
+                    }
+                    if let Some(e) = old.egress.as_mut() {
+                        e.standby.push(range);
+                        e.standby.sort();
+                    }
+                    // The new primary first: the range is never without one.
+                    hand_over(&mut *tx, vec![new, old]).await?;
+                    Ok(true)
+                })
+            },
+            |moved| *moved,
+        )
+        .await
+    }
+
     /// DeleteEgressGateway: the ranges it was primary of go to the best
     /// other gateway serving them.
     pub async fn delete_egress(&self, node_id: &str) -> Result<Node> {

@@ -137,8 +137,8 @@ impl Default for ServeOptions {
             prune_interval: Duration::from_secs(600),
             tls: None,
             tls_poll: tls::DEFAULT_POLL_INTERVAL,
-            egress_grace: Duration::from_secs(5),
-            egress_check: Duration::from_secs(1),
+            egress_grace: Duration::from_secs(2),
+            egress_check: Duration::from_millis(500),
         }
     }
 }

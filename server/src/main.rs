@@ -118,8 +118,8 @@ enum Command {
         event_retention: Duration,
         /// How long the primary of an egress range several gateways serve
         /// may be gone (its agent's stream closed on every replica) before
-        /// the range moves to the best gateway that is up (e.g. 5s).
-        #[arg(long, env = "MESHPLANE_EGRESS_GRACE", default_value = "5s", value_parser = parse_duration)]
+        /// the range moves to the best gateway that is up (e.g. 2s, 30s).
+        #[arg(long, env = "MESHPLANE_EGRESS_GRACE", default_value = "2s", value_parser = parse_duration)]
         egress_grace: Duration,
         /// Serve Prometheus metrics (GET /metrics) on this address (e.g.
         /// 127.0.0.1:9090); off by default.

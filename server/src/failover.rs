@@ -7,8 +7,9 @@
 //! every replica and agent agrees, and a move another replica made first
 //! is not made twice.
 //!
-//! A gateway is up while its config stream is open on any replica (shared
-//! presence). Probes of the ranges by the gateways' agents are not yet
+//! A gateway is up while its config stream is open on any replica (this
+//! one's streams as of now, the others' as shared presence last said: see
+//! [`Hub::up`]). Probes of the ranges by the gateways' agents are not yet
 //! taken into account.
 
 use std::{collections::HashMap, time::Duration};
@@ -89,7 +90,7 @@ pub async fn round(
             .iter()
             .map(|g| {
                 let e = g.egress.as_ref().expect("a gateway of the range");
-                let up = hub.connected(&g.id);
+                let up = hub.up(&g.id);
                 Candidate {
                     node_id: g.id.as_str(),
                     name: g.name.as_str(),

@@ -223,6 +223,9 @@ pub struct Hub {
     state: RwLock<State>,
     /// Nodes streaming from any replica, as shared presence last said.
     present: RwLock<HashSet<String>>,
+    /// Of those, the ones not streaming from this replica when it said so
+    /// (those are known here at once: see [`Hub::up`]).
+    elsewhere: RwLock<HashSet<String>>,
     /// The newest revision other replicas announced (0: none, or unknown).
     announced: std::sync::atomic::AtomicU64,
     catching_up: Mutex<()>,
@@ -246,6 +249,7 @@ impl Hub {
             store,
             state: RwLock::new(state),
             present: RwLock::new(HashSet::new()),
+            elsewhere: RwLock::new(HashSet::new()),
             announced: std::sync::atomic::AtomicU64::new(0),
             catching_up: Mutex::new(()),
             nudge: Notify::new(),
@@ -423,10 +427,31 @@ impl Hub {
         Ok(())
     }
 
-    /// Records which nodes stream from any replica (from shared presence).
-    pub fn set_present(&self, nodes: impl IntoIterator<Item = String>) {
+    /// Records which nodes stream from any replica (from shared presence),
+    /// `here` being those this replica recorded in that round.
+    pub fn set_present(&self, nodes: impl IntoIterator<Item = String>, here: &[String]) {
         let set: HashSet<String> = nodes.into_iter().collect();
+        let here: HashSet<&String> = here.iter().collect();
+        let elsewhere = set.iter().filter(|n| !here.contains(n)).cloned().collect();
         *self.present.write().unwrap_or_else(|p| p.into_inner()) = set;
+        *self.elsewhere.write().unwrap_or_else(|p| p.into_inner()) = elsewhere;
+    }
+
+    /// Whether a config stream of the node is open: on this replica as of
+    /// now, or on another as shared presence last said. Unlike
+    /// [`Hub::connected`], a stream that closed here counts as gone at
+    /// once, not at the next presence round (a node streaming from two
+    /// replicas, this one among them, may count as gone until then).
+    pub fn up(&self, node_id: &str) -> bool {
+        self.read()
+            .cells
+            .get(node_id)
+            .is_some_and(|c| c.tx.receiver_count() > 0)
+            || self
+                .elsewhere
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(node_id)
     }
 
     /// Nodes with a config stream open on this replica.

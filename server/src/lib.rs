@@ -161,24 +161,21 @@ async fn run_presence(
     let mut last_ok = std::time::Instant::now();
     loop {
         // The database's clock: one clock for every replica's entries.
+        let here = hub.streaming_here();
         let renewed = match store.clock().await {
-            Ok(now) => {
-                store
-                    .presence(&replica, &hub.streaming_here(), now, now - expiry)
-                    .await
-            }
+            Ok(now) => store.presence(&replica, &here, now, now - expiry).await,
             Err(e) => Err(e),
         };
         match renewed {
             Ok(nodes) => {
-                hub.set_present(nodes);
+                hub.set_present(nodes, &here);
                 last_ok = std::time::Instant::now();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "recording presence failed; retrying");
                 // What other replicas said is stale by now: forget it.
                 if last_ok.elapsed() > expiry.to_std().unwrap_or_default() {
-                    hub.set_present(Vec::new());
+                    hub.set_present(Vec::new(), &[]);
                 }
             }
         }

@@ -85,6 +85,13 @@ pub const HUB_IP: &str = "10.200.0.254";
 pub const GW_LAN4: &str = "10.10.10.1";
 /// gw's IPv6 address on the LAN.
 pub const GW_LAN6: &str = "fd10:10::1";
+/// relay's address on the LAN, once linked to it
+/// ([`Topology::link_relay_to_lan`]).
+pub const RELAY_LAN4: &str = "10.10.10.3";
+/// relay's IPv6 address on the LAN, likewise.
+pub const RELAY_LAN6: &str = "fd10:10::3";
+/// relay's LAN interface, likewise.
+pub const RELAY_LAN_IF: &str = "lan1";
 /// The LAN host.
 pub const LAN4: &str = "10.10.10.2";
 /// The LAN host's IPv6 address.
@@ -578,16 +585,19 @@ impl Topology {
             ns.ip(&["link", "set", "eth0", "up"]);
         }
 
-        // gw <-> lan.
+        // gw <-> lan, on a bridge in lan (a second gateway may join it:
+        // `link_relay_to_lan`).
         veth(&t.gw, LAN_IF, &t.lan, "eth0");
         t.gw.ip(&["addr", "add", &format!("{GW_LAN4}/24"), "dev", LAN_IF]);
         t.gw.ip(&["addr", "add", &format!("{GW_LAN6}/64"), "dev", LAN_IF]);
         t.gw.ip(&["link", "set", LAN_IF, "up"]);
+        t.lan.ip(&["link", "add", "br-lan", "type", "bridge"]);
+        t.lan.ip(&["link", "set", "eth0", "master", "br-lan", "up"]);
         t.lan
-            .ip(&["addr", "add", &format!("{LAN4}/24"), "dev", "eth0"]);
+            .ip(&["addr", "add", &format!("{LAN4}/24"), "dev", "br-lan"]);
         t.lan
-            .ip(&["addr", "add", &format!("{LAN6}/64"), "dev", "eth0"]);
-        t.lan.ip(&["link", "set", "eth0", "up"]);
+            .ip(&["addr", "add", &format!("{LAN6}/64"), "dev", "br-lan"]);
+        t.lan.ip(&["link", "set", "br-lan", "up"]);
 
         // gw and relay <-> internet, each on its own /30; their default
         // routes point at internet, which holds 198.51.100.7.
@@ -677,6 +687,30 @@ impl Topology {
             t.echoes.push(p);
         }
         t
+    }
+
+    /// Links relay to the LAN too (a second gateway for it): its
+    /// [`RELAY_LAN_IF`] at [`RELAY_LAN4`] and [`RELAY_LAN6`], on the LAN's
+    /// bridge.
+    pub fn link_relay_to_lan(&self) {
+        veth(&self.relay, RELAY_LAN_IF, &self.lan, "eth1");
+        self.lan
+            .ip(&["link", "set", "eth1", "master", "br-lan", "up"]);
+        self.relay.ip(&[
+            "addr",
+            "add",
+            &format!("{RELAY_LAN4}/24"),
+            "dev",
+            RELAY_LAN_IF,
+        ]);
+        self.relay.ip(&[
+            "addr",
+            "add",
+            &format!("{RELAY_LAN6}/64"),
+            "dev",
+            RELAY_LAN_IF,
+        ]);
+        self.relay.ip(&["link", "set", RELAY_LAN_IF, "up"]);
     }
 
     /// Every namespace.

@@ -1563,10 +1563,10 @@ async fn dataplane_a_shared_range_fails_over_and_back_once() {
         let back = Instant::now();
         let mut seen: Vec<(Duration, String)> = Vec::new();
         loop {
-            if let Ok(a) = netns::ask(&t.client, "tcp", &lan, Duration::from_millis(300)) {
-                if seen.last().is_none_or(|(_, l)| *l != a) {
-                    seen.push((back.elapsed(), a));
-                }
+            if let Ok(a) = netns::ask(&t.client, "tcp", &lan, Duration::from_millis(300))
+                && seen.last().is_none_or(|(_, l)| *l != a)
+            {
+                seen.push((back.elapsed(), a));
             }
             let settled = seen.last().is_some_and(|(at, a)| {
                 a == GW_LAN4 && back.elapsed() > *at + Duration::from_secs(4)

@@ -226,6 +226,9 @@ pub struct Hub {
     /// Of those, the ones not streaming from this replica when it said so
     /// (those are known here at once: see [`Hub::up`]).
     elsewhere: RwLock<HashSet<String>>,
+    /// What the failover watch saw of egress gateways' presence (also read
+    /// by ExplainRoute).
+    pub egress_presence: std::sync::Mutex<crate::failover::Presence>,
     /// The newest revision other replicas announced (0: none, or unknown).
     announced: std::sync::atomic::AtomicU64,
     catching_up: Mutex<()>,
@@ -250,6 +253,7 @@ impl Hub {
             state: RwLock::new(state),
             present: RwLock::new(HashSet::new()),
             elsewhere: RwLock::new(HashSet::new()),
+            egress_presence: std::sync::Mutex::new(crate::failover::Presence::default()),
             announced: std::sync::atomic::AtomicU64::new(0),
             catching_up: Mutex::new(()),
             nudge: Notify::new(),
@@ -622,6 +626,12 @@ impl Hub {
             }
             *held += 1;
         }
+        // Seen up now, even if its stream closes before the failover
+        // watch's next round looks.
+        self.egress_presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saw_up(node, crate::domain::now());
         let n = self.streams.fetch_add(1, Ordering::Relaxed);
         let guard = StreamGuard {
             total: self.streams.clone(),

@@ -139,6 +139,22 @@ async fn a_gone_primary_hands_its_range_over_and_takes_it_back_once_after_its_ho
     };
     assert_eq!(standby(gw.node.id.clone()).await, vec![LAN.to_string()]);
     assert!(standby(gw2.node.id.clone()).await.is_empty());
+    // ExplainRoute names the primary and the standby, and why.
+    let ex = s.explain("corp", &laptop.id, "10.10.10.7").await;
+    assert_eq!(ex.egress_node_id, gw2.node.id);
+    let standing: Vec<(&str, bool, &str)> = ex
+        .egress_gateways
+        .iter()
+        .map(|g| (g.name.as_str(), g.primary, g.reason.as_str()))
+        .collect();
+    assert_eq!(
+        standing,
+        vec![
+            ("gw2", true, "primary (metric 20)"),
+            ("gw", false, "standby, down (metric 10)"),
+        ],
+        "{ex:#?}"
+    );
 
     // Back: gw (the better metric) takes the range again only once it has
     // been up for its hold (2 s), and then stays.

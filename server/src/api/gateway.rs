@@ -124,7 +124,23 @@ impl GatewayService for Gateways {
         };
         v.finish().status()?;
         let view = self.0.service.network_view(&r.network).await.status()?;
-        let ex = explain(&view, &r.from_node_id, dest.expect("checked")).status()?;
+        let dest = dest.expect("checked");
+        let ex = explain(&view, &r.from_node_id, dest).status()?;
+        let egress_gateways = if let Some(egress) = &ex.egress_node_id {
+            crate::failover::standing(&self.0.hub, &r.network, egress, dest)
+                .into_iter()
+                .map(
+                    |(node_id, name, primary, reason)| pb::EgressGatewayStanding {
+                        node_id,
+                        name,
+                        primary,
+                        reason,
+                    },
+                )
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::ExplainRouteResponse {
             routable: ex.routable,
             hops: ex
@@ -142,6 +158,7 @@ impl GatewayService for Gateways {
             egress_interface: ex.egress_interface.unwrap_or_default(),
             nat: ex.nat,
             reason: ex.reason,
+            egress_gateways,
         }))
     }
 }

@@ -458,6 +458,16 @@ impl TestServer {
         pb::node_service_client::NodeServiceClient::new(self.admin().await)
     }
 
+    /// GetNode with the admin token.
+    pub async fn get_node(&self, id: &str) -> pb::Node {
+        self.nodes()
+            .await
+            .get_node(pb::GetNodeRequest { id: id.into() })
+            .await
+            .expect("GetNode")
+            .into_inner()
+    }
+
     /// AgentService client sending `token` (a node token, or none for
     /// Register).
     pub async fn agent(

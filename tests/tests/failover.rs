@@ -123,22 +123,12 @@ async fn a_gone_primary_hands_its_range_over_and_takes_it_back_once_after_its_ho
         took >= Duration::from_millis(900),
         "moved within the grace: {took:?}"
     );
-    let standby = |id: String| {
-        let s = &s;
-        async move {
-            s.nodes()
-                .await
-                .get_node(pb::GetNodeRequest { id })
-                .await
-                .unwrap()
-                .into_inner()
-                .egress
-                .unwrap()
-                .standby_ranges
-        }
-    };
-    assert_eq!(standby(gw.node.id.clone()).await, vec![LAN.to_string()]);
-    assert!(standby(gw2.node.id.clone()).await.is_empty());
+    let standby = |n: pb::Node| n.egress.unwrap().standby_ranges;
+    assert_eq!(
+        standby(s.get_node(&gw.node.id).await),
+        vec![LAN.to_string()]
+    );
+    assert!(standby(s.get_node(&gw2.node.id).await).is_empty());
     // ExplainRoute names the primary and the standby, and why.
     let ex = s.explain("corp", &laptop.id, "10.10.10.7").await;
     assert_eq!(ex.egress_node_id, gw2.node.id);

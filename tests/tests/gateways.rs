@@ -788,19 +788,8 @@ async fn a_range_shared_by_metric_is_handed_over_when_its_primary_leaves() {
         })
         .await
         .unwrap();
-    let get = |id: String| {
-        let s = &s;
-        async move {
-            s.nodes()
-                .await
-                .get_node(pb::GetNodeRequest { id })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
     assert!(
-        get(gw2.id.clone())
+        s.get_node(&gw2.id)
             .await
             .egress
             .unwrap()
@@ -808,7 +797,7 @@ async fn a_range_shared_by_metric_is_handed_over_when_its_primary_leaves() {
             .is_empty()
     );
     assert_eq!(
-        get(gw3.id.clone()).await.egress.unwrap().standby_ranges,
+        s.get_node(&gw3.id).await.egress.unwrap().standby_ranges,
         vec![lan.to_string()]
     );
     let c = s.node_config(&laptop.id).await;
@@ -826,7 +815,7 @@ async fn a_range_shared_by_metric_is_handed_over_when_its_primary_leaves() {
         .await
         .unwrap();
     assert!(
-        get(gw3.id.clone())
+        s.get_node(&gw3.id)
             .await
             .egress
             .unwrap()

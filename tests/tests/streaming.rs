@@ -292,15 +292,6 @@ async fn shutdown_ends_streams_cleanly() {
     stopping.await.unwrap();
 }
 
-async fn get(s: &TestServer, id: String) -> pb::Node {
-    s.nodes()
-        .await
-        .get_node(pb::GetNodeRequest { id })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn connected_drift_and_revisions_across_a_restart() {
     let n = Net::new().await;
@@ -311,7 +302,7 @@ async fn connected_drift_and_revisions_across_a_restart() {
     let mut held = None;
     apply_update(&mut held, &next(&mut st).await).unwrap();
     let r = held.as_ref().unwrap().revision;
-    let node = get(&n.s, a_id.clone()).await;
+    let node = n.s.get_node(&a_id).await;
     assert!(node.connected);
     assert_eq!(node.config_revision, r);
 
@@ -325,7 +316,7 @@ async fn connected_drift_and_revisions_across_a_restart() {
         .await
         .unwrap();
     assert!(
-        get(&n.s, a_id.clone()).await.drifted,
+        n.s.get_node(&a_id).await.drifted,
         "behind its config: drifted"
     );
     agent
@@ -336,12 +327,12 @@ async fn connected_drift_and_revisions_across_a_restart() {
         })
         .await
         .unwrap();
-    let node = get(&n.s, a_id.clone()).await;
+    let node = n.s.get_node(&a_id).await;
     assert!(!node.drifted);
     assert_eq!(node.applied_revision, r);
     drop(st);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!get(&n.s, a_id.clone()).await.connected);
+    assert!(!n.s.get_node(&a_id).await.connected);
 
     // Restart on the same database: the revision is still good to resume.
     let Net { s, key } = n;
@@ -498,10 +489,10 @@ async fn config_revision_is_the_revision_the_agent_ends_on() {
         updated.config_revision, before_a,
         "a's own config did not change"
     );
-    let b_rev = get(&n.s, b_id.clone()).await.config_revision;
+    let b_rev = n.s.get_node(&b_id).await.config_revision;
     until(&mut st_b, &mut held_b, b_rev).await;
     assert!(b_rev > before_a);
     assert_eq!(held_b.as_ref(), Some(&n.s.node_config(&b_id).await));
     quiet(&mut st_a).await;
-    assert_eq!(get(&n.s, a_id).await.config_revision, before_a);
+    assert_eq!(n.s.get_node(&a_id).await.config_revision, before_a);
 }

@@ -596,14 +596,7 @@ impl World {
             }
             Op::Failover { range, to } => {
                 let r: ipnet::IpNet = RANGES[range % RANGES.len()].parse().unwrap();
-                let serving: Vec<usize> = (0..nodes)
-                    .filter(|&j| {
-                        self.view.nodes[j]
-                            .egress
-                            .as_ref()
-                            .is_some_and(|e| e.ranges.contains(&r))
-                    })
-                    .collect();
+                let serving = self.serving(r);
                 if serving.len() < 2 {
                     return vec![];
                 }
@@ -745,20 +738,25 @@ impl World {
         }
     }
 
+    /// The indices of the gateways serving `r`.
+    fn serving(&self, r: ipnet::IpNet) -> Vec<usize> {
+        (0..self.view.nodes.len())
+            .filter(|&j| {
+                self.view.nodes[j]
+                    .egress
+                    .as_ref()
+                    .is_some_and(|e| e.ranges.contains(&r))
+            })
+            .collect()
+    }
+
     /// What the server keeps true: every range several gateways serve is
     /// routed through exactly one of them (the lowest metric, then id, when
     /// none or several are); the events of the gateways it changes.
     fn fix_primaries(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         for r in RANGES.iter().map(|r| r.parse::<ipnet::IpNet>().unwrap()) {
-            let mut serving: Vec<usize> = (0..self.view.nodes.len())
-                .filter(|&j| {
-                    self.view.nodes[j]
-                        .egress
-                        .as_ref()
-                        .is_some_and(|e| e.ranges.contains(&r))
-                })
-                .collect();
+            let mut serving = self.serving(r);
             serving.sort_by_key(|&j| {
                 let n = &self.view.nodes[j];
                 (n.egress.as_ref().unwrap().metric, n.id.clone())
